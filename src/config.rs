@@ -1,0 +1,534 @@
+//! Turns the TOML file into a validated [`Config`]: typed addresses, durations, routes, upstream
+//! URLs and a loaded TLS certificate.
+//!
+//! [`load_and_validate`] is the only entry point; startup, `check-config` and (later) reload all
+//! call it, so the check an operator runs is the check the gateway applies. Validation collects
+//! every problem and reports them together, each prefixed with the key it concerns
+//! (`service[1].upstream: ...`). Relative paths are resolved against the config file's directory.
+//! This module reads files but opens no sockets and spawns no tasks.
+//!
+//! Settings that cannot change without a restart: `server.listen`, `server.admin_listen`,
+//! `server.worker_threads`, `server.state_dir`.
+
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use rustls::sign::CertifiedKey;
+
+pub use raw::RawConfig;
+
+/// Azure ML's scoring timeout default (`scoring_timeout_ms`, AZUREML-CONTRACT A3/A5).
+pub const DEFAULT_SCORING_TIMEOUT: Duration = Duration::from_millis(60_000);
+
+/// Azure ML's request payload limit through its front end (AZUREML-CONTRACT A2).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (for messages and reload).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    /// In file order; routing picks the longest matching route.
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Copied into every request record (`ComputeType`).
+    pub compute_type: String,
+    /// Upper bound on waiting for in-flight requests at shutdown.
+    pub drain_timeout: Duration,
+    /// Time between readiness turning 503 and the listener closing, so an orchestrator can take
+    /// the endpoint out of rotation before connections are refused.
+    pub pre_drain_delay: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// Slowloris guard: a request head must arrive within this time, counted from the start of
+    /// the connection or the end of the previous response (so it is also the HTTP/1 keep-alive
+    /// idle limit).
+    pub header_read_timeout: Duration,
+    /// Tokio worker threads; `None` lets tokio decide (one per core, or `TOKIO_WORKER_THREADS`).
+    pub worker_threads: Option<usize>,
+    /// How often each upstream's health path is probed for `/readyz`.
+    pub health_interval: Duration,
+    /// `None` serves plain HTTP (logged as a warning at startup).
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The pair, already parsed and checked to match.
+    pub certified_key: CertifiedKey,
+}
+
+impl fmt::Debug for TlsConfig {
+    // The key never reaches Debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a service authenticates callers. Exactly one mode per service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    None,
+    Key,
+    Token,
+}
+
+impl AuthMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Key => "key",
+            Self::Token => "token",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Normalised path prefix without a trailing slash; `""` is the root route `/`.
+    pub route: String,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    pub scoring_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Probed with `GET` for readiness; Azure ML containers answer `GET /` with 200.
+    pub health_path: String,
+    /// Largest request body forwarded (Azure ML's front end allows 100 MB).
+    pub max_body_bytes: u64,
+}
+
+/// Where a service's scoring container lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prepended to the forwarded path; no trailing slash, `""` for none.
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// One problem with the configuration, tied to the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{} has {} problem(s):\n{}", path.display(), issues.len(), list(issues))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn list(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// The individual problems (one for read and parse errors).
+    pub fn issues(&self) -> Vec<String> {
+        match self {
+            Self::Invalid { issues, .. } => issues.iter().map(ToString::to_string).collect(),
+            Self::Read { .. } | Self::Parse { .. } => vec![self.to_string()],
+        }
+    }
+}
+
+/// Reads, parses and validates the file at `path`. The one function startup, `check-config` and
+/// reload share.
+pub fn load_and_validate(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_and_validate(&text, path)
+}
+
+/// Parses and validates TOML text as if it had been read from `path` (relative paths in it are
+/// resolved against `path`'s directory).
+pub fn parse_and_validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut v = Validator {
+        base,
+        issues: Vec::new(),
+    };
+    let config = v.config(raw, path);
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            issues: v.issues,
+        })
+    }
+}
+
+/// Accumulates issues while converting raw values; every conversion returns a usable placeholder
+/// on failure so validation can continue and report the rest.
+struct Validator<'a> {
+    base: &'a Path,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let server = self.server(raw.server);
+        let services = self.services(raw.services);
+        Config {
+            source: path.to_owned(),
+            server,
+            services,
+        }
+    }
+
+    fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+        let listen = self.addr("server.listen", raw.listen, "127.0.0.1:8443");
+        let admin_listen = self.addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9901");
+        if listen == admin_listen && listen.port() != 0 {
+            self.issue(
+                "server.admin_listen",
+                format!("{admin_listen} is also server.listen; the two listeners need different addresses"),
+            );
+        }
+        let state_dir = self.path(raw.state_dir.as_deref().unwrap_or("state"));
+        if state_dir.exists() && !state_dir.is_dir() {
+            self.issue(
+                "server.state_dir",
+                format!("{} exists and is not a directory", state_dir.display()),
+            );
+        }
+        let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
+        if compute_type.is_empty() || compute_type.len() > 64 {
+            self.issue("server.compute_type", "must be 1 to 64 characters");
+        }
+        if raw.worker_threads == Some(0) {
+            self.issue("server.worker_threads", "must be at least 1");
+        }
+        ServerConfig {
+            listen,
+            admin_listen,
+            state_dir,
+            compute_type,
+            drain_timeout: self.millis("server.drain_timeout_ms", raw.drain_timeout_ms, 10_000, 0),
+            pre_drain_delay: self.millis("server.pre_drain_delay_ms", raw.pre_drain_delay_ms, 0, 0),
+            tls_handshake_timeout: self.millis(
+                "server.tls_handshake_timeout_ms",
+                raw.tls_handshake_timeout_ms,
+                10_000,
+                1,
+            ),
+            header_read_timeout: self.millis(
+                "server.header_read_timeout_ms",
+                raw.header_read_timeout_ms,
+                30_000,
+                1,
+            ),
+            worker_threads: raw.worker_threads,
+            health_interval: self.millis(
+                "server.health_interval_ms",
+                raw.health_interval_ms,
+                5_000,
+                10,
+            ),
+            tls: raw.tls.and_then(|tls| self.tls(tls)),
+        }
+    }
+
+    fn tls(&mut self, raw: raw::RawTls) -> Option<TlsConfig> {
+        let cert = raw.cert.map(|c| self.path(&c));
+        let key = raw.key.map(|k| self.path(&k));
+        if cert.is_none() {
+            self.issue(
+                "server.tls.cert",
+                "is required when [server.tls] is present",
+            );
+        }
+        if key.is_none() {
+            self.issue("server.tls.key", "is required when [server.tls] is present");
+        }
+        let (cert_path, key_path) = (cert?, key?);
+        match crate::tls::load_certified_key(&cert_path, &key_path) {
+            Ok(certified_key) => Some(TlsConfig {
+                cert_path,
+                key_path,
+                certified_key,
+            }),
+            Err(e) => {
+                let field = if e.is_cert_problem() { "cert" } else { "key" };
+                self.issue(format!("server.tls.{field}"), e.to_string());
+                None
+            }
+        }
+    }
+
+    fn services(&mut self, raw: Vec<raw::RawService>) -> Vec<ServiceConfig> {
+        if raw.is_empty() {
+            self.issue("service", "at least one [[service]] is required");
+        }
+        let first_issue = self.issues.len();
+        let services: Vec<ServiceConfig> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| self.service(i, s))
+            .collect();
+        // Routes that already failed validation hold a placeholder; comparing those would report
+        // a duplicate that is not one.
+        let bad_route = |i: usize, issues: &[ConfigIssue]| {
+            let key = format!("service[{i}].route");
+            issues[first_issue..].iter().any(|x| x.key == key)
+        };
+        for (i, s) in services.iter().enumerate() {
+            let earlier = &services[..i];
+            if !s.name.is_empty() && earlier.iter().any(|e| e.name == s.name) {
+                self.issue(
+                    format!("service[{i}].name"),
+                    format!("{:?} is used by an earlier service", s.name),
+                );
+            }
+            let duplicate_route = !bad_route(i, &self.issues)
+                && earlier
+                    .iter()
+                    .enumerate()
+                    .any(|(j, e)| e.route == s.route && !bad_route(j, &self.issues));
+            if duplicate_route {
+                let shown = if s.route.is_empty() { "/" } else { &s.route };
+                self.issue(
+                    format!("service[{i}].route"),
+                    format!("{shown:?} is used by an earlier service"),
+                );
+            }
+        }
+        services
+    }
+
+    fn service(&mut self, i: usize, raw: raw::RawService) -> ServiceConfig {
+        let key = |field: &str| format!("service[{i}].{field}");
+        let name = raw.name.unwrap_or_default();
+        if name.is_empty() {
+            self.issue(key("name"), "is required");
+        } else if !valid_name(&name) {
+            self.issue(
+                key("name"),
+                format!(
+                    "{name:?} must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_', starting with a letter or digit"
+                ),
+            );
+        }
+        let route = match raw.route {
+            None => {
+                self.issue(key("route"), "is required (use \"/\" to route every path)");
+                String::new()
+            }
+            Some(r) => normalise_route(&r).unwrap_or_else(|why| {
+                self.issue(key("route"), format!("{r:?} {why}"));
+                String::new()
+            }),
+        };
+        let upstream = match raw.upstream.as_deref().map(parse_upstream) {
+            Some(Ok(u)) => u,
+            Some(Err(why)) => {
+                let text = raw.upstream.unwrap_or_default();
+                self.issue(key("upstream"), format!("{text:?} {why}"));
+                placeholder_upstream()
+            }
+            None => {
+                self.issue(key("upstream"), "is required");
+                placeholder_upstream()
+            }
+        };
+        let auth = match raw.auth.as_deref().unwrap_or("none") {
+            "none" => AuthMode::None,
+            "key" => AuthMode::Key,
+            "token" => AuthMode::Token,
+            other => {
+                self.issue(
+                    key("auth"),
+                    format!("{other:?} is not one of \"none\", \"key\", \"token\" (exactly one mode per service)"),
+                );
+                AuthMode::None
+            }
+        };
+        let health_path = raw.health_path.unwrap_or_else(|| "/".to_owned());
+        if !health_path.starts_with('/') || health_path.parse::<http::uri::PathAndQuery>().is_err()
+        {
+            self.issue(
+                key("health_path"),
+                format!("{health_path:?} is not an absolute path"),
+            );
+        }
+        ServiceConfig {
+            scoring_timeout: self.millis(
+                &key("scoring_timeout_ms"),
+                raw.scoring_timeout_ms,
+                60_000,
+                1,
+            ),
+            connect_timeout: self.millis(
+                &key("connect_timeout_ms"),
+                raw.connect_timeout_ms,
+                5_000,
+                1,
+            ),
+            max_body_bytes: match raw.max_body_bytes {
+                Some(0) => {
+                    self.issue(key("max_body_bytes"), "must be at least 1");
+                    DEFAULT_MAX_BODY_BYTES
+                }
+                other => other.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            },
+            name,
+            route,
+            upstream,
+            auth,
+            health_path,
+        }
+    }
+
+    fn addr(&mut self, key: &str, raw: Option<String>, default: &str) -> SocketAddr {
+        let text = raw.as_deref().unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.issue(
+                key,
+                format!("{text:?} is not an IP address and port (e.g. \"127.0.0.1:8443\" or \"[::1]:8443\")"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn millis(&mut self, key: &str, raw: Option<u64>, default: u64, min: u64) -> Duration {
+        let ms = raw.unwrap_or(default);
+        // A day is far beyond any sensible gateway timeout; larger values are almost surely a
+        // unit mistake (seconds vs microseconds).
+        const MAX: u64 = 86_400_000;
+        if ms < min {
+            self.issue(key, format!("{ms} is below the minimum of {min} ms"));
+        } else if ms > MAX {
+            self.issue(
+                key,
+                format!("{ms} exceeds the maximum of {MAX} ms (one day)"),
+            );
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `"/api/v1/service/iris/"` → `"/api/v1/service/iris"`; `"/"` → `""`.
+fn normalise_route(route: &str) -> Result<String, &'static str> {
+    if !route.starts_with('/') {
+        return Err("must start with '/'");
+    }
+    if route.contains(['?', '#', '%', ' ']) || route.chars().any(char::is_control) {
+        return Err("must be a plain path (no query, fragment, escapes or spaces)");
+    }
+    let trimmed = route.trim_end_matches('/');
+    if trimmed.contains("//") || trimmed.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("must not contain empty, '.' or '..' segments");
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
+    let uri: Uri = text.parse().map_err(|_| "is not an http(s) URL")?;
+    let scheme = uri.scheme().cloned().ok_or("is not an http(s) URL")?;
+    if scheme == http::uri::Scheme::HTTPS {
+        return Err(
+            "uses https, which upstreams do not support yet; use http to a local container",
+        );
+    }
+    if scheme != http::uri::Scheme::HTTP {
+        return Err("is not an http(s) URL");
+    }
+    let authority = uri.authority().cloned().ok_or("has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry credentials");
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query");
+    }
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn placeholder_upstream() -> Upstream {
+    Upstream {
+        scheme: http::uri::Scheme::HTTP,
+        authority: http::uri::Authority::from_static("invalid"),
+        base_path: String::new(),
+    }
+}

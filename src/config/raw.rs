@@ -1,0 +1,52 @@
+//! The TOML file as serde sees it: plain data, no validation, no defaults beyond "absent".
+//!
+//! Every table denies unknown fields so a typo fails loudly. Values that need checking (addresses,
+//! URLs, modes) stay strings here so `config::validate` can report *all* problems together, each
+//! naming its key, instead of serde stopping at the first one.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default, rename = "service")]
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub state_dir: Option<String>,
+    pub compute_type: Option<String>,
+    pub drain_timeout_ms: Option<u64>,
+    pub pre_drain_delay_ms: Option<u64>,
+    pub tls_handshake_timeout_ms: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub worker_threads: Option<usize>,
+    pub health_interval_ms: Option<u64>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Option<String>,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub auth: Option<String>,
+    pub scoring_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub health_path: Option<String>,
+    pub max_body_bytes: Option<u64>,
+}

@@ -1,0 +1,260 @@
+//! Every configuration error, by the exact message an operator sees.
+
+use super::*;
+
+/// A temp directory with a valid certificate pair as `good.crt` / `good.key`.
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        std::fs::write(dir.path().join("good.crt"), ck.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("good.key"), ck.signing_key.serialize_pem()).expect("write");
+        std::fs::write(dir.path().join("garbage.key"), "not a key").expect("write");
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("scoregate.toml")
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        parse_and_validate(text, &self.path())
+    }
+
+    fn issues(&self, text: &str) -> Vec<String> {
+        match self.parse(text) {
+            Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+            Err(e) => e.issues(),
+        }
+    }
+}
+
+const MINIMAL: &str = r#"
+[[service]]
+name = "iris"
+route = "/api/v1/service/iris"
+upstream = "http://127.0.0.1:5001"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.listen, "127.0.0.1:8443".parse().expect("addr"));
+    assert_eq!(
+        c.server.admin_listen,
+        "127.0.0.1:9901".parse().expect("addr")
+    );
+    assert_eq!(c.server.state_dir, d.dir.path().join("state"));
+    assert_eq!(c.server.compute_type, "AKS");
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
+    assert!(c.server.tls.is_none());
+    let s = &c.services[0];
+    assert_eq!(s.route, "/api/v1/service/iris");
+    assert_eq!(s.auth, AuthMode::None);
+    assert_eq!(s.scoring_timeout, DEFAULT_SCORING_TIMEOUT);
+    assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(s.upstream.to_string(), "http://127.0.0.1:5001");
+}
+
+#[test]
+fn full_example_from_the_issue_is_valid() {
+    let d = Dir::new();
+    let c = d
+        .parse(
+            r#"
+[server]
+listen = "127.0.0.1:8443"
+admin_listen = "127.0.0.1:9901"
+state_dir = "state"
+compute_type = "AKS"
+drain_timeout_ms = 10000
+
+[server.tls]
+cert = "good.crt"
+key = "good.key"
+
+[[service]]
+name = "iris"
+route = "/api/v1/service/iris/"
+upstream = "http://127.0.0.1:5001/base/"
+auth = "none"
+scoring_timeout_ms = 60000
+
+[[service]]
+name = "sidecar"
+route = "/"
+upstream = "http://[::1]:5002"
+"#,
+        )
+        .expect("valid");
+    let tls = c.server.tls.as_ref().expect("tls");
+    assert_eq!(tls.cert_path, d.dir.path().join("good.crt"));
+    assert_eq!(
+        c.services[0].route, "/api/v1/service/iris",
+        "trailing slash normalised"
+    );
+    assert_eq!(c.services[0].upstream.base_path, "/base");
+    assert_eq!(c.services[1].route, "", "root route");
+}
+
+#[test]
+fn every_problem_is_reported_together_with_its_key() {
+    let d = Dir::new();
+    let issues = d.issues(
+        r#"
+[server]
+listen = "localhost:99999"
+admin_listen = "nowhere"
+drain_timeout_ms = 100000000000
+tls_handshake_timeout_ms = 0
+
+[server.tls]
+cert = "missing.crt"
+key = "good.key"
+
+[[service]]
+name = "bad name!"
+route = "api"
+upstream = "htp://x"
+auth = "both"
+
+[[service]]
+name = "iris"
+route = "/a/../b"
+upstream = "http://user:pw@host:1"
+health_path = "nope"
+
+[[service]]
+name = "iris"
+route = "/iris"
+"#,
+    );
+    let expected = [
+        r#"server.listen: "localhost:99999" is not an IP address and port (e.g. "127.0.0.1:8443" or "[::1]:8443")"#,
+        r#"server.admin_listen: "nowhere" is not an IP address and port (e.g. "127.0.0.1:8443" or "[::1]:8443")"#,
+        "server.drain_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+        "server.tls_handshake_timeout_ms: 0 is below the minimum of 1 ms",
+        "service[0].name: \"bad name!\" must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_', starting with a letter or digit",
+        "service[0].route: \"api\" must start with '/'",
+        "service[0].upstream: \"htp://x\" is not an http(s) URL",
+        r#"service[0].auth: "both" is not one of "none", "key", "token" (exactly one mode per service)"#,
+        "service[1].route: \"/a/../b\" must not contain empty, '.' or '..' segments",
+        "service[1].upstream: \"http://user:pw@host:1\" must not carry credentials",
+        "service[1].health_path: \"nope\" is not an absolute path",
+        "service[2].upstream: is required",
+        "service[2].name: \"iris\" is used by an earlier service",
+    ];
+    for e in expected {
+        assert!(
+            issues.iter().any(|i| i == e),
+            "missing {e:?} in\n{issues:#?}"
+        );
+    }
+    let cert = issues
+        .iter()
+        .find(|i| i.starts_with("server.tls.cert: cannot read"))
+        .unwrap_or_else(|| panic!("no cert issue in {issues:#?}"));
+    assert!(cert.contains("missing.crt"), "{cert}");
+    assert_eq!(issues.len(), expected.len() + 1, "{issues:#?}");
+}
+
+#[test]
+fn tls_problems_name_the_right_field() {
+    let d = Dir::new();
+    let issues = d.issues(&format!(
+        "[server.tls]\ncert = \"good.crt\"\nkey = \"garbage.key\"\n{MINIMAL}"
+    ));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(
+        issues[0].starts_with(
+            "server.tls.key: cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1) from"
+        ),
+        "{issues:?}"
+    );
+
+    let issues = d.issues(&format!("[server.tls]\ncert = \"good.crt\"\n{MINIMAL}"));
+    assert_eq!(
+        issues,
+        ["server.tls.key: is required when [server.tls] is present"]
+    );
+}
+
+#[test]
+fn duplicate_routes_and_shared_listener_addresses_are_refused() {
+    let d = Dir::new();
+    let issues = d.issues(
+        r#"
+[server]
+listen = "127.0.0.1:8443"
+admin_listen = "127.0.0.1:8443"
+
+[[service]]
+name = "a"
+route = "/x"
+upstream = "http://127.0.0.1:1"
+
+[[service]]
+name = "b"
+route = "/x/"
+upstream = "http://127.0.0.1:2"
+"#,
+    );
+    assert_eq!(
+        issues,
+        [
+            "server.admin_listen: 127.0.0.1:8443 is also server.listen; the two listeners need different addresses",
+            "service[1].route: \"/x\" is used by an earlier service",
+        ]
+    );
+}
+
+#[test]
+fn no_services_is_an_error() {
+    let d = Dir::new();
+    assert_eq!(
+        d.issues(""),
+        ["service: at least one [[service]] is required"]
+    );
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_fail_parsing_with_location() {
+    let d = Dir::new();
+    let err = d
+        .parse(&format!("{MINIMAL}scoring_timout_ms = 5\n"))
+        .expect_err("typo");
+    let text = err.to_string();
+    assert!(text.contains("unknown field `scoring_timout_ms`"), "{text}");
+    assert!(text.contains("line 6"), "{text}");
+
+    let err = d
+        .parse(&format!("[server]\ndrain_timeout_ms = \"ten\"\n{MINIMAL}"))
+        .expect_err("type");
+    assert!(err.to_string().contains("drain_timeout_ms"), "{err}");
+}
+
+#[test]
+fn https_upstreams_are_refused_until_supported() {
+    let d = Dir::new();
+    let issues = d.issues(&MINIMAL.replace("http://127.0.0.1:5001", "https://model:443"));
+    assert_eq!(issues.len(), 1);
+    assert!(
+        issues[0].starts_with("service[0].upstream: \"https://model:443\" uses https"),
+        "{issues:?}"
+    );
+}
+
+#[test]
+fn unreadable_file_is_a_read_error() {
+    let err = load_and_validate(Path::new("/nonexistent/scoregate.toml")).expect_err("missing");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("cannot read config file /nonexistent/scoregate.toml")
+    );
+}

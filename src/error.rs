@@ -1,0 +1,207 @@
+//! `GatewayError`: every failure the gateway itself answers, its HTTP status, the side at fault and
+//! the small JSON body the client sees.
+//!
+//! This module decides *how* an outcome maps to a response; it does not log and does not count.
+//! `proxy::finish` and the admin handlers do that with the fixed `code()` string, so metrics labels
+//! and client bodies share one vocabulary. The mapping functions are exhaustive matches with no
+//! wildcard arm: a new variant does not compile until someone decides its status, side and code.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+
+/// Who caused a failure. Recorded so operators can tell "our callers are wrong" from "our model is
+/// down" at a glance (pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Auth,
+    Capacity,
+    Upstream,
+    Internal,
+}
+
+/// Why authentication failed. Kept coarse on purpose: the client learns only this stable code,
+/// never which part of a credential was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header, or not the `Bearer` scheme.
+    Missing,
+    /// A bearer credential that matches nothing this service accepts.
+    Invalid,
+}
+
+impl AuthFailure {
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_credentials",
+            Self::Invalid => "invalid_credentials",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    // ---- client ----
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("no service is routed at this path")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the client closed the connection before the response was complete")]
+    ClientDisconnected,
+
+    // ---- auth ----
+    #[error("authentication failed: {}", .0.reason())]
+    Unauthenticated(AuthFailure),
+    #[error("the caller may not perform `{action}`")]
+    Forbidden { action: &'static str },
+
+    // ---- capacity ----
+    #[error("the gateway is shutting down")]
+    Draining,
+
+    // ---- upstream ----
+    #[error("could not connect to the scoring container")]
+    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    #[error("the scoring container failed while answering")]
+    UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    #[error("the scoring container sent no response headers within {} ms", .after.as_millis())]
+    UpstreamTimeout { after: Duration },
+    /// The response had started, so the client saw the upstream's status; only records see this.
+    #[error("the scoring container's response stopped before its end")]
+    UpstreamInterrupted,
+
+    // ---- internal ----
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    pub const fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // nginx's 499: never seen by the client (it has gone), but it makes records honest.
+            Self::ClientDisconnected => match StatusCode::from_u16(499) {
+                Ok(code) => code,
+                Err(_) => StatusCode::BAD_REQUEST,
+            },
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) | Self::UpstreamInterrupted => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub const fn side(&self) -> Side {
+        match self {
+            Self::BadRequest(_)
+            | Self::RouteNotFound
+            | Self::MethodNotAllowed
+            | Self::BodyTooLarge { .. }
+            | Self::ClientDisconnected => Side::Client,
+            Self::Unauthenticated(_) | Self::Forbidden { .. } => Side::Auth,
+            Self::Draining => Side::Capacity,
+            Self::UpstreamConnect(_)
+            | Self::UpstreamProtocol(_)
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamInterrupted => Side::Upstream,
+            Self::Internal(_) => Side::Internal,
+        }
+    }
+
+    /// The stable machine-readable code: the client body's `error.code`, the request record's
+    /// `ErrorCode` and the `reason` label of metrics.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "payload_too_large",
+            Self::ClientDisconnected => "client_disconnected",
+            Self::Unauthenticated(failure) => failure.reason(),
+            Self::Forbidden { .. } => "forbidden",
+            Self::Draining => "draining",
+            Self::UpstreamConnect(_) => "upstream_unreachable",
+            Self::UpstreamProtocol(_) => "upstream_error",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamInterrupted => "upstream_interrupted",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Whether the connection must be closed after this response: after a refused body the
+    /// rest of it may still be on the wire, and reading it just to discard it helps an attacker.
+    pub const fn close_connection(&self) -> bool {
+        match self {
+            Self::BodyTooLarge { .. } | Self::ClientDisconnected => true,
+            Self::BadRequest(_)
+            | Self::RouteNotFound
+            | Self::MethodNotAllowed
+            | Self::Unauthenticated(_)
+            | Self::Forbidden { .. }
+            | Self::Draining
+            | Self::UpstreamConnect(_)
+            | Self::UpstreamProtocol(_)
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamInterrupted
+            | Self::Internal(_) => false,
+        }
+    }
+
+    /// Extra response headers this error requires (RFC 9110 §11.6.1 for 401).
+    pub fn extra_headers(&self) -> Option<(header::HeaderName, HeaderValue)> {
+        match self {
+            Self::Unauthenticated(_) => {
+                Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
+            }
+            Self::Draining => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            _ => None,
+        }
+    }
+
+    /// The JSON body: `{"error":{"code":..,"message":..},"requestId":..}`. The message is the
+    /// `Display` text of the variant only, never of its source chain (which may name internal
+    /// addresses); the chain goes to the diagnostic log.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        error_body(self.code(), &self.to_string(), request_id)
+    }
+}
+
+/// Serializes the error envelope shared by the data plane and the admin API.
+pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        error: Inner<'a>,
+        #[serde(rename = "requestId")]
+        request_id: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Inner<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    let envelope = Envelope {
+        error: Inner { code, message },
+        request_id,
+    };
+    // Serializing two &str fields cannot fail; fall back to a fixed body rather than panic.
+    serde_json::to_vec(&envelope).map_or_else(
+        |_| Bytes::from_static(br#"{"error":{"code":"internal_error","message":""}}"#),
+        Bytes::from,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use super::*;
+
+/// A real connect error from hyper-util's client, produced against a closed loopback port.
+async fn connect_error() -> hyper_util::client::legacy::Error {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    // Bind and drop a listener so the port is very likely closed right now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind");
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("http://127.0.0.1:{port}/").parse().expect("uri");
+    client.get(uri).await.expect_err("port is closed")
+}
+
+#[tokio::test]
+async fn every_variant_has_a_pinned_status_side_and_code() {
+    let cases: Vec<(GatewayError, u16, Side, &str)> = vec![
+        (
+            GatewayError::BadRequest("x"),
+            400,
+            Side::Client,
+            "bad_request",
+        ),
+        (
+            GatewayError::RouteNotFound,
+            404,
+            Side::Client,
+            "route_not_found",
+        ),
+        (
+            GatewayError::MethodNotAllowed,
+            405,
+            Side::Client,
+            "method_not_allowed",
+        ),
+        (
+            GatewayError::BodyTooLarge { limit: 1 },
+            413,
+            Side::Client,
+            "payload_too_large",
+        ),
+        (
+            GatewayError::ClientDisconnected,
+            499,
+            Side::Client,
+            "client_disconnected",
+        ),
+        (
+            GatewayError::Unauthenticated(AuthFailure::Missing),
+            401,
+            Side::Auth,
+            "missing_credentials",
+        ),
+        (
+            GatewayError::Unauthenticated(AuthFailure::Invalid),
+            401,
+            Side::Auth,
+            "invalid_credentials",
+        ),
+        (
+            GatewayError::Forbidden { action: "a" },
+            403,
+            Side::Auth,
+            "forbidden",
+        ),
+        (GatewayError::Draining, 503, Side::Capacity, "draining"),
+        (
+            GatewayError::UpstreamConnect(connect_error().await),
+            502,
+            Side::Upstream,
+            "upstream_unreachable",
+        ),
+        (
+            GatewayError::UpstreamProtocol(connect_error().await),
+            502,
+            Side::Upstream,
+            "upstream_error",
+        ),
+        (
+            GatewayError::UpstreamTimeout {
+                after: Duration::from_millis(5),
+            },
+            504,
+            Side::Upstream,
+            "upstream_timeout",
+        ),
+        (
+            GatewayError::UpstreamInterrupted,
+            502,
+            Side::Upstream,
+            "upstream_interrupted",
+        ),
+        (
+            GatewayError::Internal("x"),
+            500,
+            Side::Internal,
+            "internal_error",
+        ),
+    ];
+    for (err, status, side, code) in cases {
+        assert_eq!(err.status().as_u16(), status, "{err:?}");
+        assert_eq!(err.side(), side, "{err:?}");
+        assert_eq!(err.code(), code, "{err:?}");
+    }
+}
+
+#[test]
+fn body_is_the_documented_envelope() {
+    let body = GatewayError::RouteNotFound.body("rid-1");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "route_not_found");
+    assert_eq!(v["error"]["message"], "no service is routed at this path");
+    assert_eq!(v["requestId"], "rid-1");
+}
+
+#[test]
+fn unauthenticated_carries_www_authenticate() {
+    let (name, value) = GatewayError::Unauthenticated(AuthFailure::Invalid)
+        .extra_headers()
+        .expect("header");
+    assert_eq!(name, header::WWW_AUTHENTICATE);
+    assert_eq!(value, "Bearer");
+}

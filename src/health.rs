@@ -1,0 +1,65 @@
+//! Upstream health probes behind `/readyz`.
+//!
+//! One background task probes every service's health path with `GET` (Azure ML scoring
+//! containers answer `GET /` with 200). Unhealthy services are re-probed quickly so readiness
+//! follows a container's cold start closely; healthy ones at the configured interval. Transitions
+//! are logged once, and `scoregate_upstream_healthy{service}` shows the current state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::runtime::{Gateway, Service};
+
+/// Re-probe interval while some upstream is not (yet) healthy.
+const UNHEALTHY_INTERVAL: Duration = Duration::from_millis(250);
+/// Upper bound on one probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn probe_loop(gw: Arc<Gateway>, interval: Duration) {
+    let stop = gw.lifecycle.stop_background.clone();
+    loop {
+        let routes = gw.routes.load_full();
+        let mut all_healthy = true;
+        for service in routes.services() {
+            all_healthy &= probe(&gw, service).await;
+        }
+        let wait = if all_healthy {
+            interval
+        } else {
+            interval.min(UNHEALTHY_INTERVAL)
+        };
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn probe(gw: &Gateway, service: &Service) -> bool {
+    let up = &service.config.upstream;
+    let uri = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(format!("{}{}", up.base_path, service.config.health_path))
+        .build();
+    let healthy = match uri {
+        Ok(uri) => service.upstream.probe(uri, PROBE_TIMEOUT).await,
+        Err(_) => false,
+    };
+    let was = service.is_healthy();
+    if healthy != was {
+        if healthy {
+            tracing::info!(service = %service.config.name, upstream = %up, "upstream is healthy");
+        } else {
+            tracing::warn!(service = %service.config.name, upstream = %up, "upstream health probe failed");
+        }
+    }
+    service.set_healthy(healthy);
+    gw.metrics
+        .upstream_healthy
+        .with_label_values(&[service.config.name.as_str()])
+        .set(i64::from(healthy));
+    healthy
+}

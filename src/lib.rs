@@ -1,0 +1,38 @@
+//! scoregate: a TLS-terminating, authenticating reverse proxy for machine-learning scoring
+//! containers, modelled on Azure Machine Learning's web-service front end.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file → validated [`config::Config`] (`raw` holds the serde types).
+//! - [`tls`]: rustls server configuration and the live certificate resolver.
+//! - [`auth`]: who is calling (`Principal`); key and token verification.
+//! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
+//!   the pooled client, `body` the streaming bodies and the record guard.
+//! - [`error`]: `GatewayError`, its status mapping and client body.
+//! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
+//!   the Prometheus registry.
+//! - [`runtime`]: the shared state handlers read (route table behind `ArcSwap`).
+//! - [`health`]: upstream health probes for `/readyz`.
+//! - [`admin`]: the admin listener (health, readiness).
+//! - [`server`]: accept loops, TLS handshakes, serving, the drain sequence.
+//! - [`shutdown`]: the signal future and lifecycle flags.
+//! - [`state`]: the state directory and atomic file writes.
+//! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.
+//! - [`demo`]: the `scoregate demo` command.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod health;
+pub mod proxy;
+pub mod runtime;
+pub mod sample_model;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod tls;

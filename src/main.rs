@@ -1,0 +1,180 @@
+//! The `scoregate` binary: parses arguments, starts diagnostics, loads configuration before any
+//! port is bound, runs the chosen command and turns its outcome into an exit code (64 for a bad
+//! configuration, 1 for other failures). No logic of its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use scoregate::config::{self, Config};
+use scoregate::server::{self, Listeners, Telemetry};
+use scoregate::telemetry::metrics::Metrics;
+use scoregate::telemetry::request_log::{RecordOutput, RecordSink};
+use scoregate::telemetry::{self as tele, LogFormat};
+
+/// EX_CONFIG from sysexits.h: the configuration is invalid.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scoregate",
+    version,
+    about = "A secure gateway for ML scoring containers"
+)]
+struct Cli {
+    /// Diagnostic log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: CliLogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file exactly as `run` would, list every problem, and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// One-command first run: a sample model behind the gateway with a throwaway TLS certificate.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+        /// Stop by itself after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Also print request records (JSON lines) to stdout.
+        #[arg(long)]
+        records: bool,
+    },
+    /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
+    SampleModel {
+        #[arg(long, default_value = "127.0.0.1:5001")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        CliLogFormat::Text => LogFormat::Text,
+        CliLogFormat::Json => LogFormat::Json,
+    };
+    tele::init_diagnostics("info", format);
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo {
+            listen,
+            admin_listen,
+            seconds,
+            records,
+        } => block_on(
+            None,
+            scoregate::demo::run(scoregate::demo::DemoOptions {
+                listen,
+                admin_listen,
+                duration: Duration::from_secs(seconds),
+                records,
+            }),
+        ),
+        Command::SampleModel { listen } => block_on(None, async move {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let serve = tokio::spawn(scoregate::sample_model::serve(listener, stop.clone()));
+            eprintln!("sample model listening on http://{listen}");
+            scoregate::shutdown::signal().await;
+            stop.cancel();
+            let _ = serve.await;
+            Ok(())
+        }),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match config::load_and_validate(path) {
+        Ok(c) => {
+            println!(
+                "{}: OK ({} service(s), scoring listener {}, admin listener {}, TLS {})",
+                path.display(),
+                c.services.len(),
+                c.server.listen,
+                c.server.admin_listen,
+                if c.server.tls.is_some() { "on" } else { "off" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match config::load_and_validate(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let threads = config.server.worker_threads;
+    block_on(threads, serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let (records, writer) = RecordSink::spawn(
+        RecordOutput::Stdout,
+        8192,
+        metrics.records_dropped.clone(),
+        metrics.record_write_errors.clone(),
+    )?;
+    let telemetry = Telemetry { metrics, records };
+    let drained = server::run(config, listeners, telemetry, scoregate::shutdown::signal()).await?;
+    writer.join();
+    tracing::info!(?drained, "scoregate stopped");
+    Ok(())
+}
+
+fn block_on(
+    threads: Option<usize>,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scoregate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scoregate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The request pipeline of the scoring listener and the per-request [`RequestCtx`].
+//!
+//! `handle` is the outer function hyper calls. It creates the context inside a [`Finish`] guard,
+//! runs the phases in `pipeline`, and turns any `GatewayError` into the JSON error response. The
+//! guard writes the request record and metrics exactly once: when the response body ends, or when
+//! hyper drops the request (client gone) at whatever point it was. Phases, in order (see
+//! `docs/request-lifecycle.md`):
+//!
+//! 1. `early_reject`: size limit from `Content-Length` before any upstream contact.
+//! 2. `select_service`: longest matching route, or 404.
+//! 3. `authenticate`: the service's auth mode turns credentials into a `Principal` (401 otherwise).
+//! 4. `upstream_request`: strip hop-by-hop headers, add forwarding and request-id headers, rewrite
+//!    the URI to the upstream with the route prefix removed.
+//! 5. `forward`: the pooled client under the scoring timeout (504) with connect errors as 502.
+//! 6. `response_filter`: strip hop-by-hop headers, add request-id headers.
+//!
+//! This module never logs or counts: `finish` (in `telemetry::request_log`) does both.
+
+pub mod body;
+pub mod headers;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::auth::Principal;
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::runtime::{Gateway, Service};
+use body::{BodyFault, Progress, ProxyBody, RequestBody};
+
+/// Facts about the client connection, computed once per connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer address as a header value, for `X-Forwarded-For`.
+    pub peer_header: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        Self {
+            peer: SocketAddr::new(ip, peer.port()),
+            peer_header: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// Everything known about one request, from arrival to the end of its response.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: HeaderValue,
+    pub client_request_id: Option<HeaderValue>,
+    pub start: Instant,
+    pub start_wall: SystemTime,
+    pub method: Method,
+    pub version: Version,
+    /// Path and query exactly as received.
+    pub url: Option<PathAndQuery>,
+    pub user_agent: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+    pub service: Option<Arc<Service>>,
+    pub principal: Principal,
+    /// The status sent to the client (or 499 if it left first).
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub upstream_duration: Option<Duration>,
+    /// Shared with the request body while it streams upstream.
+    pub request_progress: Option<Arc<Progress>>,
+    pub response_bytes: u64,
+    /// Response headers were produced (the client may have seen the status).
+    pub response_started: bool,
+    /// The last response byte was handed to hyper.
+    pub response_complete: bool,
+    pub error: Option<GatewayError>,
+}
+
+impl RequestCtx {
+    fn new(req: &Request<Incoming>, conn: &ConnInfo) -> Self {
+        let h = req.headers();
+        Self {
+            request_id: headers::request_id(h),
+            client_request_id: h.get(&headers::X_MS_CLIENT_REQUEST_ID).cloned(),
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            method: req.method().clone(),
+            version: req.version(),
+            url: req.uri().path_and_query().cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            client_ip: conn.peer.ip(),
+            service: None,
+            principal: Principal::Anonymous,
+            status: 0,
+            upstream_status: None,
+            upstream_duration: None,
+            request_progress: None,
+            response_bytes: 0,
+            response_started: false,
+            response_complete: false,
+            error: None,
+        }
+    }
+
+    pub fn request_bytes(&self) -> u64 {
+        self.request_progress.as_ref().map_or(0, |p| p.bytes())
+    }
+}
+
+/// Owns the context of a request; dropping it writes the record (exactly once, by construction).
+#[derive(Debug)]
+pub struct Finish {
+    pub gw: Arc<Gateway>,
+    pub ctx: RequestCtx,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        crate::telemetry::request_log::finish(&self.gw, &mut self.ctx);
+    }
+}
+
+/// hyper's entry point for every request on the scoring listener.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let ctx = RequestCtx::new(&req, &conn);
+    let mut fin = Finish { gw, ctx };
+    let response = match pipeline(&mut fin, &conn, req).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            fin.ctx.status = parts.status.as_u16();
+            fin.ctx.response_started = true;
+            Response::from_parts(parts, ProxyBody::upstream(body, fin))
+        }
+        Err(err) => error_response(fin, err),
+    };
+    Ok(response)
+}
+
+async fn pipeline(
+    fin: &mut Finish,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let Finish { gw, ctx } = fin;
+    let (service, rest) = select_service(gw, req.uri().path())?;
+    ctx.service = Some(Arc::clone(&service));
+    service.metrics.inflight.inc();
+    early_reject(&service, &req)?;
+    ctx.principal = authenticate(&service, &req)?;
+    let upstream_req = upstream_request(gw, &service, ctx, conn, req, &rest)?;
+    let mut resp = forward(&service, ctx, upstream_req).await?;
+    response_filter(ctx, &mut resp);
+    Ok(resp)
+}
+
+/// The longest matching route and the path below it. The route table snapshot is released
+/// here, not held across the request's awaits; the service itself stays alive through its `Arc`.
+fn select_service(gw: &Gateway, path: &str) -> Result<(Arc<Service>, String), GatewayError> {
+    let routes = gw.routes.load();
+    let (service, rest) = routes.route(path).ok_or(GatewayError::RouteNotFound)?;
+    Ok((Arc::clone(service), rest.to_owned()))
+}
+
+/// Refuses what can be refused from the head alone, before any upstream contact.
+fn early_reject(service: &Service, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let limit = service.config.max_body_bytes;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
+        if len > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+    }
+    Ok(())
+}
+
+fn authenticate(service: &Service, _req: &Request<Incoming>) -> Result<Principal, GatewayError> {
+    match service.config.auth {
+        AuthMode::None => Ok(Principal::Anonymous),
+        // Key and token verification are configured per service; until a verifier exists for
+        // the mode, refuse rather than let requests through unauthenticated.
+        AuthMode::Key | AuthMode::Token => Err(GatewayError::Unauthenticated(
+            crate::error::AuthFailure::Invalid,
+        )),
+    }
+}
+
+/// Builds the request sent upstream: same method, headers minus hop-by-hop (and credentials the
+/// gateway consumed), forwarding headers, the request id, and the URI rewritten to the upstream
+/// with the route prefix removed.
+fn upstream_request(
+    gw: &Gateway,
+    service: &Service,
+    ctx: &mut RequestCtx,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    rest: &str,
+) -> Result<Request<RequestBody>, GatewayError> {
+    let (mut parts, incoming) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if service.config.auth != AuthMode::None {
+        // The scoring container never sees the caller's key or token.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
+    headers::set_forwarded(&mut parts.headers, conn.peer_header.clone(), gw.tls, host);
+    parts
+        .headers
+        .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let upstream = &service.config.upstream;
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(upstream.authority.as_str())
+            .map_err(|_| GatewayError::Internal("upstream authority is not a valid Host"))?,
+    );
+
+    parts.uri = upstream_uri(upstream, rest, parts.uri.query())?;
+    parts.version = Version::HTTP_11;
+
+    let body = if http_body::Body::is_end_stream(&incoming) {
+        RequestBody::Empty
+    } else {
+        let progress = Arc::new(Progress::default());
+        ctx.request_progress = Some(Arc::clone(&progress));
+        RequestBody::Stream {
+            inner: incoming,
+            limit: service.config.max_body_bytes,
+            progress,
+        }
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+fn upstream_uri(
+    upstream: &crate::config::Upstream,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Uri, GatewayError> {
+    let mut pq = String::with_capacity(
+        upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len),
+    );
+    pq.push_str(&upstream.base_path);
+    pq.push_str(rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("path cannot be forwarded"))
+}
+
+/// Sends the request under the scoring timeout, which covers connecting and waiting for the
+/// response headers; the body then streams without this deadline.
+async fn forward(
+    service: &Service,
+    ctx: &mut RequestCtx,
+    req: Request<RequestBody>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let started = Instant::now();
+    let timeout = service.config.scoring_timeout;
+    let result = tokio::time::timeout(timeout, service.upstream.send(req)).await;
+    let elapsed = started.elapsed();
+    let fault = ctx.request_progress.as_ref().and_then(|p| p.fault());
+    match result {
+        Ok(Ok(resp)) => {
+            ctx.upstream_duration = Some(elapsed);
+            ctx.upstream_status = Some(resp.status().as_u16());
+            Ok(resp)
+        }
+        // A failure caused by the client's own body belongs to the client, whatever the
+        // upstream client reports.
+        Ok(Err(_)) if fault == Some(BodyFault::TooLarge) => Err(GatewayError::BodyTooLarge {
+            limit: service.config.max_body_bytes,
+        }),
+        Ok(Err(_)) if fault == Some(BodyFault::ClientError) => {
+            Err(GatewayError::ClientDisconnected)
+        }
+        Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(e)),
+        Ok(Err(e)) => {
+            ctx.upstream_duration = Some(elapsed);
+            Err(GatewayError::UpstreamProtocol(e))
+        }
+        Err(_) => {
+            ctx.upstream_duration = Some(elapsed);
+            Err(GatewayError::UpstreamTimeout { after: timeout })
+        }
+    }
+}
+
+fn response_filter(ctx: &RequestCtx, resp: &mut Response<Incoming>) {
+    let h = resp.headers_mut();
+    headers::remove_hop_by_hop(h);
+    headers::set_response_ids(h, &ctx.request_id, ctx.client_request_id.as_ref());
+}
+
+/// The JSON error response; the error itself moves into the context for the record and log.
+fn error_response(mut fin: Finish, err: GatewayError) -> Response<ProxyBody> {
+    let ctx = &mut fin.ctx;
+    let status = err.status();
+    let body = err.body(ctx.request_id.to_str().unwrap_or_default());
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers::set_response_ids(h, &ctx.request_id, ctx.client_request_id.as_ref());
+    if let Some((name, value)) = err.extra_headers() {
+        h.insert(name, value);
+    }
+    // `Connection` is an HTTP/1 header; HTTP/2 has no equivalent per-request close.
+    if err.close_connection() && ctx.version < Version::HTTP_2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    ctx.status = status.as_u16();
+    ctx.response_started = true;
+    ctx.error = Some(err);
+    let (parts, ()) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::full(body, fin))
+}
+
+/// A plain response outside the pipeline (e.g. the admin listener).
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::untracked(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,248 @@
+//! The two streaming bodies of a proxied exchange.
+//!
+//! [`RequestBody`] carries the client's body to the upstream frame by frame, counting bytes and
+//! enforcing the service's size limit mid-stream; what it saw is shared with the handler through
+//! [`Progress`], because the upstream client polls the body on its own connection task.
+//! [`ProxyBody`] carries the response to the client (an upstream stream or a gateway-generated
+//! body) and owns the request's [`Finish`] guard, so the record is written exactly once, when the
+//! last byte is handed to hyper or when hyper drops the body (the client went away).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::Finish;
+use crate::error::GatewayError;
+
+/// What the request body wrapper observed; read by the handler after forwarding.
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes: AtomicU64,
+    /// 0 while fine, else one of the `BODY_*` faults below.
+    outcome: AtomicU8,
+}
+
+const BODY_CLIENT_ERROR: u8 = 1;
+const BODY_TOO_LARGE: u8 = 2;
+
+/// The request body stopped for a reason that belongs to the client, not the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    ClientError,
+    TooLarge,
+}
+
+impl Progress {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self.outcome.load(Ordering::Acquire) {
+            BODY_CLIENT_ERROR => Some(BodyFault::ClientError),
+            BODY_TOO_LARGE => Some(BodyFault::TooLarge),
+            _ => None,
+        }
+    }
+}
+
+/// Error yielded to the upstream client when the request body is cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("client request body failed")]
+    Client(#[source] hyper::Error),
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+/// The body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    Empty,
+    Stream {
+        inner: Incoming,
+        limit: u64,
+        progress: Arc<Progress>,
+    },
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Self::Stream {
+            inner,
+            limit,
+            progress,
+        } = self.get_mut()
+        else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = progress
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if total > *limit {
+                        progress.outcome.store(BODY_TOO_LARGE, Ordering::Release);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge {
+                            limit: *limit,
+                        })));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                progress.outcome.store(BODY_CLIENT_ERROR, Ordering::Release);
+                Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// The body sent to the client.
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+    /// Dropped (writing the record) as soon as the body ends, or with the body.
+    finish: Option<Finish>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes, finish: Finish) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes)),
+            finish: Some(finish),
+        }
+    }
+
+    pub fn upstream(body: Incoming, finish: Finish) -> Self {
+        Self {
+            kind: Kind::Upstream(body),
+            finish: Some(finish),
+        }
+    }
+
+    /// A body without a request record (admin responses and other internal uses).
+    pub fn untracked(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes)),
+            finish: None,
+        }
+    }
+
+    fn count(&mut self, n: usize) {
+        if let Some(f) = &mut self.finish {
+            f.ctx.response_bytes += n as u64;
+        }
+    }
+
+    /// Marks the response complete and writes the record now, not whenever hyper drops us.
+    fn complete(&mut self) {
+        if let Some(mut f) = self.finish.take() {
+            f.ctx.response_complete = true;
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match &mut this.kind {
+            Kind::Full(bytes) => {
+                let frame = bytes.take();
+                match frame {
+                    Some(b) => {
+                        this.count(b.len());
+                        this.complete();
+                        Poll::Ready(Some(Ok(Frame::data(b))))
+                    }
+                    None => {
+                        this.complete();
+                        Poll::Ready(None)
+                    }
+                }
+            }
+            Kind::Upstream(inner) => {
+                let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                let end = inner.is_end_stream();
+                match polled {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            this.count(data.len());
+                        }
+                        if end {
+                            this.complete();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) => {
+                        if let Some(f) = &mut this.finish {
+                            // The status line is already on the wire; only the record learns.
+                            f.ctx.error = Some(GatewayError::UpstreamInterrupted);
+                        }
+                        this.finish.take();
+                        Poll::Ready(Some(Err(e)))
+                    }
+                    None => {
+                        this.complete();
+                        Poll::Ready(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(inner) => inner.size_hint(),
+        }
+    }
+}

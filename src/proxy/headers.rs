@@ -1,0 +1,162 @@
+//! Header rewriting between client and upstream: hop-by-hop removal, forwarding headers and
+//! request ids. Pure functions over `HeaderMap`, unit-tested below.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_MS_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
+pub static X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers per RFC 9110 §7.6.1, plus the de-facto `Keep-Alive` and
+/// `Proxy-Connection`. They describe one connection and must not be forwarded.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`
+/// (RFC 9110 §7.6.1: "a proxy MUST ... remove any header fields nominated by the Connection
+/// header field").
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Keeps a client's `x-request-id` if it is 1 to 100 visible ASCII characters (the scoring
+/// container refuses longer ones with 431, AZUREML-CONTRACT B.3); otherwise makes a `UUIDv4`.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=100).contains(&b.len()) && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Client-supplied values are replaced, never
+/// appended to: a client could otherwise claim any address.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: HeaderValue,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
+    headers.insert(X_FORWARDED_FOR.clone(), client_ip);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// Adds the request-id headers every response carries (AZUREML-CONTRACT A2).
+pub fn set_response_ids(
+    headers: &mut HeaderMap,
+    request_id: &HeaderValue,
+    client_request_id: Option<&HeaderValue>,
+) {
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers.insert(X_MS_REQUEST_ID.clone(), request_id.clone());
+    if let Some(c) = client_request_id {
+        headers.insert(X_MS_CLIENT_REQUEST_ID.clone(), c.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn removes_static_and_nominated_hop_by_hop_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("x-other", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("content-type", "application/json"),
+            ("x-keep", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type", "x-keep"]);
+    }
+
+    #[test]
+    fn request_id_rules() {
+        let kept = request_id(&map(&[("x-request-id", "rid-123")]));
+        assert_eq!(kept, "rid-123");
+        let hundred = "a".repeat(100);
+        assert_eq!(
+            request_id(&map(&[("x-request-id", &hundred)])),
+            hundred.as_str()
+        );
+        for bad in ["a".repeat(101), "has space".into(), String::new()] {
+            let id = request_id(&map(&[("x-request-id", &bad)]));
+            assert_ne!(id, bad.as_str());
+            assert!(uuid::Uuid::parse_str(id.to_str().expect("ascii")).is_ok());
+        }
+        let fresh = request_id(&HeaderMap::new());
+        let parsed = uuid::Uuid::parse_str(fresh.to_str().expect("ascii")).expect("uuid");
+        assert_eq!(parsed.get_version_num(), 4);
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_values() {
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil")]);
+        set_forwarded(&mut h, HeaderValue::from_static("127.0.0.1"), true, None);
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert!(h.get(&X_FORWARDED_HOST).is_none());
+    }
+}

@@ -1,0 +1,62 @@
+//! The pooled keep-alive client to scoring containers, its timeouts, and the health probe behind
+//! `/readyz`.
+//!
+//! One client per service, so each service's connect timeout applies to its own upstream; the
+//! pool keeps idle HTTP/1.1 connections per host. Response-header timeouts are applied by the
+//! caller (`proxy::forward`) because they are a per-request policy, not a transport setting.
+
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::RequestBody;
+
+/// Idle upstream connections are kept this long; scoring containers (gunicorn) commonly close
+/// idle keep-alive connections after a few seconds, so a stale one is retried by hyper-util.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Enough idle connections for a burst of concurrent requests without reconnecting.
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpConnector, RequestBody>,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self { client }
+    }
+
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+
+    /// `GET uri` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
+    /// 200 `Healthy` (AZUREML-CONTRACT B.3).
+    pub async fn probe(&self, uri: Uri, timeout: Duration) -> bool {
+        let Ok(req) = Request::get(uri).body(RequestBody::Empty) else {
+            return false;
+        };
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status().is_success(),
+            Ok(Err(_)) | Err(_) => false,
+        }
+    }
+}

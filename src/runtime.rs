@@ -1,0 +1,195 @@
+//! The state every request handler shares: the route table, the upstream client, telemetry
+//! handles and the lifecycle flags.
+//!
+//! The route table sits behind an `ArcSwap`, so a request takes one lock-free snapshot at its
+//! start and finishes under the settings it started with, while a reload stores a new table for
+//! the requests that follow. Building a table does all the per-service work (metric handles,
+//! normalised routes) once, off the request path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ServiceConfig};
+use crate::proxy::upstream::UpstreamClient;
+use crate::shutdown::Lifecycle;
+use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
+use crate::telemetry::request_log::RecordSink;
+
+/// One configured scoring service with its resolved handles.
+#[derive(Debug)]
+pub struct Service {
+    pub config: ServiceConfig,
+    /// The name as shared text for records (cloned per request without allocating).
+    pub name: Arc<str>,
+    pub metrics: ServiceMetrics,
+    /// Pooled client to this service's scoring container.
+    pub upstream: UpstreamClient,
+    /// Result of the latest health probe of the upstream.
+    healthy: AtomicBool,
+}
+
+impl Service {
+    fn new(config: ServiceConfig, metrics: &Metrics) -> Self {
+        Self {
+            name: Arc::from(config.name.as_str()),
+            metrics: ServiceMetrics::new(metrics, &config.name, config.auth.as_str()),
+            upstream: UpstreamClient::new(config.connect_timeout),
+            healthy: AtomicBool::new(false),
+            config,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Release);
+    }
+}
+
+/// The services, ordered so that the first match is the longest route.
+#[derive(Debug, Default)]
+pub struct Routes {
+    services: Vec<Arc<Service>>,
+}
+
+impl Routes {
+    pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Self {
+        let mut services: Vec<Arc<Service>> = configs
+            .iter()
+            .map(|c| Arc::new(Service::new(c.clone(), metrics)))
+            .collect();
+        services.sort_by(|a, b| b.config.route.len().cmp(&a.config.route.len()));
+        Self { services }
+    }
+
+    /// Finds the service whose route is the longest prefix of `path` on a segment boundary and
+    /// returns it with the rest of the path (always starting with `/`).
+    pub fn route<'p>(&self, path: &'p str) -> Option<(&Arc<Service>, &'p str)> {
+        self.services.iter().find_map(|s| {
+            let rest = path.strip_prefix(s.config.route.as_str())?;
+            if rest.is_empty() {
+                Some((s, "/"))
+            } else if rest.starts_with('/') {
+                Some((s, rest))
+            } else {
+                None
+            }
+        })
+    }
+
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| s.config.name == name)
+    }
+}
+
+/// Everything shared by the handlers of both listeners.
+#[derive(Debug)]
+pub struct Gateway {
+    pub routes: ArcSwap<Routes>,
+    pub metrics: Arc<Metrics>,
+    /// Handles for requests that matched no route.
+    pub unrouted: ServiceMetrics,
+    pub records: RecordSink,
+    pub lifecycle: Arc<Lifecycle>,
+    /// `ComputeType` of every record.
+    pub compute_type: Arc<str>,
+    /// Whether the scoring listener terminates TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, metrics: Arc<Metrics>, records: RecordSink) -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(Routes::new(&config.services, &metrics)),
+            unrouted: ServiceMetrics::new(&metrics, UNROUTED, "none"),
+            metrics,
+            records,
+            lifecycle: Arc::new(Lifecycle::default()),
+            compute_type: Arc::from(config.server.compute_type.as_str()),
+            tls: config.server.tls.is_some(),
+        }
+    }
+
+    /// Ready = listening, not draining, and every upstream answered its latest health probe.
+    pub fn is_ready(&self) -> bool {
+        self.lifecycle.is_listening()
+            && !self.lifecycle.is_draining()
+            && self.routes.load().services().iter().all(|s| s.is_healthy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthMode, Upstream};
+    use std::time::Duration;
+
+    fn svc(name: &str, route: &str) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            route: route.into(),
+            upstream: Upstream {
+                scheme: http::uri::Scheme::HTTP,
+                authority: http::uri::Authority::from_static("127.0.0.1:1"),
+                base_path: String::new(),
+            },
+            auth: AuthMode::None,
+            scoring_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            health_path: "/".into(),
+            max_body_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn longest_route_wins_on_segment_boundaries() {
+        let m = Metrics::new();
+        let routes = Routes::new(
+            &[
+                svc("root", ""),
+                svc("iris", "/api/v1/service/iris"),
+                svc("iris2", "/api/v1/service/iris2"),
+            ],
+            &m,
+        );
+        let name = |p: &str| {
+            routes
+                .route(p)
+                .map(|(s, rest)| (s.config.name.clone(), rest.to_owned()))
+        };
+        assert_eq!(
+            name("/api/v1/service/iris/score"),
+            Some(("iris".into(), "/score".into()))
+        );
+        assert_eq!(
+            name("/api/v1/service/iris"),
+            Some(("iris".into(), "/".into()))
+        );
+        assert_eq!(
+            name("/api/v1/service/iris2/score"),
+            Some(("iris2".into(), "/score".into()))
+        );
+        // "iris" must not match "/api/v1/service/irisx": not a segment boundary.
+        assert_eq!(
+            name("/api/v1/service/irisx/score"),
+            Some(("root".into(), "/api/v1/service/irisx/score".into()))
+        );
+        assert_eq!(name("/"), Some(("root".into(), "/".into())));
+    }
+
+    #[test]
+    fn no_root_route_means_no_match() {
+        let m = Metrics::new();
+        let routes = Routes::new(&[svc("iris", "/iris")], &m);
+        assert!(routes.route("/other").is_none());
+        assert!(routes.route("/iri").is_none());
+    }
+}

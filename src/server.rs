@@ -1,0 +1,252 @@
+//! Accept loops, TLS handshakes under a timeout, hyper-util serving, and the drain sequence.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so `main` binds real ports and
+//! tests bind `127.0.0.1:0`. An accept error is logged, counted and briefly backed off; it never
+//! ends the loop. A failed TLS handshake is counted and ends only its own connection. This module
+//! does not authenticate and does not build request records; it hands each request to
+//! `proxy::handle` (scoring) or `admin::handle` (admin).
+//!
+//! Shutdown order (STYLE §5): readiness turns 503 → pre-drain delay → stop accepting → hyper-util
+//! graceful shutdown of every connection, bounded by `drain_timeout` → stop background tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::proxy::{self, ConnInfo};
+use crate::runtime::Gateway;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::request_log::RecordSink;
+use crate::{admin, health, state, tls};
+
+/// The two bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub scoring: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of the configuration.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            scoring: TcpListener::bind(config.server.listen).await?,
+            admin: TcpListener::bind(config.server.admin_listen).await?,
+        })
+    }
+}
+
+/// Telemetry handles owned by the caller (so tests can read their own registry and records).
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub records: RecordSink,
+}
+
+/// How the drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished within the drain timeout.
+    Complete,
+    /// The deadline passed with connections still open; they were dropped.
+    TimedOut,
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Drained> {
+    state::ensure_state_dir(&config.server.state_dir)?;
+    let gw = Arc::new(Gateway::new(&config, telemetry.metrics, telemetry.records));
+    let lifecycle = Arc::clone(&gw.lifecycle);
+
+    let acceptor = match &config.server.tls {
+        Some(t) => {
+            let resolver = tls::CertResolver::new(t.certified_key.clone());
+            Some(TlsAcceptor::from(Arc::new(tls::server_config(resolver)?)))
+        }
+        None => {
+            tracing::warn!(
+                listen = %config.server.listen,
+                "no [server.tls] table: serving plain HTTP; callers' keys and tokens cross the network unencrypted"
+            );
+            None
+        }
+    };
+
+    let health = tokio::spawn(health::probe_loop(
+        Arc::clone(&gw),
+        config.server.health_interval,
+    ));
+
+    let scoring_graceful = GracefulShutdown::new();
+    let scoring = ScoringListener {
+        gw: Arc::clone(&gw),
+        acceptor,
+        http: http_builder(&config),
+        handshake_timeout: config.server.tls_handshake_timeout,
+    };
+    tracing::info!(
+        listen = %listeners.scoring.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        services = config.services.len(),
+        "scoregate listening"
+    );
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        Arc::clone(&gw),
+        lifecycle.stop_background.clone(),
+    ));
+    lifecycle.set_listening();
+
+    // The accept loop runs here rather than in a task so it can lend each connection a watcher
+    // of `scoring_graceful`, which this function consumes afterwards to drain.
+    let accepting = scoring.accept_loop(
+        listeners.scoring,
+        &scoring_graceful,
+        lifecycle.stop_accepting.clone(),
+    );
+    let control = async {
+        shutdown.await;
+        lifecycle.start_draining();
+        tracing::info!(
+            delay_ms = config.server.pre_drain_delay.as_millis(),
+            "draining: readiness is now 503"
+        );
+        tokio::time::sleep(config.server.pre_drain_delay).await;
+        lifecycle.stop_accepting.cancel();
+    };
+    tokio::join!(accepting, control);
+
+    let outcome = match tokio::time::timeout(
+        config.server.drain_timeout,
+        scoring_graceful.shutdown(),
+    )
+    .await
+    {
+        Ok(()) => {
+            tracing::info!("drain complete: every connection finished");
+            Drained::Complete
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = config.server.drain_timeout.as_millis(),
+                "drain timed out; remaining connections are dropped"
+            );
+            Drained::TimedOut
+        }
+    };
+    lifecycle.stop_background.cancel();
+    let _ = admin_task.await;
+    health.abort();
+    Ok(outcome)
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Detect dead HTTP/2 peers so their streams do not hold resources forever.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// The scoring listener's per-process state.
+struct ScoringListener {
+    gw: Arc<Gateway>,
+    acceptor: Option<TlsAcceptor>,
+    http: auto::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+}
+
+impl ScoringListener {
+    async fn accept_loop(
+        self,
+        listener: TcpListener,
+        graceful: &GracefulShutdown,
+        stop: CancellationToken,
+    ) {
+        let this = Arc::new(self);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = Arc::clone(&this);
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move { this.connection(stream, peer, watcher).await });
+                }
+                Err(e) => {
+                    this.gw.metrics.accept_errors.inc();
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    // Usually EMFILE: give in-flight connections a moment to release descriptors.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::debug!("scoring listener closed");
+    }
+
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ConnInfo::new(peer));
+        let gw = Arc::clone(&self.gw);
+        let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&conn), req));
+        let result = match &self.acceptor {
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let conn = self
+                            .http
+                            .serve_connection(TokioIo::new(tls), service)
+                            .into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Ok(Err(e)) => {
+                        self.gw.metrics.tls_handshake_errors.inc();
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.gw.metrics.tls_handshake_errors.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+            None => {
+                let conn = self
+                    .http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                watcher.watch(conn).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The Prometheus registry and every series the gateway exports.
+//!
+//! `Metrics` owns an explicit `prometheus::Registry` (never the global default), created once per
+//! gateway and passed down in an `Arc`, so tests read their own registry. Label values come from
+//! fixed sets only (service names from config, methods folded to a fixed list, status classes,
+//! reasons from `GatewayError::code`); never raw paths, keys, tokens or subjects. Per-service
+//! handles are resolved once in [`ServiceMetrics::new`], so the request path never hashes labels.
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Label value used for requests that matched no service.
+pub const UNROUTED: &str = "-";
+
+/// Methods get their own label value; anything else is counted as `OTHER` so a client cannot
+/// inflate cardinality with invented methods.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Latency buckets in seconds: sub-millisecond resolution for the gateway's own overhead, up to
+/// Azure ML's 60 s scoring timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+];
+
+fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn status_class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// All metric families. Cloning the inner `*Vec`s is cheap (they are `Arc`s inside).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    pub auth_failures: IntCounterVec,
+    pub key_auth: IntCounterVec,
+    pub token_cache: IntCounterVec,
+    inflight: IntGaugeVec,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub tls_handshake_errors: IntCounter,
+    pub accept_errors: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub records_dropped: IntCounter,
+    pub record_write_errors: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric names are unique");
+    vec
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let vec = HistogramVec::new(opts, &["service"]).expect("static metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric names are unique");
+    vec
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry. Only fails on programming errors (duplicate
+    /// or malformed static names), hence the `expect`s, which run once at startup.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build = gauge_vec(
+            &r,
+            "scoregate_build_info",
+            "Build information; the value is always 1.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            requests: counter_vec(
+                &r,
+                "scoregate_requests_total",
+                "Requests answered on the scoring listener.",
+                &["service", "method", "status_class", "auth_mode"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "scoregate_request_duration_seconds",
+                "Time from request start to the end of the response body.",
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "scoregate_upstream_duration_seconds",
+                "Time from forwarding a request to receiving the scoring container's response headers.",
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "scoregate_auth_failures_total",
+                "Requests refused by authentication, by reason.",
+                &["service", "reason"],
+            ),
+            key_auth: counter_vec(
+                &r,
+                "scoregate_key_auth_total",
+                "Successful key authentications by key slot.",
+                &["service", "slot"],
+            ),
+            token_cache: counter_vec(
+                &r,
+                "scoregate_token_cache_total",
+                "Verified-token cache lookups by result.",
+                &["service", "result"],
+            ),
+            inflight: gauge_vec(
+                &r,
+                "scoregate_inflight_requests",
+                "Requests currently being handled.",
+                &["service"],
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "scoregate_upstream_errors_total",
+                "Failed forwards to the scoring container, by kind.",
+                &["service", "kind"],
+            ),
+            upstream_healthy: gauge_vec(
+                &r,
+                "scoregate_upstream_healthy",
+                "1 when the service's last health probe succeeded.",
+                &["service"],
+            ),
+            tls_handshake_errors: counter(
+                &r,
+                "scoregate_tls_handshake_errors_total",
+                "TLS handshakes that failed or timed out.",
+            ),
+            accept_errors: counter(
+                &r,
+                "scoregate_accept_errors_total",
+                "Errors accepting TCP connections (e.g. file descriptor exhaustion).",
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "scoregate_config_reloads_total",
+                "Configuration and credential reloads by result.",
+                &["result"],
+            ),
+            records_dropped: counter(
+                &r,
+                "scoregate_request_records_dropped_total",
+                "Request records dropped because the record sink could not keep up.",
+            ),
+            record_write_errors: counter(
+                &r,
+                "scoregate_request_record_write_errors_total",
+                "Failed writes of request records to their sink.",
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition format for `GET /metrics`.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec only fails on invalid metric data, which the typed API prevents.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles for one service (or for unrouted requests), resolved once.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    requests: Vec<[IntCounter; 5]>,
+    pub duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub inflight: IntGauge,
+}
+
+impl ServiceMetrics {
+    pub fn new(metrics: &Metrics, service: &str, auth_mode: &str) -> Self {
+        let requests = METHODS
+            .iter()
+            .map(|m| {
+                STATUS_CLASSES.map(|class| {
+                    metrics
+                        .requests
+                        .with_label_values(&[service, m, class, auth_mode])
+                })
+            })
+            .collect();
+        Self {
+            requests,
+            duration: metrics.request_duration.with_label_values(&[service]),
+            upstream_duration: metrics.upstream_duration.with_label_values(&[service]),
+            inflight: metrics.inflight.with_label_values(&[service]),
+        }
+    }
+
+    pub fn count_request(&self, method: &Method, status: u16) {
+        self.requests[method_index(method)][status_class_index(status)].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counter_uses_fixed_labels() {
+        let m = Metrics::new();
+        let s = ServiceMetrics::new(&m, "iris", "key");
+        s.count_request(&Method::POST, 200);
+        s.count_request(&Method::from_bytes(b"BREW").expect("method"), 418);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(text.contains(
+            r#"scoregate_requests_total{auth_mode="key",method="POST",service="iris",status_class="2xx"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"scoregate_requests_total{auth_mode="key",method="OTHER",service="iris",status_class="4xx"} 1"#
+        ), "{text}");
+        assert!(!text.contains("BREW"));
+        assert!(text.contains(r#"scoregate_build_info{version=""#));
+    }
+
+    #[test]
+    fn status_classes_cover_odd_codes() {
+        assert_eq!(status_class_index(99), 0);
+        assert_eq!(status_class_index(499), 3);
+        assert_eq!(status_class_index(599), 4);
+        assert_eq!(status_class_index(999), 4);
+    }
+}

@@ -1,0 +1,154 @@
+//! TLS for the scoring listener: loading a PEM certificate chain and key, and building the rustls
+//! server configuration with a certificate resolver that can be swapped live.
+//!
+//! Policy: TLS 1.2 and 1.3 only, the crypto provider's default suites (all AEAD with forward
+//! secrecy: AES-GCM and ChaCha20-Poly1305 over ECDHE), ALPN `h2` then `http/1.1`, stateless
+//! session tickets plus a session cache for cheap resumption. This module knows nothing about HTTP
+//! beyond the ALPN names; the handshake timeout lives in `server`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// Why a certificate/key pair could not be loaded. `Cert*` variants belong to the `cert` setting,
+/// `Key*` to the `key` setting, so config errors can name the right field.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    CertRead {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{} holds no PEM certificate", path.display())]
+    CertEmpty { path: PathBuf },
+    #[error("cannot read a PEM private key (PKCS#8, PKCS#1 or SEC1) from {}: {source}", path.display())]
+    KeyRead {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("the key in {} cannot be used with the certificate: {source}", path.display())]
+    KeyUnusable {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+impl LoadError {
+    /// True when the certificate file (rather than the key file) is at fault.
+    pub const fn is_cert_problem(&self) -> bool {
+        matches!(self, Self::CertRead { .. } | Self::CertEmpty { .. })
+    }
+}
+
+/// The crypto provider used for every TLS context of the process.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads a PEM chain and key and checks that the key matches the leaf certificate.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, LoadError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|source| LoadError::CertRead {
+            path: cert.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(LoadError::CertEmpty {
+            path: cert.to_owned(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| LoadError::KeyRead {
+        path: key.to_owned(),
+        source,
+    })?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|source| LoadError::KeyUnusable {
+        path: key.to_owned(),
+        source,
+    })
+}
+
+/// Hands every new handshake the current certificate. Swapping `current` rotates the certificate
+/// for new connections while established ones keep theirs (linkerd2-proxy's meshtls pattern).
+#[derive(Debug)]
+pub struct CertResolver {
+    pub current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn new(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(key),
+        })
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Builds the server configuration around a resolver.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless tickets let reconnecting clients resume without a full handshake and without
+    // server-side state per client; the cache covers TLS 1.2 session ids.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn loads_a_matching_pair_and_rejects_a_mismatched_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let b = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert = write(dir.path(), "a.crt", &a.cert.pem());
+        let key_a = write(dir.path(), "a.key", &a.signing_key.serialize_pem());
+        let key_b = write(dir.path(), "b.key", &b.signing_key.serialize_pem());
+
+        load_certified_key(&cert, &key_a).expect("matching pair loads");
+        let err = load_certified_key(&cert, &key_b).expect_err("mismatch");
+        assert!(matches!(err, LoadError::KeyUnusable { .. }), "{err}");
+        assert!(!err.is_cert_problem());
+    }
+
+    #[test]
+    fn missing_or_empty_files_name_the_culprit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let key = write(dir.path(), "a.key", &a.signing_key.serialize_pem());
+        let empty = write(dir.path(), "empty.crt", "");
+        let err = load_certified_key(&dir.path().join("nope.crt"), &key).expect_err("missing");
+        assert!(err.is_cert_problem(), "{err}");
+        let err = load_certified_key(&empty, &key).expect_err("empty");
+        assert!(matches!(err, LoadError::CertEmpty { .. }), "{err}");
+        let cert = write(dir.path(), "a.crt", &a.cert.pem());
+        let err = load_certified_key(&cert, &cert).expect_err("cert is not a key");
+        assert!(matches!(err, LoadError::KeyRead { .. }), "{err}");
+    }
+}
