@@ -254,7 +254,9 @@ impl RecordSink {
             .name("scoregate-records".into())
             .spawn(move || {
                 let out: Box<dyn Write> = match output {
-                    RecordOutput::Stdout => Box::new(std::io::stdout().lock()),
+                    // Not `lock()`: holding the lock for the thread's life would block every other
+                    // `println!` in the process (the demo banner, check-config output).
+                    RecordOutput::Stdout => Box::new(std::io::stdout()),
                     RecordOutput::Writer(w) => w,
                 };
                 write_loop(&rx, out, &write_errors);
