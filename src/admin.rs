@@ -1,9 +1,11 @@
 //! The admin listener: plain HTTP/1.1, loopback by default, never serves scoring traffic.
 //!
 //! Routes:
-//! - `GET /healthz`: 200 while the process runs (liveness).
+//! - `GET /healthz`: 200 while the process runs (liveness). No credential.
 //! - `GET /readyz`: 200 once listeners are up and every upstream answered its health probe; 503
-//!   otherwise and while draining, with per-service detail.
+//!   otherwise and while draining, with per-service detail. No credential.
+//! - `POST /services/{name}/listkeys`, `POST /services/{name}/regenerateKeys`: the management
+//!   API (`management`), admin credential required (`authz`).
 //!
 //! The admin listener keeps answering during the drain (so orchestrators see 503 on `/readyz`)
 //! and closes when background tasks stop.
@@ -20,8 +22,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::error_body;
 use crate::runtime::Gateway;
+
+pub mod authz;
+pub mod management;
+
+use management::{ApiError, ServiceOp};
+
+/// Largest management request body read.
+const MAX_BODY: usize = 64 * 1024;
 
 pub type AdminResponse = Response<Full<Bytes>>;
 
@@ -49,7 +58,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
             TokioIo::new(stream),
             service_fn(move |req| {
                 let gw = Arc::clone(&gw);
-                async move { Ok::<_, Infallible>(handle(&gw, req)) }
+                async move { Ok::<_, Infallible>(handle(&gw, req).await) }
             }),
         );
         let stop = stop.clone();
@@ -64,17 +73,63 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
     }
 }
 
-fn handle(gw: &Gateway, req: Request<Incoming>) -> AdminResponse {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
-        (&Method::GET, "/readyz") => readyz(gw),
-        (_, "/healthz" | "/readyz") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET",
-        ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin route"),
+async fn handle(gw: &Gateway, req: Request<Incoming>) -> AdminResponse {
+    let request_id = crate::proxy::headers::request_id(req.headers());
+    let mut resp = match route(gw, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.response(&request_id),
+    };
+    resp.headers_mut()
+        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), request_id);
+    resp
+}
+
+async fn route(gw: &Gateway, req: Request<Incoming>) -> Result<AdminResponse, ApiError> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/healthz" | "/readyz" => {
+            if req.method() != Method::GET {
+                return Err(ApiError::MethodNotAllowed("GET"));
+            }
+            Ok(if path == "/healthz" {
+                json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+            } else {
+                readyz(gw)
+            })
+        }
+        _ => {
+            let Some((name, op)) = service_route(&path) else {
+                return Err(ApiError::RouteNotFound);
+            };
+            if req.method() != Method::POST {
+                return Err(ApiError::MethodNotAllowed("POST"));
+            }
+            let principal = gw
+                .admin
+                .authenticate(req.headers())
+                .map_err(ApiError::Unauthenticated)?;
+            let body = read_body(req).await?;
+            management::service_op(gw, &principal, name, op, body).await
+        }
     }
+}
+
+/// `/services/{name}/{op}` → (name, op).
+fn service_route(path: &str) -> Option<(&str, ServiceOp)> {
+    let rest = path.strip_prefix("/services/")?;
+    let (name, op) = rest.split_once('/')?;
+    Some((name, ServiceOp::parse(op)?))
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    use http_body_util::{BodyExt, Limited};
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!("request body unreadable or over {MAX_BODY} bytes"))
+        })
 }
 
 fn readyz(gw: &Gateway) -> AdminResponse {
@@ -120,16 +175,5 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> AdminResponse {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
-    resp
-}
-
-pub fn error(status: StatusCode, code: &str, message: &str) -> AdminResponse {
-    let id = crate::proxy::headers::new_request_id();
-    let mut resp = json(
-        status,
-        error_body(code, message, id.to_str().unwrap_or_default()).to_vec(),
-    );
-    resp.headers_mut()
-        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), id);
     resp
 }

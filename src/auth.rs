@@ -1,8 +1,77 @@
 //! Who is calling: turns a request's credentials into a [`Principal`] for the service it targets,
 //! or a typed authentication failure. Builds no responses; `proxy` maps failures through
 //! `GatewayError`.
+//!
+//! Credentials travel as `Authorization: Bearer <credential>` (RFC 6750 §2.1). The scheme is
+//! matched case-insensitively (RFC 9110 §11.1); the credential must be visible ASCII with no
+//! whitespace, so a key with trailing whitespace (possible over HTTP/2, where values are not
+//! trimmed) is refused rather than silently trimmed.
+
+pub mod keys;
 
 use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::error::AuthFailure;
+use keys::KeyStore;
+
+/// Longest bearer credential looked at; anything longer is refused before any work.
+pub const MAX_BEARER_LEN: usize = 8 * 1024;
+
+/// How a service checks its callers, with the state that check needs.
+#[derive(Debug)]
+pub enum ServiceAuth {
+    None,
+    Key(Arc<KeyStore>),
+}
+
+impl ServiceAuth {
+    /// Authenticates a scoring request.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+        match self {
+            Self::None => Ok(Principal::Anonymous),
+            Self::Key(store) => {
+                let presented = bearer(headers)?;
+                if presented.len() > keys::MAX_KEY_LEN {
+                    return Err(AuthFailure::Invalid);
+                }
+                store
+                    .verify(presented)
+                    .map(Principal::Key)
+                    .ok_or(AuthFailure::Invalid)
+            }
+        }
+    }
+}
+
+/// Extracts the bearer credential. Missing header, several headers, or another scheme is
+/// `Missing`; a malformed bearer value is `Invalid`.
+pub fn bearer(headers: &HeaderMap) -> Result<&[u8], AuthFailure> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthFailure::Invalid);
+    }
+    let bytes = value.as_bytes();
+    if bytes.len() > MAX_BEARER_LEN + 16 {
+        return Err(AuthFailure::Invalid);
+    }
+    let (scheme, rest) = match bytes.iter().position(|&b| b == b' ') {
+        Some(i) => bytes.split_at(i),
+        None => return Err(AuthFailure::Missing),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(AuthFailure::Missing);
+    }
+    // RFC 7235 allows one or more spaces between scheme and credential.
+    let credential = &rest[rest.iter().take_while(|&&b| b == b' ').count()..];
+    if credential.is_empty() || !credential.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(AuthFailure::Invalid);
+    }
+    Ok(credential)
+}
 
 /// The authenticated caller of a scoring request. Never holds a credential, only what records and
 /// metrics may show.
@@ -45,5 +114,51 @@ impl KeySlot {
             Self::Primary => "primary",
             Self::Secondary => "secondary",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_bytes(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer(&headers(&[b"Bearer abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer(&headers(&[b"bearer abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer(&headers(&[b"BEARER   abc"])), Ok(&b"abc"[..]));
+        assert_eq!(bearer(&HeaderMap::new()), Err(AuthFailure::Missing));
+        assert_eq!(
+            bearer(&headers(&[b"Basic YWJjOmRlZg=="])),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(bearer(&headers(&[b"Bearer"])), Err(AuthFailure::Missing));
+        assert_eq!(bearer(&headers(&[b"Bearer "])), Err(AuthFailure::Invalid));
+        assert_eq!(
+            bearer(&headers(&[b"Bearer abc "])),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            bearer(&headers(&[b"Bearer ab c"])),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            bearer(&headers(&[b"Bearer a\tb"])),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            bearer(&headers(&[b"Bearer a", b"Bearer b"])),
+            Err(AuthFailure::Invalid)
+        );
+        let long = [b"Bearer ".as_slice(), &vec![b'a'; 10 * 1024]].concat();
+        assert_eq!(bearer(&headers(&[&long])), Err(AuthFailure::Invalid));
     }
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 use http::Uri;
 use rustls::sign::CertifiedKey;
 
+use crate::auth::keys::{KeySource, KeyStorage};
+
 pub use raw::RawConfig;
 
 /// Azure ML's scoring timeout default (`scoring_timeout_ms`, AZUREML-CONTRACT A3/A5).
@@ -114,6 +116,8 @@ pub struct ServiceConfig {
     pub health_path: String,
     /// Largest request body forwarded (Azure ML's front end allows 100 MB).
     pub max_body_bytes: u64,
+    /// Where the keys of a key-mode service live (`Some` exactly when `auth = "key"`).
+    pub keys: Option<KeySource>,
 }
 
 /// Where a service's scoring container lives.
@@ -229,7 +233,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
         let server = self.server(raw.server);
-        let services = self.services(raw.services);
+        let services = self.services(raw.services, &server.state_dir);
         Config {
             source: path.to_owned(),
             server,
@@ -238,8 +242,12 @@ impl Validator<'_> {
     }
 
     fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
-        let listen = self.addr("server.listen", raw.listen, "127.0.0.1:8443");
-        let admin_listen = self.addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9901");
+        let listen = self.addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8443");
+        let admin_listen = self.addr(
+            "server.admin_listen",
+            raw.admin_listen.as_deref(),
+            "127.0.0.1:9901",
+        );
         if listen == admin_listen && listen.port() != 0 {
             self.issue(
                 "server.admin_listen",
@@ -317,7 +325,7 @@ impl Validator<'_> {
         }
     }
 
-    fn services(&mut self, raw: Vec<raw::RawService>) -> Vec<ServiceConfig> {
+    fn services(&mut self, raw: Vec<raw::RawService>, state_dir: &Path) -> Vec<ServiceConfig> {
         if raw.is_empty() {
             self.issue("service", "at least one [[service]] is required");
         }
@@ -325,7 +333,7 @@ impl Validator<'_> {
         let services: Vec<ServiceConfig> = raw
             .into_iter()
             .enumerate()
-            .map(|(i, s)| self.service(i, s))
+            .map(|(i, s)| self.service(i, s, state_dir))
             .collect();
         // Routes that already failed validation hold a placeholder; comparing those would report
         // a duplicate that is not one.
@@ -357,7 +365,7 @@ impl Validator<'_> {
         services
     }
 
-    fn service(&mut self, i: usize, raw: raw::RawService) -> ServiceConfig {
+    fn service(&mut self, i: usize, raw: raw::RawService, state_dir: &Path) -> ServiceConfig {
         let key = |field: &str| format!("service[{i}].{field}");
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
@@ -395,7 +403,11 @@ impl Validator<'_> {
         let auth = match raw.auth.as_deref().unwrap_or("none") {
             "none" => AuthMode::None,
             "key" => AuthMode::Key,
-            "token" => AuthMode::Token,
+            "token" => {
+                // Refuse rather than serve a token-mode service without verification.
+                self.issue(key("auth"), "\"token\" is not available in this build yet");
+                AuthMode::Token
+            }
             other => {
                 self.issue(
                     key("auth"),
@@ -404,6 +416,14 @@ impl Validator<'_> {
                 AuthMode::None
             }
         };
+        let keys = self.key_source(
+            i,
+            auth,
+            &name,
+            raw.keys_file,
+            raw.key_storage.as_deref(),
+            state_dir,
+        );
         let health_path = raw.health_path.unwrap_or_else(|| "/".to_owned());
         if !health_path.starts_with('/') || health_path.parse::<http::uri::PathAndQuery>().is_err()
         {
@@ -437,11 +457,74 @@ impl Validator<'_> {
             upstream,
             auth,
             health_path,
+            keys,
         }
     }
 
-    fn addr(&mut self, key: &str, raw: Option<String>, default: &str) -> SocketAddr {
-        let text = raw.as_deref().unwrap_or(default);
+    fn key_source(
+        &mut self,
+        i: usize,
+        auth: AuthMode,
+        name: &str,
+        keys_file: Option<String>,
+        key_storage: Option<&str>,
+        state_dir: &Path,
+    ) -> Option<KeySource> {
+        let key = |field: &str| format!("service[{i}].{field}");
+        if auth != AuthMode::Key {
+            for (field, set) in [
+                ("keys_file", keys_file.is_some()),
+                ("key_storage", key_storage.is_some()),
+            ] {
+                if set {
+                    self.issue(
+                        key(field),
+                        format!(
+                            "applies only to auth = \"key\" (this service uses {:?})",
+                            auth.as_str()
+                        ),
+                    );
+                }
+            }
+            return None;
+        }
+        let storage = match key_storage {
+            None | Some("plain") => KeyStorage::Plain,
+            Some("hashed") => KeyStorage::Hashed,
+            Some(other) => {
+                self.issue(
+                    key("key_storage"),
+                    format!("{other:?} is not \"plain\" or \"hashed\""),
+                );
+                KeyStorage::Plain
+            }
+        };
+        match keys_file {
+            Some(file) => {
+                if key_storage.is_some() {
+                    self.issue(
+                        key("key_storage"),
+                        "applies only to keys scoregate generates; a keys_file decides its own format",
+                    );
+                }
+                let path = self.path(&file);
+                if !path.is_file() {
+                    self.issue(
+                        key("keys_file"),
+                        format!("{} is not a readable file", path.display()),
+                    );
+                }
+                Some(KeySource::OperatorFile { path })
+            }
+            None => Some(KeySource::State {
+                path: KeySource::state_path(state_dir, name),
+                storage,
+            }),
+        }
+    }
+
+    fn addr(&mut self, key: &str, raw: Option<&str>, default: &str) -> SocketAddr {
+        let text = raw.unwrap_or(default);
         text.parse().unwrap_or_else(|_| {
             self.issue(
                 key,
@@ -452,10 +535,10 @@ impl Validator<'_> {
     }
 
     fn millis(&mut self, key: &str, raw: Option<u64>, default: u64, min: u64) -> Duration {
-        let ms = raw.unwrap_or(default);
         // A day is far beyond any sensible gateway timeout; larger values are almost surely a
         // unit mistake (seconds vs microseconds).
         const MAX: u64 = 86_400_000;
+        let ms = raw.unwrap_or(default);
         if ms < min {
             self.issue(key, format!("{ms} is below the minimum of {min} ms"));
         } else if ms > MAX {

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::keys::KeyStore;
 use crate::config::{self, Config};
 use crate::server::{self, Listeners, Telemetry};
 use crate::telemetry::metrics::Metrics;
@@ -72,7 +73,7 @@ pub fn make_pki() -> anyhow::Result<DemoPki> {
     })
 }
 
-/// The demo's configuration text: one key-less service in front of the sample model.
+/// The demo's configuration text: one key-protected service in front of the sample model.
 fn demo_config_text(opts: &DemoOptions, model: SocketAddr, state_dir: &Path) -> String {
     format!(
         r#"[server]
@@ -90,7 +91,7 @@ key = "server.key"
 name = "iris"
 route = "/api/v1/service/iris"
 upstream = "http://{model}"
-auth = "none"
+auth = "key"
 "#,
         listen = opts.listen,
         admin = opts.admin_listen,
@@ -120,6 +121,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let text = demo_config_text(&opts, model_addr, &dir.0.join("state"));
     crate::state::write_atomic(&config_path, text.as_bytes(), 0o600)?;
     let config = config::load_and_validate(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Generate the service's keys now (the gateway then loads the same file) to show the key.
+    let primary = match config.services.first().and_then(|s| s.keys.clone()) {
+        Some(source) => {
+            crate::state::ensure_state_dir(&config.server.state_dir)?;
+            KeyStore::open(source)?.list()?.primary
+        }
+        None => anyhow::bail!("the demo service has no key store"),
+    };
     let listeners = Listeners::bind(&config).await.with_context(|| {
         format!(
             "cannot listen on {} / {} (pass --listen / --admin-listen to pick other ports)",
@@ -153,11 +162,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "https://localhost:{}/api/v1/service/iris/score",
         scoring_addr.port()
     );
-    match self_check(scoring_addr, &pki.ca_pem).await {
+    match self_check(scoring_addr, &pki.ca_pem, primary.expose()).await {
         Ok(body) => println!("self-check: POST {url} -> 200 {body}"),
         Err(e) => eprintln!("self-check failed: {e:#}"),
     }
-    print_banner(&config, &url, &ca_path, admin_addr, opts.duration);
+    print_banner(
+        &config,
+        &url,
+        &ca_path,
+        admin_addr,
+        opts.duration,
+        primary.expose(),
+    );
 
     tokio::select! {
         () = crate::shutdown::signal() => {}
@@ -178,7 +194,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
 /// Sends one scoring call through the gateway over verified TLS and returns the response body.
 /// The sample model's listener is bound before the gateway starts, so no warm-up is needed.
-async fn self_check(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<String> {
+async fn self_check(addr: SocketAddr, ca_pem: &str, key: &str) -> anyhow::Result<String> {
     use http_body_util::{BodyExt, Full};
     use rustls::pki_types::pem::PemObject;
 
@@ -201,6 +217,7 @@ async fn self_check(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<String> {
     let req = http::Request::post("/api/v1/service/iris/score")
         .header(http::header::HOST, "localhost")
         .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
         .body(Full::new(bytes::Bytes::from_static(
             br#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.8, 2.3]]}"#,
         )))?;
@@ -215,23 +232,43 @@ async fn self_check(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<String> {
     }
 }
 
-fn print_banner(config: &Config, url: &str, ca: &Path, admin: SocketAddr, duration: Duration) {
+fn print_banner(
+    config: &Config,
+    url: &str,
+    ca: &Path,
+    admin: SocketAddr,
+    duration: Duration,
+    key: &str,
+) {
     let service = config.services.first().map_or("iris", |s| s.name.as_str());
     println!(
         r#"
 scoregate demo is running (stops by itself in {secs} s, or press Ctrl-C)
 
-  service "{service}" (built-in iris model) at {url}
+  service "{service}" (built-in iris model, key auth) at {url}
   admin: http://{admin}/readyz
+  management API credential: {admin_token}
 
-Score through the gateway (TLS verified against the demo's throwaway CA):
+Score through the gateway (TLS verified against the demo's throwaway CA, primary key):
 
   curl --cacert {ca} {url} \
+       -H 'Authorization: Bearer {key}' \
        -H 'Content-Type: application/json' \
        -d '{{"data": [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.8, 2.3]]}}'
+
+Without the key the gateway answers 401. Rotate the secondary key (zero downtime):
+
+  curl -X POST http://{admin}/services/{service}/regenerateKeys \
+       -H "Authorization: Bearer $(cat {admin_token})" \
+       -H 'Content-Type: application/json' -d '{{"keyType": "Secondary"}}'
 "#,
         secs = duration.as_secs(),
         ca = ca.display(),
+        admin_token = config
+            .server
+            .state_dir
+            .join(crate::admin::authz::BOOTSTRAP_FILE)
+            .display(),
     );
 }
 
@@ -242,13 +279,7 @@ impl TempDir {
     fn new() -> std::io::Result<Self> {
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(std::io::Error::other)?;
-        let name = format!(
-            "scoregate-demo-{}",
-            random
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let name = format!("scoregate-demo-{:016x}", u64::from_le_bytes(random));
         let path = std::env::temp_dir().join(name);
         crate::state::ensure_state_dir(&path)?;
         Ok(Self(path))

@@ -33,6 +33,24 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Every failure, so metric handles can be resolved once per service.
+    pub const ALL: [Self; 2] = [Self::Missing, Self::Invalid];
+
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Missing => 0,
+            Self::Invalid => 1,
+        }
+    }
+
+    /// The client-facing sentence; says no more than the code does.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "an `Authorization: Bearer <credential>` header is required",
+            Self::Invalid => "the bearer credential is not valid here",
+        }
+    }
+
     pub const fn reason(self) -> &'static str {
         match self {
             Self::Missing => "missing_credentials",
@@ -56,7 +74,7 @@ pub enum GatewayError {
     ClientDisconnected,
 
     // ---- auth ----
-    #[error("authentication failed: {}", .0.reason())]
+    #[error("{}", .0.message())]
     Unauthenticated(AuthFailure),
     #[error("the caller may not perform `{action}`")]
     Forbidden { action: &'static str },

@@ -19,11 +19,14 @@
 //! - [`state`]: the state directory and atomic file writes.
 //! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.
 //! - [`demo`]: the `scoregate demo` command.
+//! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
+//! - [`watch`]: change detection for key files (and later certificates, JWKS and config).
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -36,3 +39,4 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

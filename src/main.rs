@@ -15,7 +15,7 @@ use scoregate::telemetry::metrics::Metrics;
 use scoregate::telemetry::request_log::{RecordOutput, RecordSink};
 use scoregate::telemetry::{self as tele, LogFormat};
 
-/// EX_CONFIG from sysexits.h: the configuration is invalid.
+/// `EX_CONFIG` from `sysexits.h`: the configuration is invalid.
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -63,11 +63,46 @@ enum Command {
         #[arg(long)]
         records: bool,
     },
+    /// Inspect or rotate a key-mode service's keys in the state directory (a running gateway
+    /// picks the change up within a second).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
     SampleModel {
         #[arg(long, default_value = "127.0.0.1:5001")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print both keys as JSON.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        service: String,
+    },
+    /// Replace one key with a generated one, or with --value (use `--value -` to read it from
+    /// stdin so it stays out of shell history and the process list).
+    Regen {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        service: String,
+        #[arg(long, value_enum)]
+        key: CliKeySlot,
+        #[arg(long)]
+        value: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CliKeySlot {
+    Primary,
+    Secondary,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +129,7 @@ fn main() -> ExitCode {
                 records,
             }),
         ),
+        Command::Keys { command } => keys(command),
         Command::SampleModel { listen } => block_on(None, async move {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let stop = tokio_util::sync::CancellationToken::new();
@@ -104,6 +140,46 @@ fn main() -> ExitCode {
             let _ = serve.await;
             Ok(())
         }),
+    }
+}
+
+fn keys(command: KeysCommand) -> ExitCode {
+    let result = match command {
+        KeysCommand::List { config, service } => scoregate::cli::keys_list(&config, &service),
+        KeysCommand::Regen {
+            config,
+            service,
+            key,
+            value,
+        } => read_value(value).and_then(|value| {
+            let slot = match key {
+                CliKeySlot::Primary => scoregate::auth::KeySlot::Primary,
+                CliKeySlot::Secondary => scoregate::auth::KeySlot::Secondary,
+            };
+            scoregate::cli::keys_regen(&config, &service, slot, value)
+        }),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("scoregate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--value -` reads the key from stdin (trailing newline removed).
+fn read_value(value: Option<String>) -> anyhow::Result<Option<String>> {
+    match value.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            Ok(Some(line.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        _ => Ok(value),
     }
 }
 

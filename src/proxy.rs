@@ -190,15 +190,11 @@ fn early_reject(service: &Service, req: &Request<Incoming>) -> Result<(), Gatewa
     Ok(())
 }
 
-fn authenticate(service: &Service, _req: &Request<Incoming>) -> Result<Principal, GatewayError> {
-    match service.config.auth {
-        AuthMode::None => Ok(Principal::Anonymous),
-        // Key and token verification are configured per service; until a verifier exists for
-        // the mode, refuse rather than let requests through unauthenticated.
-        AuthMode::Key | AuthMode::Token => Err(GatewayError::Unauthenticated(
-            crate::error::AuthFailure::Invalid,
-        )),
-    }
+fn authenticate(service: &Service, req: &Request<Incoming>) -> Result<Principal, GatewayError> {
+    service
+        .auth
+        .authenticate(req.headers())
+        .map_err(GatewayError::Unauthenticated)
 }
 
 /// Builds the request sent upstream: same method, headers minus hop-by-hop (and credentials the

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ServiceConfig};
+use crate::admin::authz::AdminCredentials;
+use crate::auth::ServiceAuth;
+use crate::auth::keys::{KeyError, KeyStore};
+use crate::config::{AuthMode, Config, ServiceConfig};
 use crate::proxy::upstream::UpstreamClient;
 use crate::shutdown::Lifecycle;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
@@ -26,18 +29,51 @@ pub struct Service {
     pub metrics: ServiceMetrics,
     /// Pooled client to this service's scoring container.
     pub upstream: UpstreamClient,
+    /// How callers are checked, with the key store or token verifier that needs.
+    pub auth: ServiceAuth,
     /// Result of the latest health probe of the upstream.
     healthy: AtomicBool,
 }
 
+/// Why the runtime state for a configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("service {service:?}: {source}")]
+    Keys {
+        service: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("admin credential: {0}")]
+    Admin(#[source] crate::admin::authz::CredentialError),
+}
+
 impl Service {
-    fn new(config: ServiceConfig, metrics: &Metrics) -> Self {
-        Self {
+    fn new(config: ServiceConfig, metrics: &Metrics) -> Result<Self, BuildError> {
+        let auth = match (config.auth, &config.keys) {
+            (AuthMode::Key, Some(source)) => ServiceAuth::Key(Arc::new(
+                KeyStore::open(source.clone()).map_err(|source| BuildError::Keys {
+                    service: config.name.clone(),
+                    source,
+                })?,
+            )),
+            _ => ServiceAuth::None,
+        };
+        Ok(Self {
             name: Arc::from(config.name.as_str()),
             metrics: ServiceMetrics::new(metrics, &config.name, config.auth.as_str()),
             upstream: UpstreamClient::new(config.connect_timeout),
+            auth,
             healthy: AtomicBool::new(false),
             config,
+        })
+    }
+
+    /// The key store of a key-mode service.
+    pub fn keys(&self) -> Option<&Arc<KeyStore>> {
+        match &self.auth {
+            ServiceAuth::Key(store) => Some(store),
+            ServiceAuth::None => None,
         }
     }
 
@@ -57,13 +93,13 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Self {
-        let mut services: Vec<Arc<Service>> = configs
+    pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Result<Self, BuildError> {
+        let mut services = configs
             .iter()
-            .map(|c| Arc::new(Service::new(c.clone(), metrics)))
-            .collect();
-        services.sort_by(|a, b| b.config.route.len().cmp(&a.config.route.len()));
-        Self { services }
+            .map(|c| Service::new(c.clone(), metrics).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        services.sort_by_key(|s| std::cmp::Reverse(s.config.route.len()));
+        Ok(Self { services })
     }
 
     /// Finds the service whose route is the longest prefix of `path` on a segment boundary and
@@ -103,19 +139,27 @@ pub struct Gateway {
     pub compute_type: Arc<str>,
     /// Whether the scoring listener terminates TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// Credentials accepted on the admin listener.
+    pub admin: AdminCredentials,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, metrics: Arc<Metrics>, records: RecordSink) -> Self {
-        Self {
-            routes: ArcSwap::from_pointee(Routes::new(&config.services, &metrics)),
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        records: RecordSink,
+    ) -> Result<Self, BuildError> {
+        Ok(Self {
+            routes: ArcSwap::from_pointee(Routes::new(&config.services, &metrics)?),
+            admin: AdminCredentials::load_or_create(&config.server.state_dir)
+                .map_err(BuildError::Admin)?,
             unrouted: ServiceMetrics::new(&metrics, UNROUTED, "none"),
             metrics,
             records,
             lifecycle: Arc::new(Lifecycle::default()),
             compute_type: Arc::from(config.server.compute_type.as_str()),
             tls: config.server.tls.is_some(),
-        }
+        })
     }
 
     /// Ready = listening, not draining, and every upstream answered its latest health probe.
@@ -146,6 +190,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             health_path: "/".into(),
             max_body_bytes: 1,
+            keys: None,
         }
     }
 
@@ -159,7 +204,8 @@ mod tests {
                 svc("iris2", "/api/v1/service/iris2"),
             ],
             &m,
-        );
+        )
+        .expect("routes");
         let name = |p: &str| {
             routes
                 .route(p)
@@ -188,7 +234,7 @@ mod tests {
     #[test]
     fn no_root_route_means_no_match() {
         let m = Metrics::new();
-        let routes = Routes::new(&[svc("iris", "/iris")], &m);
+        let routes = Routes::new(&[svc("iris", "/iris")], &m).expect("routes");
         assert!(routes.route("/other").is_none());
         assert!(routes.route("/iri").is_none());
     }

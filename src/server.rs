@@ -70,7 +70,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
     state::ensure_state_dir(&config.server.state_dir)?;
-    let gw = Arc::new(Gateway::new(&config, telemetry.metrics, telemetry.records));
+    let gw = Arc::new(Gateway::new(&config, telemetry.metrics, telemetry.records)?);
     let lifecycle = Arc::clone(&gw.lifecycle);
 
     let acceptor = match &config.server.tls {
@@ -91,6 +91,11 @@ pub async fn run(
         Arc::clone(&gw),
         config.server.health_interval,
     ));
+    let watcher = tokio::spawn(crate::watch::watch_loop(Arc::clone(&gw)));
+    tracing::info!(
+        file = %gw.admin.bootstrap_path().display(),
+        "management API: the bootstrap admin credential is in this file"
+    );
 
     let scoring_graceful = GracefulShutdown::new();
     let scoring = ScoringListener {
@@ -152,6 +157,7 @@ pub async fn run(
     lifecycle.stop_background.cancel();
     let _ = admin_task.await;
     health.abort();
+    let _ = watcher.await;
     Ok(outcome)
 }
 

@@ -49,4 +49,6 @@ pub struct RawService {
     pub connect_timeout_ms: Option<u64>,
     pub health_path: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub keys_file: Option<String>,
+    pub key_storage: Option<String>,
 }

@@ -7,6 +7,9 @@
 //! handles are resolved once in [`ServiceMetrics::new`], so the request path never hashes labels.
 
 use http::Method;
+
+use crate::auth::KeySlot;
+use crate::error::AuthFailure;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -62,6 +65,7 @@ pub struct Metrics {
     pub tls_handshake_errors: IntCounter,
     pub accept_errors: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub key_reloads: IntCounterVec,
     pub records_dropped: IntCounter,
     pub record_write_errors: IntCounter,
 }
@@ -180,6 +184,12 @@ impl Metrics {
                 "Configuration and credential reloads by result.",
                 &["result"],
             ),
+            key_reloads: counter_vec(
+                &r,
+                "scoregate_key_reloads_total",
+                "Changes of key files picked up from disk, by result.",
+                &["service", "result"],
+            ),
             records_dropped: counter(
                 &r,
                 "scoregate_request_records_dropped_total",
@@ -222,6 +232,10 @@ pub struct ServiceMetrics {
     pub duration: Histogram,
     pub upstream_duration: Histogram,
     pub inflight: IntGauge,
+    /// Indexed by `KeySlot` (primary, secondary).
+    key_auth: [IntCounter; 2],
+    /// Indexed by `AuthFailure::index`.
+    auth_failures: Vec<IntCounter>,
 }
 
 impl ServiceMetrics {
@@ -238,6 +252,16 @@ impl ServiceMetrics {
             .collect();
         Self {
             requests,
+            key_auth: ["primary", "secondary"]
+                .map(|slot| metrics.key_auth.with_label_values(&[service, slot])),
+            auth_failures: AuthFailure::ALL
+                .iter()
+                .map(|f| {
+                    metrics
+                        .auth_failures
+                        .with_label_values(&[service, f.reason()])
+                })
+                .collect(),
             duration: metrics.request_duration.with_label_values(&[service]),
             upstream_duration: metrics.upstream_duration.with_label_values(&[service]),
             inflight: metrics.inflight.with_label_values(&[service]),
@@ -246,6 +270,20 @@ impl ServiceMetrics {
 
     pub fn count_request(&self, method: &Method, status: u16) {
         self.requests[method_index(method)][status_class_index(status)].inc();
+    }
+
+    pub fn count_key_auth(&self, slot: KeySlot) {
+        self.key_auth[match slot {
+            KeySlot::Primary => 0,
+            KeySlot::Secondary => 1,
+        }]
+        .inc();
+    }
+
+    pub fn count_auth_failure(&self, failure: AuthFailure) {
+        if let Some(c) = self.auth_failures.get(failure.index()) {
+            c.inc();
+        }
     }
 }
 

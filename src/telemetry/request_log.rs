@@ -24,7 +24,7 @@ use serde::{Serialize, Serializer};
 use crate::error::{GatewayError, Side};
 use crate::proxy::RequestCtx;
 use crate::runtime::Gateway;
-use crate::telemetry::metrics::UNROUTED;
+use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 
 /// One request, as written to the record stream. Field names are the documented ones. Values are
 /// kept in their `http` types (cheap reference-counted clones) and turned into text by the writer
@@ -122,8 +122,17 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     if service.is_some() {
         metrics.inflight.dec();
     }
+    if let crate::auth::Principal::Key(slot) = ctx.principal {
+        metrics.count_key_auth(slot);
+    }
     if let Some(err) = &ctx.error {
-        observe_error(gw, service.map_or(UNROUTED, |s| &s.config.name), ctx, err);
+        observe_error(
+            gw,
+            metrics,
+            service.map_or(UNROUTED, |s| &s.config.name),
+            ctx,
+            err,
+        );
     }
 
     gw.records.emit(RequestRecord {
@@ -151,13 +160,22 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
 }
 
 /// Failure-side metrics and the diagnostic line with the full cause chain.
-fn observe_error(gw: &Gateway, service: &str, ctx: &RequestCtx, err: &GatewayError) {
+fn observe_error(
+    gw: &Gateway,
+    metrics: &ServiceMetrics,
+    service: &str,
+    ctx: &RequestCtx,
+    err: &GatewayError,
+) {
     match err.side() {
-        Side::Auth => gw
-            .metrics
-            .auth_failures
-            .with_label_values(&[service, err.code()])
-            .inc(),
+        Side::Auth => match err {
+            GatewayError::Unauthenticated(failure) => metrics.count_auth_failure(*failure),
+            _ => gw
+                .metrics
+                .auth_failures
+                .with_label_values(&[service, err.code()])
+                .inc(),
+        },
         Side::Upstream => {
             gw.metrics
                 .upstream_errors

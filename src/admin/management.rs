@@ -1,0 +1,266 @@
+//! The management API, shaped like Azure ML's (AZUREML-CONTRACT A1):
+//!
+//! - `POST /services/{name}/listkeys` → `{"primaryKey","secondaryKey","primaryKeyLastUsed",
+//!   "secondaryKeyLastUsed"}` (last-used times are RFC 3339 or null).
+//! - `POST /services/{name}/regenerateKeys` with `{"keyType":"Primary"|"Secondary",
+//!   "keyValue":null|"..."}` → the new pair (hashed storage: only the new key, shown once).
+//!
+//! Every call is authenticated and authorized before anything else happens. Errors use the same
+//! JSON envelope as the data plane, with codes of their own ([`ApiError`]), because management
+//! failures (unknown service, wrong mode, read-only keys) have no data-plane equivalent.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use super::authz::{Action, AdminPrincipal, authorize};
+use super::{AdminResponse, json as json_response};
+use crate::auth::KeySlot;
+use crate::auth::keys::{KeyError, Secret};
+use crate::error::{AuthFailure, error_body};
+use crate::runtime::{Gateway, Service};
+
+/// Failures of management calls, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}", .0.message())]
+    Unauthenticated(AuthFailure),
+    #[error("the caller lacks the permission `{}`", .0.as_str())]
+    Forbidden(Action),
+    #[error("no service named {0:?}")]
+    ServiceNotFound(String),
+    #[error("service {0:?} does not use key authentication")]
+    NotKeyMode(String),
+    #[error("{0}")]
+    Keys(#[source] KeyError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("no such management route")]
+    RouteNotFound,
+    #[error("method not allowed; use {0}")]
+    MethodNotAllowed(&'static str),
+}
+
+impl ApiError {
+    pub const fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ServiceNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::NotKeyMode(_) => StatusCode::CONFLICT,
+            Self::Keys(e) => match e {
+                KeyError::ReadOnly { .. } | KeyError::Hashed => StatusCode::CONFLICT,
+                KeyError::BadValue(_) => StatusCode::BAD_REQUEST,
+                KeyError::Read { .. }
+                | KeyError::Write { .. }
+                | KeyError::Invalid { .. }
+                | KeyError::Random => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(f) => f.reason(),
+            Self::Forbidden(_) => "forbidden",
+            Self::ServiceNotFound(_) => "service_not_found",
+            Self::NotKeyMode(_) => "not_key_mode",
+            Self::Keys(e) => match e {
+                KeyError::ReadOnly { .. } => "keys_read_only",
+                KeyError::Hashed => "keys_hashed",
+                KeyError::BadValue(_) => "invalid_request",
+                KeyError::Read { .. }
+                | KeyError::Write { .. }
+                | KeyError::Invalid { .. }
+                | KeyError::Random => "internal_error",
+            },
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    /// The client-facing message: internal failures do not reveal paths or causes.
+    fn message(&self) -> String {
+        match self {
+            Self::Keys(KeyError::Read { .. } | KeyError::Write { .. } | KeyError::Invalid { .. } | KeyError::Random) => {
+                "the key store failed; see the gateway log".to_owned()
+            }
+            Self::Keys(KeyError::ReadOnly { .. }) => {
+                "keys are provided by an operator-managed read-only file (keys_file); change that file instead".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    pub fn response(&self, request_id: &HeaderValue) -> AdminResponse {
+        let body = error_body(
+            self.code(),
+            &self.message(),
+            request_id.to_str().unwrap_or_default(),
+        );
+        let mut resp = json_response(self.status(), body.to_vec());
+        if matches!(self, Self::Unauthenticated(_)) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// The management routes under `/services/{name}/...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceOp {
+    ListKeys,
+    RegenerateKeys,
+}
+
+impl ServiceOp {
+    pub fn parse(op: &str) -> Option<Self> {
+        match op {
+            "listkeys" | "listKeys" => Some(Self::ListKeys),
+            "regenerateKeys" | "regeneratekeys" => Some(Self::RegenerateKeys),
+            _ => None,
+        }
+    }
+
+    pub const fn action(self) -> Action {
+        match self {
+            Self::ListKeys => Action::KeysList,
+            Self::RegenerateKeys => Action::KeysRegenerate,
+        }
+    }
+}
+
+/// Runs one service operation for an authenticated principal.
+pub async fn service_op(
+    gw: &Gateway,
+    principal: &AdminPrincipal,
+    name: &str,
+    op: ServiceOp,
+    body: Bytes,
+) -> Result<AdminResponse, ApiError> {
+    authorize(principal, op.action(), Some(name)).map_err(ApiError::Forbidden)?;
+    let service = gw
+        .routes
+        .load()
+        .by_name(name)
+        .cloned()
+        .ok_or_else(|| ApiError::ServiceNotFound(name.to_owned()))?;
+    match op {
+        ServiceOp::ListKeys => list_keys(&service),
+        ServiceOp::RegenerateKeys => regenerate_keys(service, &body).await,
+    }
+}
+
+fn list_keys(service: &Service) -> Result<AdminResponse, ApiError> {
+    let store = service
+        .keys()
+        .ok_or_else(|| ApiError::NotKeyMode(service.config.name.clone()))?;
+    let listing = store.list().map_err(ApiError::Keys)?;
+    let body = json!({
+        "primaryKey": listing.primary.expose(),
+        "secondaryKey": listing.secondary.expose(),
+        "primaryKeyLastUsed": listing.primary_last_used.map(rfc3339),
+        "secondaryKeyLastUsed": listing.secondary_last_used.map(rfc3339),
+    });
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+/// Parses `{"keyType": "Primary"|"Secondary" (any case), "keyValue": null|"..."}`.
+pub fn parse_regenerate(body: &[u8]) -> Result<(KeySlot, Option<Secret>), ApiError> {
+    let bad = |m: &str| ApiError::InvalidRequest(m.to_owned());
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad(
+            "request body must be a JSON object with keyType and keyValue",
+        ));
+    };
+    let slot = match fields.remove("keyType") {
+        None | Some(Value::Null) => {
+            return Err(bad("keyType is required (\"Primary\" or \"Secondary\")"));
+        }
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("primary") => KeySlot::Primary,
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("secondary") => KeySlot::Secondary,
+        Some(_) => return Err(bad("keyType must be \"Primary\" or \"Secondary\"")),
+    };
+    let value = match fields.remove("keyValue") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) => Some(Secret::new(v)),
+        Some(_) => return Err(bad("keyValue must be a string or null")),
+    };
+    if let Some(unknown) = first_key(&fields) {
+        return Err(ApiError::InvalidRequest(format!(
+            "unknown field {unknown:?}; expected keyType and keyValue"
+        )));
+    }
+    Ok((slot, value))
+}
+
+fn first_key(fields: &Map<String, Value>) -> Option<&str> {
+    fields.keys().next().map(String::as_str)
+}
+
+async fn regenerate_keys(service: Arc<Service>, body: &[u8]) -> Result<AdminResponse, ApiError> {
+    let store = service
+        .keys()
+        .cloned()
+        .ok_or_else(|| ApiError::NotKeyMode(service.config.name.clone()))?;
+    let (slot, value) = parse_regenerate(body)?;
+    // File writes and fsync block; keep them off the async workers.
+    let new = tokio::task::spawn_blocking(move || store.regenerate(slot, value))
+        .await
+        .map_err(|_| ApiError::Keys(KeyError::Random))?
+        .map_err(|e| {
+            if matches!(e, KeyError::Write { .. } | KeyError::Random) {
+                tracing::error!(service = %service.config.name, error = %e, "regenerating a key failed");
+            }
+            ApiError::Keys(e)
+        })?;
+    tracing::info!(service = %service.config.name, slot = slot.as_str(), "key regenerated");
+    let body = json!({
+        "primaryKey": new.primary.as_ref().map(Secret::expose),
+        "secondaryKey": new.secondary.as_ref().map(Secret::expose),
+    });
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regenerate_body_rules() {
+        let ok = |b: &str| parse_regenerate(b.as_bytes()).expect(b);
+        assert_eq!(
+            ok(r#"{"keyType":"Primary","keyValue":null}"#).0,
+            KeySlot::Primary
+        );
+        assert_eq!(ok(r#"{"keyType":"secondary"}"#).0, KeySlot::Secondary);
+        assert_eq!(
+            ok(r#"{"keyType":"PRIMARY","keyValue":"x"}"#)
+                .1
+                .expect("value")
+                .expose(),
+            "x"
+        );
+        let err = |b: &str| parse_regenerate(b.as_bytes()).expect_err(b).to_string();
+        assert!(err("").contains("not valid JSON"));
+        assert!(err("[]").contains("JSON object"));
+        assert!(err("{}").contains("keyType is required"));
+        assert!(err(r#"{"keyType":"Tertiary"}"#).contains("keyType must be"));
+        assert!(err(r#"{"keyType":1}"#).contains("keyType must be"));
+        assert!(err(r#"{"keyType":"Primary","keyValue":5}"#).contains("keyValue must be"));
+        assert!(err(r#"{"keyType":"Primary","extra":1}"#).contains("unknown field \"extra\""));
+    }
+}

@@ -1,0 +1,58 @@
+//! Offline operator commands that act on the state directory without a running gateway:
+//! `keys list` and `keys regen`. A running gateway picks their changes up through its file watch,
+//! exactly as it would an operator editing the file.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use crate::auth::KeySlot;
+use crate::auth::keys::{KeySource, KeyStore, Secret};
+use crate::config::{self, AuthMode};
+
+fn open_store(config_path: &Path, service: &str) -> anyhow::Result<KeyStore> {
+    let config = config::load_and_validate(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let svc = config
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .with_context(|| format!("no service named {service:?} in {}", config_path.display()))?;
+    let (AuthMode::Key, Some(source)) = (svc.auth, &svc.keys) else {
+        bail!(
+            "service {service:?} uses auth = {:?}, not \"key\"",
+            svc.auth.as_str()
+        );
+    };
+    if let KeySource::State { .. } = source {
+        crate::state::ensure_state_dir(&config.server.state_dir)?;
+    }
+    Ok(KeyStore::open(source.clone())?)
+}
+
+/// `scoregate keys list`: both keys as JSON (the same shape as the `listkeys` API).
+pub fn keys_list(config_path: &Path, service: &str) -> anyhow::Result<String> {
+    let store = open_store(config_path, service)?;
+    let keys = store.list()?;
+    Ok(json!({
+        "primaryKey": keys.primary.expose(),
+        "secondaryKey": keys.secondary.expose(),
+    })
+    .to_string())
+}
+
+/// `scoregate keys regen`: replaces one key (generated, or `value`) and prints the result.
+pub fn keys_regen(
+    config_path: &Path,
+    service: &str,
+    slot: KeySlot,
+    value: Option<String>,
+) -> anyhow::Result<String> {
+    let store = open_store(config_path, service)?;
+    let new = store.regenerate(slot, value.map(Secret::new))?;
+    Ok(json!({
+        "primaryKey": new.primary.as_ref().map(Secret::expose),
+        "secondaryKey": new.secondary.as_ref().map(Secret::expose),
+    })
+    .to_string())
+}
