@@ -27,7 +27,11 @@ use crate::runtime::Gateway;
 pub mod authz;
 pub mod management;
 
+use authz::{Action, authorize};
 use management::{ApiError, ServiceOp};
+use std::net::IpAddr;
+
+use crate::telemetry::activity::{ActivityRecord, Outcome};
 
 /// Largest management request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -58,7 +62,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
             TokioIo::new(stream),
             service_fn(move |req| {
                 let gw = Arc::clone(&gw);
-                async move { Ok::<_, Infallible>(handle(&gw, req).await) }
+                async move { Ok::<_, Infallible>(handle(&gw, peer.ip(), req).await) }
             }),
         );
         let stop = stop.clone();
@@ -73,10 +77,22 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
     }
 }
 
-async fn handle(gw: &Gateway, req: Request<Incoming>) -> AdminResponse {
+async fn handle(gw: &Gateway, peer: IpAddr, req: Request<Incoming>) -> AdminResponse {
     let request_id = crate::proxy::headers::request_id(req.headers());
-    let mut resp = match route(gw, req).await {
-        Ok(resp) => resp,
+    let rid = request_id.to_str().unwrap_or_default().to_owned();
+    let path = req.uri().path().to_owned();
+    let mut resp = match Route::parse(req.method(), &path) {
+        Ok(route) => dispatch(
+            gw,
+            &Caller {
+                ip: peer,
+                request_id: rid,
+            },
+            route,
+            req,
+        )
+        .await
+        .unwrap_or_else(|e| e.response(&request_id)),
         Err(e) => e.response(&request_id),
     };
     resp.headers_mut()
@@ -84,34 +100,129 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> AdminResponse {
     resp
 }
 
-async fn route(gw: &Gateway, req: Request<Incoming>) -> Result<AdminResponse, ApiError> {
-    let path = req.uri().path().to_owned();
-    match path.as_str() {
-        "/healthz" | "/readyz" => {
-            if req.method() != Method::GET {
-                return Err(ApiError::MethodNotAllowed("GET"));
+/// Where a management call came from, for the activity log.
+struct Caller {
+    ip: IpAddr,
+    request_id: String,
+}
+
+/// Every admin route, with the action it requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'p> {
+    Healthz,
+    Readyz,
+    Metrics,
+    Activity,
+    Service { name: &'p str, op: ServiceOp },
+}
+
+impl<'p> Route<'p> {
+    /// Whether successful calls are written to the activity log (reads of the log and of
+    /// metrics are not; refusals of any protected route always are).
+    const fn audited(self) -> bool {
+        matches!(self, Self::Service { .. })
+    }
+
+    fn parse(method: &Method, path: &'p str) -> Result<Self, ApiError> {
+        let (route, allowed) = match path {
+            "/healthz" | "/livez" => (Self::Healthz, Method::GET),
+            "/readyz" => (Self::Readyz, Method::GET),
+            "/metrics" => (Self::Metrics, Method::GET),
+            "/activity" => (Self::Activity, Method::GET),
+            _ => {
+                let (name, op) = service_route(path).ok_or(ApiError::RouteNotFound)?;
+                (Self::Service { name, op }, Method::POST)
             }
-            Ok(if path == "/healthz" {
-                json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
-            } else {
-                readyz(gw)
-            })
+        };
+        if *method == allowed {
+            Ok(route)
+        } else {
+            Err(ApiError::MethodNotAllowed(allowed.as_str().to_owned()))
         }
-        _ => {
-            let Some((name, op)) = service_route(&path) else {
-                return Err(ApiError::RouteNotFound);
-            };
-            if req.method() != Method::POST {
-                return Err(ApiError::MethodNotAllowed("POST"));
-            }
-            let principal = gw
-                .admin
-                .authenticate(req.headers())
-                .map_err(ApiError::Unauthenticated)?;
+    }
+
+    /// The permission the route needs; `None` for the unauthenticated probes.
+    fn action(self, gw: &Gateway) -> Option<Action> {
+        match self {
+            Self::Healthz | Self::Readyz => None,
+            Self::Metrics => (!gw.public_metrics).then_some(Action::MetricsRead),
+            Self::Activity => Some(Action::ActivityRead),
+            Self::Service { op, .. } => Some(op.action()),
+        }
+    }
+
+    const fn operation(self) -> &'static str {
+        match self {
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::Metrics => "readMetrics",
+            Self::Activity => "readActivity",
+            Self::Service { op, .. } => op.operation(),
+        }
+    }
+
+    const fn service(self) -> Option<&'p str> {
+        match self {
+            Self::Service { name, .. } => Some(name),
+            Self::Healthz | Self::Readyz | Self::Metrics | Self::Activity => None,
+        }
+    }
+}
+
+/// Authenticates and authorizes (recording refusals), then runs the route.
+async fn dispatch(
+    gw: &Gateway,
+    caller: &Caller,
+    route: Route<'_>,
+    req: Request<Incoming>,
+) -> Result<AdminResponse, ApiError> {
+    let Some(action) = route.action(gw) else {
+        return Ok(match route {
+            Route::Readyz => readyz(gw),
+            Route::Metrics => metrics(gw),
+            _ => json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+        });
+    };
+    let entry = |initiator: &str, outcome| {
+        let mut e = ActivityRecord::new(route.operation(), initiator, outcome)
+            .source(caller.ip, caller.request_id.clone());
+        if let Some(s) = route.service() {
+            e = e.service(s);
+        }
+        e
+    };
+    let principal = match gw.admin.authenticate(req.headers()) {
+        Ok(p) => p,
+        Err(failure) => {
+            gw.activity
+                .record(entry("anonymous", Outcome::Denied).reason(failure.reason()));
+            return Err(ApiError::Unauthenticated(failure));
+        }
+    };
+    if let Err(missing) = authorize(&principal, action, route.service()) {
+        gw.activity.record(
+            entry(&principal.id, Outcome::Denied)
+                .reason(format!("missing permission {}", missing.as_str())),
+        );
+        return Err(ApiError::Forbidden(missing));
+    }
+    let result = match route {
+        Route::Metrics => Ok(metrics(gw)),
+        Route::Activity => Ok(activity(gw, req.uri().query())),
+        Route::Service { name, op } => {
             let body = read_body(req).await?;
             management::service_op(gw, &principal, name, op, body).await
         }
+        Route::Healthz | Route::Readyz => Err(ApiError::RouteNotFound),
+    };
+    if route.audited() {
+        let outcome = match &result {
+            Ok(_) => entry(&principal.id, Outcome::Succeeded),
+            Err(e) => entry(&principal.id, Outcome::Failed).reason(e.code()),
+        };
+        gw.activity.record(outcome);
     }
+    result
 }
 
 /// `/services/{name}/{op}` → (name, op).
@@ -130,6 +241,31 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         .map_err(|_| {
             ApiError::InvalidRequest(format!("request body unreadable or over {MAX_BODY} bytes"))
         })
+}
+
+fn metrics(gw: &Gateway) -> AdminResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(gw.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// `GET /activity?limit=N` (default 100, at most the ring's capacity).
+fn activity(gw: &Gateway, query: Option<&str>) -> AdminResponse {
+    let limit = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("limit="))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(crate::telemetry::activity::RING_CAPACITY);
+    let entries = gw.activity.recent(limit);
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&entries).unwrap_or_default(),
+    )
 }
 
 fn readyz(gw: &Gateway) -> AdminResponse {

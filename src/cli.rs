@@ -49,7 +49,7 @@ pub fn keys_regen(
     value: Option<String>,
 ) -> anyhow::Result<String> {
     let store = open_store(config_path, service)?;
-    let new = store.regenerate(slot, value.map(Secret::new))?;
+    let new = store.regenerate(slot, value.map(Secret::new), "cli")?;
     Ok(json!({
         "primaryKey": new.primary.as_ref().map(Secret::expose),
         "secondaryKey": new.secondary.as_ref().map(Secret::expose),

@@ -23,6 +23,8 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::auth::keys::{KeySource, KeyStorage};
+use crate::telemetry::LogFormat;
+use crate::telemetry::redact::Redaction;
 
 pub use raw::RawConfig;
 
@@ -40,6 +42,32 @@ pub struct Config {
     pub server: ServerConfig,
     /// In file order; routing picks the longest matching route.
     pub services: Vec<ServiceConfig>,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: where request records and activity entries go, and diagnostics settings.
+/// Not reloadable (the writer and the diagnostic subscriber are set up once).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub output: RecordsOutput,
+    /// Whether request records are written (activity entries always are).
+    pub request_records: bool,
+    /// Lines waiting for the writer before request records are dropped.
+    pub queue_capacity: usize,
+    pub redaction: Redaction,
+    /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordsOutput {
+    Stdout,
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +91,8 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.
     pub health_interval: Duration,
+    /// Serve `GET /metrics` without a credential (default: `metrics/read` is required).
+    pub public_metrics: bool,
     /// `None` serves plain HTTP (logged as a warning at startup).
     pub tls: Option<TlsConfig>,
 }
@@ -234,10 +264,95 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
         let server = self.server(raw.server);
         let services = self.services(raw.services, &server.state_dir);
+        let telemetry = self.telemetry(raw.telemetry);
         Config {
             source: path.to_owned(),
             server,
             services,
+            telemetry,
+        }
+    }
+
+    fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
+        let output = match raw.output.as_deref().unwrap_or("stdout") {
+            "stdout" => {
+                for (field, set) in [
+                    ("file", raw.file.is_some()),
+                    ("file_max_bytes", raw.file_max_bytes.is_some()),
+                    ("file_keep", raw.file_keep.is_some()),
+                ] {
+                    if set {
+                        self.issue(
+                            format!("telemetry.{field}"),
+                            "applies only to output = \"file\"",
+                        );
+                    }
+                }
+                RecordsOutput::Stdout
+            }
+            "file" => {
+                let path = match raw.file.as_deref() {
+                    Some(f) => self.path(f),
+                    None => {
+                        self.issue("telemetry.file", "is required when output = \"file\"");
+                        PathBuf::new()
+                    }
+                };
+                let max_bytes = raw.file_max_bytes.unwrap_or(100 * 1024 * 1024);
+                if max_bytes < 4096 {
+                    self.issue(
+                        "telemetry.file_max_bytes",
+                        format!("{max_bytes} is below the minimum of 4096"),
+                    );
+                }
+                RecordsOutput::File {
+                    path,
+                    max_bytes,
+                    keep: raw.file_keep.unwrap_or(5),
+                }
+            }
+            other => {
+                self.issue(
+                    "telemetry.output",
+                    format!("{other:?} is not \"stdout\" or \"file\""),
+                );
+                RecordsOutput::Stdout
+            }
+        };
+        let queue_capacity = raw.queue_capacity.unwrap_or(16_384);
+        if !(16..=1_048_576).contains(&queue_capacity) {
+            self.issue(
+                "telemetry.queue_capacity",
+                format!("{queue_capacity} is not between 16 and 1048576"),
+            );
+        }
+        let log_filter = raw.log.unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            self.issue(
+                "telemetry.log",
+                format!("{log_filter:?} is not a valid filter: {e}"),
+            );
+        }
+        let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.issue(
+                    "telemetry.log_format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        TelemetryConfig {
+            output,
+            request_records: raw.request_records.unwrap_or(true),
+            queue_capacity,
+            redaction: raw
+                .redact_query_params
+                .map_or_else(Redaction::default, Redaction::new),
+            log_filter,
+            log_format,
         }
     }
 
@@ -294,6 +409,7 @@ impl Validator<'_> {
                 5_000,
                 10,
             ),
+            public_metrics: raw.public_metrics.unwrap_or(false),
             tls: raw.tls.and_then(|tls| self.tls(tls)),
         }
     }

@@ -17,7 +17,6 @@ use crate::auth::keys::KeyStore;
 use crate::config::{self, Config};
 use crate::server::{self, Listeners, Telemetry};
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::request_log::{RecordOutput, RecordSink};
 
 /// Options of the `demo` command.
 #[derive(Debug, Clone)]
@@ -139,17 +138,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let admin_addr = listeners.admin.local_addr()?;
 
     let metrics = Arc::new(Metrics::new());
-    let (records, writer) = if opts.records {
-        let (sink, writer) = RecordSink::spawn(
-            RecordOutput::Stdout,
-            8192,
-            metrics.records_dropped.clone(),
-            metrics.record_write_errors.clone(),
-        )?;
-        (sink, Some(writer))
-    } else {
-        (RecordSink::disabled(metrics.records_dropped.clone()), None)
-    };
+    let mut telemetry_config = config.telemetry.clone();
+    telemetry_config.request_records = opts.records;
+    let (records, writer) = crate::telemetry::start_records(&telemetry_config, &metrics)?;
     let telemetry = Telemetry { metrics, records };
 
     let stop = CancellationToken::new();
@@ -185,9 +176,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let drained = gateway.await??;
     stop_model.cancel();
     let _ = model.await;
-    if let Some(w) = writer {
-        w.join();
-    }
+    writer.join();
     eprintln!("scoregate demo stopped ({drained:?})");
     Ok(())
 }

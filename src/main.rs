@@ -12,7 +12,6 @@ use clap::{Parser, Subcommand};
 use scoregate::config::{self, Config};
 use scoregate::server::{self, Listeners, Telemetry};
 use scoregate::telemetry::metrics::Metrics;
-use scoregate::telemetry::request_log::{RecordOutput, RecordSink};
 use scoregate::telemetry::{self as tele, LogFormat};
 
 /// `EX_CONFIG` from `sysexits.h`: the configuration is invalid.
@@ -25,9 +24,9 @@ const EXIT_CONFIG: u8 = 64;
     about = "A secure gateway for ML scoring containers"
 )]
 struct Cli {
-    /// Diagnostic log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: CliLogFormat,
+    /// Diagnostic log format on stderr (default: `[telemetry] log_format`, else text).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,14 +106,17 @@ enum CliKeySlot {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = match cli.log_format {
+    let format = cli.log_format.map(|f| match f {
         CliLogFormat::Text => LogFormat::Text,
         CliLogFormat::Json => LogFormat::Json,
-    };
-    tele::init_diagnostics("info", format);
+    });
+    if let Command::Run { config } = &cli.command {
+        return run(config, format);
+    }
+    tele::init_diagnostics("info", format.unwrap_or(LogFormat::Text));
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
-        Command::Run { config } => run(&config),
+        Command::Run { .. } => ExitCode::FAILURE,
         Command::Demo {
             listen,
             admin_listen,
@@ -203,7 +205,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, format: Option<LogFormat>) -> ExitCode {
+    // The configuration is read before diagnostics start (it sets their filter and format) and
+    // before any port is bound.
     let config = match config::load_and_validate(path) {
         Ok(c) => c,
         Err(e) => {
@@ -211,6 +215,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    tele::init_diagnostics(
+        &config.telemetry.log_filter,
+        format.unwrap_or(config.telemetry.log_format),
+    );
     let threads = config.server.worker_threads;
     block_on(threads, serve(config))
 }
@@ -218,12 +226,7 @@ fn run(path: &std::path::Path) -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let metrics = Arc::new(Metrics::new());
-    let (records, writer) = RecordSink::spawn(
-        RecordOutput::Stdout,
-        8192,
-        metrics.records_dropped.clone(),
-        metrics.record_write_errors.clone(),
-    )?;
+    let (records, writer) = tele::start_records(&config.telemetry, &metrics)?;
     let telemetry = Telemetry { metrics, records };
     let drained = server::run(config, listeners, telemetry, scoregate::shutdown::signal()).await?;
     writer.join();

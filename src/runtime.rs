@@ -17,8 +17,10 @@ use crate::auth::keys::{KeyError, KeyStore};
 use crate::config::{AuthMode, Config, ServiceConfig};
 use crate::proxy::upstream::UpstreamClient;
 use crate::shutdown::Lifecycle;
+use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
-use crate::telemetry::request_log::RecordSink;
+use crate::telemetry::redact::Redaction;
+use crate::telemetry::sink::RecordSink;
 
 /// One configured scoring service with its resolved handles.
 #[derive(Debug)]
@@ -134,6 +136,10 @@ pub struct Gateway {
     /// Handles for requests that matched no route.
     pub unrouted: ServiceMetrics,
     pub records: RecordSink,
+    /// Management operations, with their initiators.
+    pub activity: ActivityLog,
+    /// Applied to every recorded URL.
+    pub redaction: Redaction,
     pub lifecycle: Arc<Lifecycle>,
     /// `ComputeType` of every record.
     pub compute_type: Arc<str>,
@@ -141,6 +147,8 @@ pub struct Gateway {
     pub tls: bool,
     /// Credentials accepted on the admin listener.
     pub admin: AdminCredentials,
+    /// `GET /metrics` needs no credential.
+    pub public_metrics: bool,
 }
 
 impl Gateway {
@@ -155,10 +163,13 @@ impl Gateway {
                 .map_err(BuildError::Admin)?,
             unrouted: ServiceMetrics::new(&metrics, UNROUTED, "none"),
             metrics,
+            activity: ActivityLog::new(records.clone()),
             records,
+            redaction: config.telemetry.redaction.clone(),
             lifecycle: Arc::new(Lifecycle::default()),
             compute_type: Arc::from(config.server.compute_type.as_str()),
             tls: config.server.tls.is_some(),
+            public_metrics: config.server.public_metrics,
         })
     }
 

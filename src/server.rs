@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Gateway;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::request_log::RecordSink;
+use crate::telemetry::sink::RecordSink;
 use crate::{admin, health, state, tls};
 
 /// The two bound listeners.

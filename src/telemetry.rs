@@ -1,11 +1,16 @@
 //! Diagnostics (tracing to stderr), and the homes of request records and metrics.
 //!
-//! `metrics` owns the Prometheus registry; `request_log` builds and writes request records.
+//! `metrics` owns the Prometheus registry; `request_log` builds request records; `activity` the
+//! management activity log; `sink` writes both to their output; `redact` is the only way URLs and
+//! headers reach a log.
 //! Diagnostics always go to stderr so stdout can carry the machine-readable record stream.
 //! This module decides no request outcomes.
 
+pub mod activity;
 pub mod metrics;
+pub mod redact;
 pub mod request_log;
+pub mod sink;
 
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +28,7 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber. Called once by `main`, never by the library, so tests
 /// can install their own.
 pub fn init_diagnostics(default_filter: &str, format: LogFormat) {
+    // Only `main` calls this; precedence: SCOREGATE_LOG, then the configured filter.
     let filter =
         EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
@@ -36,4 +42,32 @@ pub fn init_diagnostics(default_filter: &str, format: LogFormat) {
     if let Err(e) = result {
         eprintln!("scoregate: diagnostics already initialised: {e}");
     }
+}
+
+/// Starts the record writer for a configuration.
+pub fn start_records(
+    config: &crate::config::TelemetryConfig,
+    metrics: &metrics::Metrics,
+) -> std::io::Result<(sink::RecordSink, sink::RecordWriter)> {
+    let output = match &config.output {
+        crate::config::RecordsOutput::Stdout => sink::RecordOutput::Stdout,
+        crate::config::RecordsOutput::File {
+            path,
+            max_bytes,
+            keep,
+        } => sink::RecordOutput::File {
+            path: path.clone(),
+            max_bytes: *max_bytes,
+            keep: *keep,
+        },
+    };
+    sink::RecordSink::spawn(
+        output,
+        config.queue_capacity,
+        config.request_records,
+        sink::SinkCounters {
+            dropped: metrics.records_dropped.clone(),
+            write_errors: metrics.record_write_errors.clone(),
+        },
+    )
 }

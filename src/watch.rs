@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::auth::keys::Reloaded;
 use crate::runtime::Gateway;
+use crate::telemetry::activity::{ActivityRecord, Outcome};
 
 /// How often watched files are checked; changes apply within about this long.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -61,12 +62,22 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
             let name = service.config.name.as_str();
             match polled {
                 Ok(None | Some(Ok(Reloaded::Unchanged))) | Err(_) => {}
-                Ok(Some(Ok(Reloaded::Applied))) => {
+                Ok(Some(Ok(Reloaded::Applied { updated_by }))) => {
                     gw.metrics
                         .key_reloads
                         .with_label_values(&[name, "success"])
                         .inc();
                     tracing::info!(service = name, "key file changed; new keys are in force");
+                    // A file written by this gateway's API was already applied and is skipped as
+                    // `Unchanged`; a change seen here came from another process or an operator.
+                    let initiator = match updated_by.as_deref() {
+                        Some("cli") => "cli",
+                        _ => "file-watch",
+                    };
+                    gw.activity.record(
+                        ActivityRecord::new("reloadKeys", initiator, Outcome::Succeeded)
+                            .service(name),
+                    );
                 }
                 Ok(Some(Err(e))) => {
                     gw.metrics
@@ -74,6 +85,13 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
                         .with_label_values(&[name, "error"])
                         .inc();
                     tracing::error!(service = name, error = %e, "key file change rejected; the previous keys stay in force");
+                    gw.activity.record(
+                        ActivityRecord::new("reloadKeys", "file-watch", Outcome::Failed)
+                            .service(name)
+                            .reason(
+                                "the new key file is invalid or unreadable; previous keys kept",
+                            ),
+                    );
                 }
             }
         }

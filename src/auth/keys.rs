@@ -233,6 +233,10 @@ struct KeyFile {
     primary_key_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     secondary_key_hash: Option<String>,
+    /// Who wrote this file (a principal id, or `cli`), so a gateway that picks the change up
+    /// from disk can name the initiator in its activity log. Absent in operator files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    updated_by: Option<String>,
 }
 
 impl KeyFile {
@@ -253,12 +257,13 @@ enum Material {
     },
 }
 
-fn parse_file(path: &Path, bytes: &[u8]) -> Result<Material, KeyError> {
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<(Material, Option<String>), KeyError> {
     let invalid = |reason: String| KeyError::Invalid {
         path: path.to_owned(),
         reason,
     };
     let mut file: KeyFile = serde_json::from_slice(bytes).map_err(|e| invalid(format!("{e}")))?;
+    let updated_by = file.updated_by.take();
     if let Some(v) = file.version
         && v != 1
     {
@@ -283,13 +288,14 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Material, KeyError> {
             <[u8; N]>::try_from(bytes.as_slice())
                 .map_err(|_| format!("{field} must decode to {N} bytes"))
         }
-        return Ok(Material::Hashed {
+        let material = Material::Hashed {
             salt: decode("salt", file.salt.as_ref()).map_err(invalid)?,
             digests: [
                 decode("primaryKeyHash", file.primary_key_hash.as_ref()).map_err(invalid)?,
                 decode("secondaryKeyHash", file.secondary_key_hash.as_ref()).map_err(invalid)?,
             ],
-        });
+        };
+        return Ok((material, updated_by));
     }
     let take = |field: &str, v: &mut Option<String>| -> Result<Secret, KeyError> {
         let v = v
@@ -306,11 +312,11 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Material, KeyError> {
     if primary == secondary {
         return Err(invalid("primaryKey and secondaryKey must differ".into()));
     }
-    Ok(Material::Plain([primary, secondary]))
+    Ok((Material::Plain([primary, secondary]), updated_by))
 }
 
-fn render_file(set: &KeySet) -> Zeroizing<Vec<u8>> {
-    let file = match (&set.slots[0].plain, &set.slots[1].plain) {
+fn render_file(set: &KeySet, updated_by: &str) -> Zeroizing<Vec<u8>> {
+    let mut file = match (&set.slots[0].plain, &set.slots[1].plain) {
         (Some(p), Some(s)) => KeyFile {
             version: Some(1),
             storage: Some("plain".into()),
@@ -327,9 +333,9 @@ fn render_file(set: &KeySet) -> Zeroizing<Vec<u8>> {
             ..KeyFile::default()
         },
     };
+    file.updated_by = Some(updated_by.to_owned());
     let mut out = Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
     out.push(b'\n');
-    let mut file = file;
     file.wipe();
     out
 }
@@ -369,8 +375,8 @@ struct WriterState {
 /// The result of a file poll that found a change.
 #[derive(Debug)]
 pub enum Reloaded {
-    /// New keys are in force.
-    Applied,
+    /// New keys are in force; the file names who wrote it, if it says.
+    Applied { updated_by: Option<String> },
     /// The file changed on disk but its content is what is already in force.
     Unchanged,
 }
@@ -382,7 +388,7 @@ impl KeyStore {
         let (set, content) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
-                let material = parse_file(&path, &bytes)?;
+                let (material, _) = parse_file(&path, &bytes)?;
                 let set = Self::build(material, None)?;
                 (set, digest_of(&bytes))
             }
@@ -394,7 +400,7 @@ impl KeyStore {
                     if *storage == KeyStorage::Hashed {
                         strip_plain(&mut set);
                     }
-                    let bytes = render_file(&set);
+                    let bytes = render_file(&set, "scoregate");
                     persist(&path, &bytes)?;
                     tracing::info!(file = %path.display(), "generated primary and secondary keys");
                     (set, digest_of(&bytes))
@@ -426,7 +432,7 @@ impl KeyStore {
                 let mut state = self.lock();
                 let mut hashed = clone_set(&set);
                 strip_plain(&mut hashed);
-                let bytes = render_file(&hashed);
+                let bytes = render_file(&hashed, "scoregate");
                 persist(path, &bytes)?;
                 state.content = Some(digest_of(&bytes));
                 state.fingerprint = Fingerprint::of(path);
@@ -543,7 +549,12 @@ impl KeyStore {
 
     /// Replaces one slot's key (generated, or `value`), persists the file, then swaps the
     /// in-memory set, so the change survives a crash and applies to the very next request.
-    pub fn regenerate(&self, slot: KeySlot, value: Option<Secret>) -> Result<NewKeys, KeyError> {
+    pub fn regenerate(
+        &self,
+        slot: KeySlot,
+        value: Option<Secret>,
+        initiator: &str,
+    ) -> Result<NewKeys, KeyError> {
         let KeySource::State { path, storage } = &self.source else {
             return Err(KeyError::ReadOnly {
                 path: self.source.path().to_owned(),
@@ -582,7 +593,7 @@ impl KeyStore {
         if *storage == KeyStorage::Hashed {
             strip_plain(&mut set);
         }
-        let bytes = render_file(&set);
+        let bytes = render_file(&set, initiator);
         persist(path, &bytes)?;
         state.content = Some(digest_of(&bytes));
         state.fingerprint = Fingerprint::of(path);
@@ -632,11 +643,11 @@ impl KeyStore {
                 if state.content == Some(digest) {
                     return Ok(Reloaded::Unchanged);
                 }
-                let material = parse_file(path, &bytes)?;
+                let (material, updated_by) = parse_file(path, &bytes)?;
                 let set = Self::build(material, Some(&self.current.load()))?;
                 self.current.store(Arc::new(set));
                 state.content = Some(digest);
-                Ok(Reloaded::Applied)
+                Ok(Reloaded::Applied { updated_by })
             });
         Some(result)
     }

@@ -13,6 +13,22 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default, rename = "service")]
     pub services: Vec<RawService>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub output: Option<String>,
+    pub file: Option<String>,
+    pub file_max_bytes: Option<u64>,
+    pub file_keep: Option<usize>,
+    pub request_records: Option<bool>,
+    pub queue_capacity: Option<usize>,
+    pub redact_query_params: Option<Vec<String>>,
+    pub log: Option<String>,
+    pub log_format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +44,7 @@ pub struct RawServer {
     pub header_read_timeout_ms: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
+    pub public_metrics: Option<bool>,
     pub tls: Option<RawTls>,
 }
 

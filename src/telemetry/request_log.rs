@@ -1,24 +1,18 @@
-//! Request records: the Application-Insights-style line written once per request, and the writer
-//! that gets them to their sink without ever blocking a request.
+//! Request records: the Application-Insights-style line written exactly once per request.
 //!
-//! `proxy::finish` builds a [`RequestRecord`] and hands it to [`RecordSink::emit`], which only does
-//! a non-blocking `try_send` into a bounded channel. A dedicated OS thread drains the channel,
-//! serializes records as JSON lines into one buffer per batch and writes the batch with a single
-//! call, so serialization and I/O cost nothing on the async workers and a slow sink drops records
-//! (counted in `scoregate_request_records_dropped_total`) instead of queueing without bound.
-//! The record holds no credential: `Principal` is a key slot name or a token subject.
+//! [`finish`] (called from `proxy::Finish::drop`) settles the outcome, updates metrics, logs
+//! upstream and internal failures with their cause chain, and hands a [`RequestRecord`] to the
+//! non-blocking sink (`telemetry::sink`), which serializes it off the async workers. The record
+//! holds no credential: `Principal` is a key slot name or a token subject, and the URL passes
+//! through `redact` first.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use http::Method;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use prometheus::IntCounter;
 use serde::{Serialize, Serializer};
 
 use crate::error::{GatewayError, Side};
@@ -41,8 +35,8 @@ pub struct RequestRecord {
     pub client_request_id: Option<HeaderValue>,
     #[serde(rename = "HTTPMethod", serialize_with = "method_text")]
     pub method: Method,
-    #[serde(rename = "RequestUrl", serialize_with = "url_text")]
-    pub url: Option<PathAndQuery>,
+    #[serde(rename = "RequestUrl")]
+    pub url: RecordUrl,
     #[serde(rename = "UserAgent", serialize_with = "opt_header_text")]
     pub user_agent: Option<HeaderValue>,
     #[serde(rename = "StatusCode")]
@@ -94,9 +88,35 @@ fn method_text<S: Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(m.as_str())
 }
 
-#[allow(clippy::ref_option)] // serde's `serialize_with` passes `&Option<T>`
-fn url_text<S: Serializer>(v: &Option<PathAndQuery>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(v.as_ref().map_or("/", PathAndQuery::as_str))
+/// The request URL as recorded: the received one (shared, no copy) unless redaction changed it.
+#[derive(Debug)]
+pub enum RecordUrl {
+    Received(Option<PathAndQuery>),
+    Redacted(String),
+}
+
+impl RecordUrl {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Received(pq) => pq.as_ref().map_or("/", PathAndQuery::as_str),
+            Self::Redacted(s) => s,
+        }
+    }
+
+    fn redacted(pq: Option<PathAndQuery>, rules: &super::redact::Redaction) -> Self {
+        if let Some(text) = pq.as_ref().map(PathAndQuery::as_str)
+            && let std::borrow::Cow::Owned(redacted) = rules.url(text)
+        {
+            return Self::Redacted(redacted);
+        }
+        Self::Received(pq)
+    }
+}
+
+impl Serialize for RecordUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// Completes a request's telemetry: settles the outcome of a request that ended early, updates
@@ -141,7 +161,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
         request_id: ctx.request_id.clone(),
         client_request_id: ctx.client_request_id.take(),
         method: ctx.method.clone(),
-        url: ctx.url.take(),
+        url: RecordUrl::redacted(ctx.url.take(), &gw.redaction),
         user_agent: ctx.user_agent.take(),
         status: ctx.status,
         success: ctx.status < 400,
@@ -212,129 +232,5 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = s.source();
         }
         Ok(())
-    }
-}
-
-/// Where records go.
-pub enum RecordOutput {
-    /// Standard output (the default; diagnostics go to stderr so stdout stays machine-readable).
-    Stdout,
-    /// Any writer, e.g. a file or a test's buffer.
-    Writer(Box<dyn Write + Send>),
-}
-
-impl std::fmt::Debug for RecordOutput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Stdout => f.write_str("Stdout"),
-            Self::Writer(_) => f.write_str("Writer"),
-        }
-    }
-}
-
-/// The request path's handle: cheap to clone, never blocks.
-#[derive(Debug, Clone)]
-pub struct RecordSink {
-    tx: Option<SyncSender<RequestRecord>>,
-    dropped: IntCounter,
-}
-
-/// Joins the writer thread once every `RecordSink` clone is gone (at the end of shutdown).
-#[derive(Debug)]
-pub struct RecordWriter {
-    thread: Option<JoinHandle<()>>,
-}
-
-impl RecordWriter {
-    /// Waits for the writer to flush what is queued. Call after the last sink is dropped.
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl RecordSink {
-    /// A sink that discards records (records turned off).
-    pub fn disabled(dropped: IntCounter) -> Self {
-        Self { tx: None, dropped }
-    }
-
-    /// Starts the writer thread. `capacity` bounds the records waiting to be written.
-    pub fn spawn(
-        output: RecordOutput,
-        capacity: usize,
-        dropped: IntCounter,
-        write_errors: IntCounter,
-    ) -> std::io::Result<(Self, RecordWriter)> {
-        let (tx, rx) = sync_channel(capacity);
-        let thread = std::thread::Builder::new()
-            .name("scoregate-records".into())
-            .spawn(move || {
-                let out: Box<dyn Write> = match output {
-                    // Not `lock()`: holding the lock for the thread's life would block every other
-                    // `println!` in the process (the demo banner, check-config output).
-                    RecordOutput::Stdout => Box::new(std::io::stdout()),
-                    RecordOutput::Writer(w) => w,
-                };
-                write_loop(&rx, out, &write_errors);
-            })?;
-        Ok((
-            Self {
-                tx: Some(tx),
-                dropped,
-            },
-            RecordWriter {
-                thread: Some(thread),
-            },
-        ))
-    }
-
-    /// Queues a record, or counts it as dropped when the writer is behind.
-    pub fn emit(&self, record: RequestRecord) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
-        }
-    }
-}
-
-/// Most records written per `write` call; bounds the batch buffer under sustained load.
-const MAX_BATCH: usize = 1024;
-
-fn write_loop(rx: &Receiver<RequestRecord>, mut out: Box<dyn Write>, write_errors: &IntCounter) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut failing = false;
-    // `recv` returns Err once every sender is gone and the queue is empty: a clean stop.
-    while let Ok(first) = rx.recv() {
-        buf.clear();
-        append(&mut buf, &first);
-        for record in rx.try_iter().take(MAX_BATCH - 1) {
-            append(&mut buf, &record);
-        }
-        match out.write_all(&buf).and_then(|()| out.flush()) {
-            Ok(()) => {
-                if failing {
-                    tracing::info!("request records are being written again");
-                    failing = false;
-                }
-            }
-            Err(e) => {
-                write_errors.inc();
-                // Log the first failure of a run only: a full disk must not flood stderr.
-                if !failing {
-                    tracing::error!(error = %e, "writing request records failed; records are being lost");
-                    failing = true;
-                }
-            }
-        }
-    }
-}
-
-fn append(buf: &mut Vec<u8>, record: &RequestRecord) {
-    // Serializing plain owned data into a Vec cannot fail.
-    if serde_json::to_writer(&mut *buf, record).is_ok() {
-        buf.push(b'\n');
     }
 }

@@ -62,7 +62,9 @@ fn regenerate_replaces_one_slot_and_keeps_the_other() {
     let store = KeyStore::open(state(dir.path(), KeyStorage::Plain)).expect("open");
     let before = store.list().expect("list");
     store.verify(before.primary.expose().as_bytes());
-    let new = store.regenerate(KeySlot::Secondary, None).expect("regen");
+    let new = store
+        .regenerate(KeySlot::Secondary, None, "test")
+        .expect("regen");
     let new_secondary = new.secondary.expect("shown");
     assert_eq!(new.primary.as_ref(), Some(&before.primary));
     assert_eq!(store.verify(before.secondary.expose().as_bytes()), None);
@@ -98,7 +100,11 @@ fn chosen_values_are_validated() {
         (primary.expose(), "must differ from the other key"),
     ] {
         let err = store
-            .regenerate(KeySlot::Secondary, Some(Secret::new(value.to_owned())))
+            .regenerate(
+                KeySlot::Secondary,
+                Some(Secret::new(value.to_owned())),
+                "test",
+            )
             .expect_err(value);
         assert!(
             matches!(err, KeyError::BadValue(w) if w == why),
@@ -107,7 +113,11 @@ fn chosen_values_are_validated() {
     }
     let chosen = "a-chosen-key-of-forty-characters-length!";
     store
-        .regenerate(KeySlot::Secondary, Some(Secret::new(chosen.to_owned())))
+        .regenerate(
+            KeySlot::Secondary,
+            Some(Secret::new(chosen.to_owned())),
+            "test",
+        )
         .expect("valid chosen key");
     assert_eq!(store.verify(chosen.as_bytes()), Some(KeySlot::Secondary));
 }
@@ -117,7 +127,9 @@ fn hashed_storage_keeps_no_plain_key_anywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = KeyStore::open(state(dir.path(), KeyStorage::Hashed)).expect("open");
     assert!(matches!(store.list(), Err(KeyError::Hashed)));
-    let new = store.regenerate(KeySlot::Primary, None).expect("regen");
+    let new = store
+        .regenerate(KeySlot::Primary, None, "test")
+        .expect("regen");
     let shown = new.primary.expect("new key shown once");
     assert!(new.secondary.is_none());
     assert_eq!(
@@ -169,7 +181,7 @@ fn operator_files_are_read_only_and_validated() {
     let store = KeyStore::open(KeySource::OperatorFile { path }).expect("valid");
     assert_eq!(store.verify(s.as_bytes()), Some(KeySlot::Secondary));
     assert!(matches!(
-        store.regenerate(KeySlot::Primary, None),
+        store.regenerate(KeySlot::Primary, None, "test"),
         Err(KeyError::ReadOnly { .. })
     ));
 }
@@ -195,7 +207,10 @@ fn poll_applies_changes_and_keeps_last_good_keys_on_garbage() {
     )
     .expect("write");
     std::fs::rename(&tmp, &path).expect("rename");
-    assert!(matches!(store.poll_file(), Some(Ok(Reloaded::Applied))));
+    assert!(matches!(
+        store.poll_file(),
+        Some(Ok(Reloaded::Applied { updated_by: None }))
+    ));
     assert_eq!(store.verify(p2.as_bytes()), Some(KeySlot::Primary));
     assert_eq!(store.verify(p1.as_bytes()), None);
 

@@ -1,0 +1,357 @@
+//! The record stream's writer: a bounded queue drained by one OS thread that serializes request
+//! records and activity entries as JSON lines and writes each batch with a single call.
+//!
+//! Request records use a non-blocking `try_send`: when the writer is behind they are dropped and
+//! counted (`scoregate_request_records_dropped_total`), so a slow sink never slows or blocks a
+//! request and never queues without bound. Activity entries are an audit trail and are never
+//! dropped: if the queue is full they are handed over from a blocking thread instead.
+//!
+//! Outputs: stdout (diagnostics go to stderr so stdout stays machine-readable), a file with
+//! size-based rotation and a retention count, or any writer (tests). A failing output keeps the
+//! gateway serving; failures are counted and reported once per episode in diagnostics.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+
+use super::activity::ActivityRecord;
+use super::request_log::RequestRecord;
+
+/// One line of the record stream.
+#[derive(Debug)]
+pub enum Line {
+    Request(Box<RequestRecord>),
+    Activity(ActivityRecord),
+    /// Sent by [`RecordWriter::finish`]: write what came before, then stop.
+    Stop,
+}
+
+/// Where the record stream goes.
+pub enum RecordOutput {
+    Stdout,
+    /// A file rotated when it would exceed `max_bytes`, keeping `keep` older files
+    /// (`path.1` newest … `path.<keep>` oldest).
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+    },
+    /// Any writer, e.g. a test's buffer.
+    Writer(Box<dyn Write + Send>),
+}
+
+impl std::fmt::Debug for RecordOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("Stdout"),
+            Self::File {
+                path,
+                max_bytes,
+                keep,
+            } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("max_bytes", max_bytes)
+                .field("keep", keep)
+                .finish(),
+            Self::Writer(_) => f.write_str("Writer"),
+        }
+    }
+}
+
+/// The handle the request path and admin API hold: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RecordSink {
+    tx: SyncSender<Line>,
+    /// Whether request records are written at all (`[telemetry] request_records`).
+    requests: bool,
+    dropped: IntCounter,
+}
+
+/// Stops the writer thread at the end of shutdown.
+#[derive(Debug)]
+pub struct RecordWriter {
+    thread: Option<JoinHandle<()>>,
+    stop: SyncSender<Line>,
+}
+
+impl RecordWriter {
+    /// Writes everything queued so far, then stops the writer. Does not wait for other holders of
+    /// a `RecordSink` (connections a timed-out drain left behind); their later lines are dropped.
+    pub fn join(mut self) {
+        let _ = self.stop.send(Line::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counters the writer updates.
+#[derive(Debug, Clone)]
+pub struct SinkCounters {
+    pub dropped: IntCounter,
+    pub write_errors: IntCounter,
+}
+
+impl RecordSink {
+    /// Starts the writer thread. `capacity` bounds the lines waiting to be written.
+    pub fn spawn(
+        output: RecordOutput,
+        capacity: usize,
+        requests: bool,
+        counters: SinkCounters,
+    ) -> io::Result<(Self, RecordWriter)> {
+        let (tx, rx) = sync_channel(capacity);
+        let write_errors = counters.write_errors.clone();
+        let thread = std::thread::Builder::new()
+            .name("scoregate-records".into())
+            .spawn(move || {
+                let out: Box<dyn Write> = match output {
+                    // Not `lock()`: holding the lock for the thread's life would block every other
+                    // `println!` in the process (the demo banner, check-config output).
+                    RecordOutput::Stdout => Box::new(io::stdout()),
+                    RecordOutput::File {
+                        path,
+                        max_bytes,
+                        keep,
+                    } => Box::new(RotatingFile::new(path, max_bytes, keep)),
+                    RecordOutput::Writer(w) => w,
+                };
+                write_loop(&rx, out, &write_errors);
+            })?;
+        Ok((
+            Self {
+                tx: tx.clone(),
+                requests,
+                dropped: counters.dropped,
+            },
+            RecordWriter {
+                thread: Some(thread),
+                stop: tx,
+            },
+        ))
+    }
+
+    /// Queues a request record, or counts it as dropped when the writer is behind.
+    pub fn emit(&self, record: RequestRecord) {
+        if !self.requests {
+            return;
+        }
+        match self.tx.try_send(Line::Request(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// Queues an activity entry without ever dropping it and without blocking an async worker.
+    pub fn emit_activity(&self, record: ActivityRecord) {
+        match self.tx.try_send(Line::Activity(record)) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(line)) => {
+                let tx = self.tx.clone();
+                let send = move || {
+                    let _ = tx.send(line);
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => drop(handle.spawn_blocking(send)),
+                    Err(_) => send(),
+                }
+            }
+        }
+    }
+}
+
+/// Most lines written per `write` call; bounds the batch buffer under sustained load.
+const MAX_BATCH: usize = 1024;
+
+fn write_loop(rx: &Receiver<Line>, mut out: Box<dyn Write>, write_errors: &IntCounter) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut failing = false;
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        buf.clear();
+        stopping = append(&mut buf, &first);
+        if !stopping {
+            for line in rx.try_iter().take(MAX_BATCH - 1) {
+                if append(&mut buf, &line) {
+                    stopping = true;
+                    break;
+                }
+            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        match out.write_all(&buf).and_then(|()| out.flush()) {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("the record stream is being written again");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                write_errors.inc();
+                // Report the first failure of an episode only: a full disk must not flood stderr.
+                if !failing {
+                    tracing::error!(error = %e, "writing the record stream failed; records are being lost");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Serializes one line into the batch; returns true for the stop marker.
+fn append(buf: &mut Vec<u8>, line: &Line) -> bool {
+    // Serializing plain owned data into a Vec cannot fail.
+    let ok = match line {
+        Line::Request(r) => serde_json::to_writer(&mut *buf, r).is_ok(),
+        Line::Activity(a) => serde_json::to_writer(&mut *buf, a).is_ok(),
+        Line::Stop => return true,
+    };
+    if ok {
+        buf.push(b'\n');
+    }
+    false
+}
+
+/// A file that rotates by size. Opening is retried at most once a second while it fails, so an
+/// unwritable directory costs one `open` per second, not one per batch.
+struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: Option<File>,
+    written: u64,
+    /// When opening last failed; reopening waits a second after that.
+    failed_open: Option<Instant>,
+}
+
+impl RotatingFile {
+    fn new(path: PathBuf, max_bytes: u64, keep: usize) -> Self {
+        Self {
+            path,
+            max_bytes,
+            keep,
+            file: None,
+            written: 0,
+            failed_open: None,
+        }
+    }
+
+    fn open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            if self
+                .failed_open
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return Err(io::Error::other(
+                    "record file unavailable (retrying every second)",
+                ));
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .inspect_err(|_| self.failed_open = Some(Instant::now()))?;
+            self.failed_open = None;
+            self.written = file.metadata().map_or(0, |m| m.len());
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("record file unavailable"))
+    }
+
+    /// `path` → `path.1` → … → `path.<keep>` (the oldest is removed).
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        let numbered = |n: usize| rotated_name(&self.path, n);
+        if self.keep == 0 {
+            return std::fs::remove_file(&self.path);
+        }
+        let _ = std::fs::remove_file(numbered(self.keep));
+        for n in (1..self.keep).rev() {
+            let from = numbered(n);
+            if from.exists() {
+                std::fs::rename(&from, numbered(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, numbered(1))
+    }
+}
+
+/// The name of the `n`th rotated file.
+pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.written > 0
+            && self.written + buf.len() as u64 > self.max_bytes
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(error = %e, file = %self.path.display(), "rotating the record file failed");
+        }
+        let result = self.open()?.write_all(buf);
+        match result {
+            Ok(()) => {
+                self.written += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Reopen on the next batch (the file may have been removed or its disk remounted).
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotating_file_keeps_the_configured_number_of_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("records.jsonl");
+        let mut f = RotatingFile::new(path.clone(), 100, 2);
+        for i in 0..10 {
+            f.write_all(format!("{i:059}\n").as_bytes()).expect("write");
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).expect("read");
+        // 60-byte lines, 100-byte limit: one line per file.
+        assert_eq!(read(&path), format!("{:059}\n", 9));
+        assert_eq!(read(&rotated_name(&path, 1)), format!("{:059}\n", 8));
+        assert_eq!(read(&rotated_name(&path, 2)), format!("{:059}\n", 7));
+        assert!(!rotated_name(&path, 3).exists());
+    }
+
+    #[test]
+    fn unwritable_directory_reports_errors_without_panicking() {
+        let mut f = RotatingFile::new(PathBuf::from("/nonexistent-dir/records.jsonl"), 100, 2);
+        assert!(f.write_all(b"x\n").is_err());
+        assert!(
+            f.write_all(b"x\n").is_err(),
+            "retry is throttled, still an error"
+        );
+    }
+}
