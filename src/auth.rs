@@ -7,6 +7,7 @@
 //! whitespace, so a key with trailing whitespace (possible over HTTP/2, where values are not
 //! trimmed) is refused rather than silently trimmed.
 
+pub mod jwt;
 pub mod keys;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::error::AuthFailure;
+use jwt::TokenAuthority;
 use keys::KeyStore;
 
 /// Longest bearer credential looked at; anything longer is refused before any work.
@@ -25,13 +27,30 @@ pub const MAX_BEARER_LEN: usize = 8 * 1024;
 pub enum ServiceAuth {
     None,
     Key(Arc<KeyStore>),
+    Token(Arc<TokenAuthority>),
 }
 
 impl ServiceAuth {
-    /// Authenticates a scoring request.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+    /// Authenticates a scoring request. Only token mode ever awaits (an unknown `kid` may wait
+    /// for one throttled JWKS re-fetch).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
         match self {
             Self::None => Ok(Principal::Anonymous),
+            Self::Token(authority) => {
+                let presented = bearer(headers).map_err(|f| match f {
+                    AuthFailure::Invalid => AuthFailure::TokenMalformed,
+                    other => other,
+                })?;
+                let token = authority.verify(presented).await?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                Ok(Principal::Token {
+                    past_refresh: token.refresh_after.is_some_and(|r| now >= r),
+                    refresh_after: token.refresh_after,
+                    subject: token.subject,
+                })
+            }
             Self::Key(store) => {
                 let presented = bearer(headers)?;
                 if presented.len() > keys::MAX_KEY_LEN {
@@ -85,6 +104,8 @@ pub enum Principal {
     /// A token-mode caller, identified by the token's subject.
     Token {
         subject: Arc<str>,
+        /// When the client should fetch a new token (unix seconds), if known.
+        refresh_after: Option<u64>,
         /// The token was used after its `refreshAfter` point.
         past_refresh: bool,
     },

@@ -1,5 +1,5 @@
 //! Offline operator commands that act on the state directory without a running gateway:
-//! `keys list` and `keys regen`. A running gateway picks their changes up through its file watch,
+//! `keys list`, `keys regen` and `token rotate-signing-key`. A running gateway picks their changes up through its file watch,
 //! exactly as it would an operator editing the file.
 
 use std::path::Path;
@@ -55,4 +55,31 @@ pub fn keys_regen(
         "secondaryKey": new.secondary.as_ref().map(Secret::expose),
     })
     .to_string())
+}
+
+/// `scoregate token rotate-signing-key`: a new signing key for one token-mode service, or for
+/// all of them. Earlier keys keep verifying until the tokens they signed have expired.
+pub fn rotate_signing_keys(config_path: &Path, service: Option<&str>) -> anyhow::Result<String> {
+    use crate::auth::jwt::signing::SigningStore;
+    let config = config::load_and_validate(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rotated = serde_json::Map::new();
+    for svc in &config.services {
+        let Some(token) = &svc.token else { continue };
+        if service.is_some_and(|s| s != svc.name) {
+            continue;
+        }
+        crate::state::ensure_state_dir(&config.server.state_dir)?;
+        let store = SigningStore::open(
+            token.signing.clone(),
+            token.algorithm,
+            token.lifetime + token.leeway,
+        )?;
+        let kid = store.rotate("cli")?;
+        rotated.insert(svc.name.clone(), json!({ "kid": &*kid }));
+    }
+    match service {
+        Some(name) if rotated.is_empty() => bail!("no token-mode service named {name:?}"),
+        None if rotated.is_empty() => bail!("no service uses auth = \"token\""),
+        _ => Ok(serde_json::Value::Object(rotated).to_string()),
+    }
 }

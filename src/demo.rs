@@ -91,6 +91,12 @@ name = "iris"
 route = "/api/v1/service/iris"
 upstream = "http://{model}"
 auth = "key"
+
+[[service]]
+name = "iris-token"
+route = "/api/v1/service/iris-token"
+upstream = "http://{model}"
+auth = "token"
 "#,
         listen = opts.listen,
         admin = opts.admin_listen,
@@ -250,6 +256,15 @@ Without the key the gateway answers 401. Rotate the secondary key (zero downtime
   curl -X POST http://{admin}/services/{service}/regenerateKeys \
        -H "Authorization: Bearer $(cat {admin_token})" \
        -H 'Content-Type: application/json' -d '{{"keyType": "Secondary"}}'
+
+Token mode: the same model as "iris-token". Fetch a short-lived token, then score with it:
+
+  TOKEN=$(curl -s -X POST http://{admin}/services/iris-token/token \
+       -H "Authorization: Bearer $(cat {admin_token})" | sed 's/.*"accessToken":"\([^"]*\)".*/\1/')
+  curl --cacert {ca} {token_url} \
+       -H "Authorization: Bearer $TOKEN" \
+       -H 'Content-Type: application/json' \
+       -d '{{"data": [[5.1, 3.5, 1.4, 0.2]]}}' -i
 "#,
         secs = duration.as_secs(),
         ca = ca.display(),
@@ -258,6 +273,7 @@ Without the key the gateway answers 401. Rotate the secondary key (zero downtime
             .state_dir
             .join(crate::admin::authz::BOOTSTRAP_FILE)
             .display(),
+        token_url = url.replace("/iris/", "/iris-token/"),
     );
 }
 

@@ -22,24 +22,64 @@ pub enum Side {
     Internal,
 }
 
-/// Why authentication failed. Kept coarse on purpose: the client learns only this stable code,
-/// never which part of a credential was wrong.
+/// Why authentication failed. Kept coarse on purpose: the client learns only this stable code
+/// (and, for tokens, a short RFC 6750 `error_description`), never which byte of a credential was
+/// wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No `Authorization` header, or not the `Bearer` scheme.
     Missing,
-    /// A bearer credential that matches nothing this service accepts.
+    /// A bearer credential that matches nothing this service accepts (key mode).
     Invalid,
+    /// Token mode: over the size limit, checked before any parsing.
+    TokenTooLarge,
+    /// Token mode: not a well-formed JWS compact token, or no `kid`.
+    TokenMalformed,
+    /// Token mode: the `kid` names no key this service trusts.
+    TokenUnknownKey,
+    /// Token mode: the algorithm is not the one configured for the key.
+    TokenAlgorithm,
+    /// Token mode: the signature does not verify.
+    TokenSignature,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenIssuer,
+    TokenAudience,
+    /// Token mode: a required claim is missing or has the wrong type.
+    TokenClaims,
 }
 
 impl AuthFailure {
     /// Every failure, so metric handles can be resolved once per service.
-    pub const ALL: [Self; 2] = [Self::Missing, Self::Invalid];
+    pub const ALL: [Self; 12] = [
+        Self::Missing,
+        Self::Invalid,
+        Self::TokenTooLarge,
+        Self::TokenMalformed,
+        Self::TokenUnknownKey,
+        Self::TokenAlgorithm,
+        Self::TokenSignature,
+        Self::TokenExpired,
+        Self::TokenNotYetValid,
+        Self::TokenIssuer,
+        Self::TokenAudience,
+        Self::TokenClaims,
+    ];
 
     pub const fn index(self) -> usize {
         match self {
             Self::Missing => 0,
             Self::Invalid => 1,
+            Self::TokenTooLarge => 2,
+            Self::TokenMalformed => 3,
+            Self::TokenUnknownKey => 4,
+            Self::TokenAlgorithm => 5,
+            Self::TokenSignature => 6,
+            Self::TokenExpired => 7,
+            Self::TokenNotYetValid => 8,
+            Self::TokenIssuer => 9,
+            Self::TokenAudience => 10,
+            Self::TokenClaims => 11,
         }
     }
 
@@ -48,6 +88,16 @@ impl AuthFailure {
         match self {
             Self::Missing => "an `Authorization: Bearer <credential>` header is required",
             Self::Invalid => "the bearer credential is not valid here",
+            Self::TokenTooLarge => "token too large",
+            Self::TokenMalformed => "token malformed",
+            Self::TokenUnknownKey => "unknown signing key",
+            Self::TokenAlgorithm => "algorithm not accepted",
+            Self::TokenSignature => "signature invalid",
+            Self::TokenExpired => "token expired",
+            Self::TokenNotYetValid => "token not yet valid",
+            Self::TokenIssuer => "issuer not accepted",
+            Self::TokenAudience => "audience not accepted",
+            Self::TokenClaims => "required claim missing or invalid",
         }
     }
 
@@ -55,6 +105,30 @@ impl AuthFailure {
         match self {
             Self::Missing => "missing_credentials",
             Self::Invalid => "invalid_credentials",
+            Self::TokenTooLarge => "token_too_large",
+            Self::TokenMalformed => "token_malformed",
+            Self::TokenUnknownKey => "token_unknown_key",
+            Self::TokenAlgorithm => "token_algorithm",
+            Self::TokenSignature => "token_signature",
+            Self::TokenExpired => "token_expired",
+            Self::TokenNotYetValid => "token_not_yet_valid",
+            Self::TokenIssuer => "token_issuer",
+            Self::TokenAudience => "token_audience",
+            Self::TokenClaims => "token_claims",
+        }
+    }
+
+    /// `WWW-Authenticate` per RFC 6750 §3: a bare challenge when no credential was sent (§3.1
+    /// says not to include an error code then), `error="invalid_token"` with a short description
+    /// for every refused token.
+    pub fn challenge(self) -> HeaderValue {
+        match self {
+            Self::Missing | Self::Invalid => HeaderValue::from_static("Bearer"),
+            token => HeaderValue::from_str(&format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                token.message()
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\"")),
         }
     }
 }
@@ -181,9 +255,7 @@ impl GatewayError {
     /// Extra response headers this error requires (RFC 9110 §11.6.1 for 401).
     pub fn extra_headers(&self) -> Option<(header::HeaderName, HeaderValue)> {
         match self {
-            Self::Unauthenticated(_) => {
-                Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
-            }
+            Self::Unauthenticated(failure) => Some((header::WWW_AUTHENTICATE, failure.challenge())),
             Self::Draining => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
             _ => None,
         }

@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Token-mode operations on the state directory.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
     SampleModel {
         #[arg(long, default_value = "127.0.0.1:5001")]
@@ -95,6 +100,18 @@ enum KeysCommand {
         key: CliKeySlot,
         #[arg(long)]
         value: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a new signing key the signer (all token-mode services, or --service); a running
+    /// gateway picks it up within a second, and earlier keys verify until their tokens expire.
+    RotateSigningKey {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -132,6 +149,12 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
+        Command::Token {
+            command: TokenCommand::RotateSigningKey { config, service },
+        } => print_result(scoregate::cli::rotate_signing_keys(
+            &config,
+            service.as_deref(),
+        )),
         Command::SampleModel { listen } => block_on(None, async move {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let stop = tokio_util::sync::CancellationToken::new();
@@ -161,6 +184,10 @@ fn keys(command: KeysCommand) -> ExitCode {
             scoregate::cli::keys_regen(&config, &service, slot, value)
         }),
     };
+    print_result(result)
+}
+
+fn print_result(result: anyhow::Result<String>) -> ExitCode {
     match result {
         Ok(out) => {
             println!("{out}");

@@ -159,7 +159,7 @@ async fn pipeline(
     ctx.service = Some(Arc::clone(&service));
     service.metrics.inflight.inc();
     early_reject(&service, &req)?;
-    ctx.principal = authenticate(&service, &req)?;
+    ctx.principal = authenticate(&service, &req).await?;
     let upstream_req = upstream_request(gw, &service, ctx, conn, req, &rest)?;
     let mut resp = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
@@ -190,10 +190,14 @@ fn early_reject(service: &Service, req: &Request<Incoming>) -> Result<(), Gatewa
     Ok(())
 }
 
-fn authenticate(service: &Service, req: &Request<Incoming>) -> Result<Principal, GatewayError> {
+async fn authenticate(
+    service: &Service,
+    req: &Request<Incoming>,
+) -> Result<Principal, GatewayError> {
     service
         .auth
         .authenticate(req.headers())
+        .await
         .map_err(GatewayError::Unauthenticated)
 }
 
@@ -220,6 +224,20 @@ fn upstream_request(
     if service.config.auth != AuthMode::None {
         // The scoring container never sees the caller's key or token.
         parts.headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(name) = service
+        .config
+        .token
+        .as_ref()
+        .and_then(|t| t.subject_header.as_ref())
+    {
+        // Only the gateway speaks for the caller's identity: a client-sent value is dropped.
+        parts.headers.remove(name);
+        if let Principal::Token { subject, .. } = &ctx.principal
+            && let Ok(value) = HeaderValue::from_str(subject)
+        {
+            parts.headers.insert(name.clone(), value);
+        }
     }
     headers::set_forwarded(&mut parts.headers, conn.peer_header.clone(), gw.tls, host);
     parts
@@ -313,6 +331,21 @@ fn response_filter(ctx: &RequestCtx, resp: &mut Response<Incoming>) {
     let h = resp.headers_mut();
     headers::remove_hop_by_hop(h);
     headers::set_response_ids(h, &ctx.request_id, ctx.client_request_id.as_ref());
+    set_refresh_after(ctx, h);
+}
+
+/// Token callers learn on every response when to fetch a new token.
+fn set_refresh_after(ctx: &RequestCtx, h: &mut http::HeaderMap) {
+    if let Principal::Token {
+        refresh_after: Some(at),
+        ..
+    } = ctx.principal
+    {
+        h.insert(
+            headers::X_TOKEN_REFRESH_AFTER.clone(),
+            HeaderValue::from(at),
+        );
+    }
 }
 
 /// The JSON error response; the error itself moves into the context for the record and log.
@@ -331,6 +364,7 @@ fn error_response(mut fin: Finish, err: GatewayError) -> Response<ProxyBody> {
     if let Some((name, value)) = err.extra_headers() {
         h.insert(name, value);
     }
+    set_refresh_after(ctx, h);
     // `Connection` is an HTTP/1 header; HTTP/2 has no equivalent per-request close.
     if err.close_connection() && ctx.version < Version::HTTP_2 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::admin::authz::AdminCredentials;
 use crate::auth::ServiceAuth;
+use crate::auth::jwt::TokenAuthority;
 use crate::auth::keys::{KeyError, KeyStore};
 use crate::config::{AuthMode, Config, ServiceConfig};
 use crate::proxy::upstream::UpstreamClient;
@@ -46,15 +47,33 @@ pub enum BuildError {
         #[source]
         source: KeyError,
     },
+    #[error("service {service:?}: {source}")]
+    Tokens {
+        service: String,
+        #[source]
+        source: crate::auth::jwt::TokenSetupError,
+    },
     #[error("admin credential: {0}")]
     Admin(#[source] crate::admin::authz::CredentialError),
 }
 
 impl Service {
     fn new(config: ServiceConfig, metrics: &Metrics) -> Result<Self, BuildError> {
-        let auth = match (config.auth, &config.keys) {
-            (AuthMode::Key, Some(source)) => ServiceAuth::Key(Arc::new(
+        let service_metrics = ServiceMetrics::new(metrics, &config.name, config.auth.as_str());
+        let auth = match (config.auth, &config.keys, &config.token) {
+            (AuthMode::Key, Some(source), _) => ServiceAuth::Key(Arc::new(
                 KeyStore::open(source.clone()).map_err(|source| BuildError::Keys {
+                    service: config.name.clone(),
+                    source,
+                })?,
+            )),
+            (AuthMode::Token, _, Some(token)) => ServiceAuth::Token(Arc::new(
+                TokenAuthority::new(
+                    &config.name,
+                    token.clone(),
+                    service_metrics.token_cache.clone(),
+                )
+                .map_err(|source| BuildError::Tokens {
                     service: config.name.clone(),
                     source,
                 })?,
@@ -63,7 +82,7 @@ impl Service {
         };
         Ok(Self {
             name: Arc::from(config.name.as_str()),
-            metrics: ServiceMetrics::new(metrics, &config.name, config.auth.as_str()),
+            metrics: service_metrics,
             upstream: UpstreamClient::new(config.connect_timeout),
             auth,
             healthy: AtomicBool::new(false),
@@ -75,7 +94,15 @@ impl Service {
     pub fn keys(&self) -> Option<&Arc<KeyStore>> {
         match &self.auth {
             ServiceAuth::Key(store) => Some(store),
-            ServiceAuth::None => None,
+            ServiceAuth::None | ServiceAuth::Token(_) => None,
+        }
+    }
+
+    /// The token authority of a token-mode service.
+    pub fn tokens(&self) -> Option<&Arc<TokenAuthority>> {
+        match &self.auth {
+            ServiceAuth::Token(t) => Some(t),
+            ServiceAuth::None | ServiceAuth::Key(_) => None,
         }
     }
 
@@ -173,11 +200,17 @@ impl Gateway {
         })
     }
 
-    /// Ready = listening, not draining, and every upstream answered its latest health probe.
+    /// Ready = listening, not draining, every upstream answered its latest health probe, and
+    /// every JWKS URL has been fetched once.
     pub fn is_ready(&self) -> bool {
         self.lifecycle.is_listening()
             && !self.lifecycle.is_draining()
-            && self.routes.load().services().iter().all(|s| s.is_healthy())
+            && self
+                .routes
+                .load()
+                .services()
+                .iter()
+                .all(|s| s.is_healthy() && s.tokens().is_none_or(|t| t.keys_loaded()))
     }
 }
 
@@ -202,6 +235,7 @@ mod tests {
             health_path: "/".into(),
             max_body_bytes: 1,
             keys: None,
+            token: None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Change detection for files scoregate reads at runtime (key files, later JWKS files,
-//! certificates and the config file).
+//! Change detection for files scoregate reads at runtime (key files, signing keys, JWKS files),
+//! and the background loop that applies changes, retires signing keys and refreshes JWKS URLs.
 //!
 //! Files are polled rather than watched with inotify: a `stat` of a handful of paths every few
 //! hundred milliseconds costs nothing, and it sees every way operators replace files, including
@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::keys::Reloaded;
+use crate::auth::jwt::TokenAuthority;
+use crate::auth::keys::{KeyError, Reloaded};
 use crate::runtime::Gateway;
 use crate::telemetry::activity::{ActivityRecord, Outcome};
 
@@ -48,52 +49,152 @@ impl Fingerprint {
 pub async fn watch_loop(gw: Arc<Gateway>) {
     let stop = gw.lifecycle.stop_background.clone();
     loop {
+        let routes = gw.routes.load_full();
+        for service in routes.services() {
+            if let Some(store) = service.keys().cloned() {
+                // Reading and parsing a small file; off the async workers all the same.
+                if let Ok(Some(result)) =
+                    tokio::task::spawn_blocking(move || store.poll_file()).await
+                {
+                    key_file_changed(&gw, &service.config.name, result);
+                }
+            }
+            if let Some(tokens) = service.tokens() {
+                watch_tokens(&gw, &service.config.name, tokens);
+            }
+        }
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(POLL_INTERVAL) => {}
         }
-        let routes = gw.routes.load_full();
-        for service in routes.services() {
-            let Some(store) = service.keys().cloned() else {
-                continue;
-            };
-            // Reading and parsing a small file; off the async workers all the same.
-            let polled = tokio::task::spawn_blocking(move || store.poll_file()).await;
-            let name = service.config.name.as_str();
-            match polled {
-                Ok(None | Some(Ok(Reloaded::Unchanged))) | Err(_) => {}
-                Ok(Some(Ok(Reloaded::Applied { updated_by }))) => {
-                    gw.metrics
-                        .key_reloads
-                        .with_label_values(&[name, "success"])
-                        .inc();
-                    tracing::info!(service = name, "key file changed; new keys are in force");
-                    // A file written by this gateway's API was already applied and is skipped as
-                    // `Unchanged`; a change seen here came from another process or an operator.
-                    let initiator = match updated_by.as_deref() {
-                        Some("cli") => "cli",
-                        _ => "file-watch",
-                    };
-                    gw.activity.record(
-                        ActivityRecord::new("reloadKeys", initiator, Outcome::Succeeded)
-                            .service(name),
-                    );
-                }
-                Ok(Some(Err(e))) => {
-                    gw.metrics
-                        .key_reloads
-                        .with_label_values(&[name, "error"])
-                        .inc();
-                    tracing::error!(service = name, error = %e, "key file change rejected; the previous keys stay in force");
-                    gw.activity.record(
-                        ActivityRecord::new("reloadKeys", "file-watch", Outcome::Failed)
-                            .service(name)
-                            .reason(
-                                "the new key file is invalid or unreadable; previous keys kept",
-                            ),
-                    );
+    }
+}
+
+fn key_file_changed(gw: &Gateway, name: &str, result: Result<Reloaded, KeyError>) {
+    match result {
+        Ok(Reloaded::Unchanged) => {}
+        Ok(Reloaded::Applied { updated_by }) => {
+            gw.metrics
+                .key_reloads
+                .with_label_values(&[name, "success"])
+                .inc();
+            tracing::info!(service = name, "key file changed; new keys are in force");
+            gw.activity.record(
+                ActivityRecord::new(
+                    "reloadKeys",
+                    initiator(updated_by.as_deref()),
+                    Outcome::Succeeded,
+                )
+                .service(name),
+            );
+        }
+        Err(e) => {
+            gw.metrics
+                .key_reloads
+                .with_label_values(&[name, "error"])
+                .inc();
+            tracing::error!(service = name, error = %e, "key file change rejected; the previous keys stay in force");
+            gw.activity.record(
+                ActivityRecord::new("reloadKeys", "file-watch", Outcome::Failed)
+                    .service(name)
+                    .reason("the new key file is invalid or unreadable; previous keys kept"),
+            );
+        }
+    }
+}
+
+/// Files written by this gateway's API were already applied and are skipped as unchanged; a
+/// change seen here came from the offline CLI or from an operator.
+fn initiator(updated_by: Option<&str>) -> &'static str {
+    match updated_by {
+        Some("cli") => "cli",
+        _ => "file-watch",
+    }
+}
+
+/// Signing-key retirement and reloads, JWKS file changes and JWKS URL refreshes.
+fn watch_tokens(gw: &Arc<Gateway>, name: &str, tokens: &Arc<TokenAuthority>) {
+    tokens.prune();
+    match tokens.signing.poll_file() {
+        None => {}
+        Some(Ok(author)) => {
+            gw.metrics
+                .signing_key_reloads
+                .with_label_values(&[name, "success"])
+                .inc();
+            tracing::info!(
+                service = name,
+                "signing key file changed; new keys are in force"
+            );
+            gw.activity.record(
+                ActivityRecord::new(
+                    "reloadSigningKeys",
+                    initiator(author.as_deref()),
+                    Outcome::Succeeded,
+                )
+                .service(name),
+            );
+        }
+        Some(Err(e)) => {
+            gw.metrics
+                .signing_key_reloads
+                .with_label_values(&[name, "error"])
+                .inc();
+            tracing::error!(service = name, error = %e, "signing key file change rejected; the previous keys stay in force");
+            gw.activity.record(
+                ActivityRecord::new("reloadSigningKeys", "file-watch", Outcome::Failed)
+                    .service(name)
+                    .reason(
+                        "the new signing key file is invalid or unreadable; previous keys kept",
+                    ),
+            );
+        }
+    }
+    for (i, issuer) in tokens.trusted.iter().enumerate() {
+        let label = issuer.config.issuer.as_str();
+        if let Some(result) = issuer.poll_file() {
+            match result {
+                Ok(n) => tracing::info!(
+                    service = name,
+                    issuer = label,
+                    keys = n,
+                    "JWKS file reloaded"
+                ),
+                Err(e) => {
+                    tracing::error!(service = name, issuer = label, error = %e, "JWKS file change rejected; previous keys kept");
                 }
             }
+        }
+        if issuer.refresh_due() {
+            let gw = Arc::clone(gw);
+            let tokens = Arc::clone(tokens);
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let Some(issuer) = tokens.trusted.get(i) else {
+                    return;
+                };
+                let label = issuer.config.issuer.as_str();
+                let result = issuer.refresh().await;
+                let outcome = if result.is_ok() { "success" } else { "error" };
+                gw.metrics
+                    .jwks_fetches
+                    .with_label_values(&[&name, label, outcome])
+                    .inc();
+                match result {
+                    Ok(n) => {
+                        tracing::debug!(service = %name, issuer = label, keys = n, "JWKS fetched");
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, issuer = label, error = %e, "JWKS fetch failed; previous keys kept");
+                    }
+                }
+            });
+        }
+        if let Some(age) = issuer.age_secs() {
+            gw.metrics
+                .jwks_age
+                .with_label_values(&[name, label])
+                .set(i64::try_from(age).unwrap_or(i64::MAX));
         }
     }
 }

@@ -4,6 +4,10 @@
 //!   "secondaryKeyLastUsed"}` (last-used times are RFC 3339 or null).
 //! - `POST /services/{name}/regenerateKeys` with `{"keyType":"Primary"|"Secondary",
 //!   "keyValue":null|"..."}` → the new pair (hashed storage: only the new key, shown once).
+//! - `POST /services/{name}/token` → `{"accessToken","tokenType":"Bearer","expiryOn",
+//!   "refreshAfter"}` (unix seconds) for a token-mode service; `sub` is the caller.
+//! - `POST /services/{name}/rotateSigningKey` → `{"kid": "<new signer>"}`; earlier keys keep
+//!   verifying until the tokens they signed have expired.
 //!
 //! Every call is authenticated and authorized before anything else happens. Errors use the same
 //! JSON envelope as the data plane, with codes of their own ([`ApiError`]), because management
@@ -19,6 +23,7 @@ use serde_json::{Map, Value, json};
 use super::authz::{Action, AdminPrincipal};
 use super::{AdminResponse, json as json_response};
 use crate::auth::KeySlot;
+use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
 use crate::error::{AuthFailure, error_body};
 use crate::runtime::{Gateway, Service};
@@ -34,6 +39,12 @@ pub enum ApiError {
     ServiceNotFound(String),
     #[error("service {0:?} does not use key authentication")]
     NotKeyMode(String),
+    #[error("service {0:?} does not use token authentication")]
+    NotTokenMode(String),
+    #[error("{0}")]
+    Signing(#[source] SigningError),
+    #[error("signing a token failed")]
+    TokenSigning(#[source] jsonwebtoken::errors::Error),
     #[error("{0}")]
     Keys(#[source] KeyError),
     #[error("{0}")]
@@ -50,7 +61,15 @@ impl ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ServiceNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::NotKeyMode(_) => StatusCode::CONFLICT,
+            Self::NotKeyMode(_) | Self::NotTokenMode(_) => StatusCode::CONFLICT,
+            Self::Signing(e) => match e {
+                SigningError::ReadOnly { .. } => StatusCode::CONFLICT,
+                SigningError::Read { .. }
+                | SigningError::Write { .. }
+                | SigningError::Invalid { .. }
+                | SigningError::Generate(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::TokenSigning(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Keys(e) => match e {
                 KeyError::ReadOnly { .. } | KeyError::Hashed => StatusCode::CONFLICT,
                 KeyError::BadValue(_) => StatusCode::BAD_REQUEST,
@@ -70,6 +89,9 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::ServiceNotFound(_) => "service_not_found",
             Self::NotKeyMode(_) => "not_key_mode",
+            Self::NotTokenMode(_) => "not_token_mode",
+            Self::Signing(SigningError::ReadOnly { .. }) => "signing_key_read_only",
+            Self::Signing(_) | Self::TokenSigning(_) => "internal_error",
             Self::Keys(e) => match e {
                 KeyError::ReadOnly { .. } => "keys_read_only",
                 KeyError::Hashed => "keys_hashed",
@@ -91,6 +113,10 @@ impl ApiError {
             Self::Keys(KeyError::Read { .. } | KeyError::Write { .. } | KeyError::Invalid { .. } | KeyError::Random) => {
                 "the key store failed; see the gateway log".to_owned()
             }
+            Self::Signing(SigningError::ReadOnly { .. }) => {
+                "the signing key is provided by an operator-managed read-only file (signing_key_file)".to_owned()
+            }
+            Self::Signing(_) | Self::TokenSigning(_) => "token signing failed; see the gateway log".to_owned(),
             Self::Keys(KeyError::ReadOnly { .. }) => {
                 "keys are provided by an operator-managed read-only file (keys_file); change that file instead".to_owned()
             }
@@ -118,6 +144,8 @@ impl ApiError {
 pub enum ServiceOp {
     ListKeys,
     RegenerateKeys,
+    IssueToken,
+    RotateSigningKey,
 }
 
 impl ServiceOp {
@@ -125,6 +153,8 @@ impl ServiceOp {
         match op {
             "listkeys" | "listKeys" => Some(Self::ListKeys),
             "regenerateKeys" | "regeneratekeys" => Some(Self::RegenerateKeys),
+            "token" => Some(Self::IssueToken),
+            "rotateSigningKey" | "rotatesigningkey" => Some(Self::RotateSigningKey),
             _ => None,
         }
     }
@@ -133,6 +163,8 @@ impl ServiceOp {
         match self {
             Self::ListKeys => Action::KeysList,
             Self::RegenerateKeys => Action::KeysRegenerate,
+            Self::IssueToken => Action::TokenIssue,
+            Self::RotateSigningKey => Action::SigningKeysRotate,
         }
     }
 
@@ -141,6 +173,8 @@ impl ServiceOp {
         match self {
             Self::ListKeys => "listKeys",
             Self::RegenerateKeys => "regenerateKeys",
+            Self::IssueToken => "issueToken",
+            Self::RotateSigningKey => "rotateSigningKey",
         }
     }
 }
@@ -162,7 +196,48 @@ pub async fn service_op(
     match op {
         ServiceOp::ListKeys => list_keys(&service),
         ServiceOp::RegenerateKeys => regenerate_keys(service, &body, principal.id.clone()).await,
+        ServiceOp::IssueToken => issue_token(&service, &principal.id),
+        ServiceOp::RotateSigningKey => rotate_signing_key(service, principal.id.clone()).await,
     }
+}
+
+fn issue_token(service: &Service, subject: &str) -> Result<AdminResponse, ApiError> {
+    let authority = service
+        .tokens()
+        .ok_or_else(|| ApiError::NotTokenMode(service.config.name.clone()))?;
+    let token = authority.issue(subject).map_err(|e| {
+        tracing::error!(service = %service.config.name, error = %e, "signing a token failed");
+        ApiError::TokenSigning(e)
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&token).unwrap_or_default(),
+    ))
+}
+
+async fn rotate_signing_key(
+    service: Arc<Service>,
+    initiator: String,
+) -> Result<AdminResponse, ApiError> {
+    let authority = service
+        .tokens()
+        .cloned()
+        .ok_or_else(|| ApiError::NotTokenMode(service.config.name.clone()))?;
+    // Key generation (RSA especially) and the file write block; keep them off the workers.
+    let kid = tokio::task::spawn_blocking(move || authority.signing.rotate(&initiator))
+        .await
+        .map_err(|_| ApiError::Signing(SigningError::Generate("task failed".into())))?
+        .map_err(|e| {
+            if !matches!(e, SigningError::ReadOnly { .. }) {
+                tracing::error!(service = %service.config.name, error = %e, "rotating the signing key failed");
+            }
+            ApiError::Signing(e)
+        })?;
+    tracing::info!(service = %service.config.name, kid = %kid, "signing key rotated");
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "kid": &*kid }).to_string().into_bytes(),
+    ))
 }
 
 fn list_keys(service: &Service) -> Result<AdminResponse, ApiError> {

@@ -68,4 +68,43 @@ pub struct RawService {
     pub max_body_bytes: Option<u64>,
     pub keys_file: Option<String>,
     pub key_storage: Option<String>,
+    pub token: Option<RawToken>,
+}
+
+/// `[service.token]`: token-mode settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub algorithm: Option<String>,
+    pub issuer: Option<String>,
+    pub lifetime_s: Option<u64>,
+    pub refresh_after_s: Option<u64>,
+    pub leeway_s: Option<u64>,
+    pub signing_key_file: Option<String>,
+    pub subject_header: Option<String>,
+    pub cache_entries: Option<usize>,
+    #[serde(default)]
+    pub trusted_issuer: Vec<RawTrustedIssuer>,
+}
+
+/// `[[service.token.trusted_issuer]]`: an external issuer whose tokens are accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub public_keys: Vec<RawPublicKey>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_ca: Option<String>,
+    pub jwks_refresh_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublicKey {
+    pub kid: Option<String>,
+    pub file: Option<String>,
 }

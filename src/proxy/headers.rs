@@ -9,6 +9,7 @@ pub static X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-cl
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_TOKEN_REFRESH_AFTER: HeaderName = HeaderName::from_static("x-token-refresh-after");
 
 /// Hop-by-hop headers per RFC 9110 §7.6.1, plus the de-facto `Keep-Alive` and
 /// `Proxy-Connection`. They describe one connection and must not be forwarded.

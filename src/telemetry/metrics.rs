@@ -9,6 +9,7 @@
 use http::Method;
 
 use crate::auth::KeySlot;
+use crate::auth::jwt::CacheCounters;
 use crate::error::AuthFailure;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -66,6 +67,9 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     pub config_reloads: IntCounterVec,
     pub key_reloads: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_age: IntGaugeVec,
+    pub signing_key_reloads: IntCounterVec,
     pub records_dropped: IntCounter,
     pub record_write_errors: IntCounter,
 }
@@ -106,6 +110,7 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 impl Metrics {
     /// Registers every family in a fresh registry. Only fails on programming errors (duplicate
     /// or malformed static names), hence the `expect`s, which run once at startup.
+    #[allow(clippy::too_many_lines)] // one flat list of metric definitions reads best whole
     pub fn new() -> Self {
         let r = Registry::new();
         let build = gauge_vec(
@@ -190,6 +195,24 @@ impl Metrics {
                 "Changes of key files picked up from disk, by result.",
                 &["service", "result"],
             ),
+            jwks_fetches: counter_vec(
+                &r,
+                "scoregate_jwks_fetch_total",
+                "JWKS fetches from trusted issuers' URLs, by result.",
+                &["service", "issuer", "result"],
+            ),
+            jwks_age: gauge_vec(
+                &r,
+                "scoregate_jwks_age_seconds",
+                "Seconds since a trusted issuer's key set was last loaded successfully.",
+                &["service", "issuer"],
+            ),
+            signing_key_reloads: counter_vec(
+                &r,
+                "scoregate_signing_key_reloads_total",
+                "Signing key files picked up from disk, by result.",
+                &["service", "result"],
+            ),
             records_dropped: counter(
                 &r,
                 "scoregate_request_records_dropped_total",
@@ -236,6 +259,7 @@ pub struct ServiceMetrics {
     key_auth: [IntCounter; 2],
     /// Indexed by `AuthFailure::index`.
     auth_failures: Vec<IntCounter>,
+    pub token_cache: CacheCounters,
 }
 
 impl ServiceMetrics {
@@ -262,6 +286,10 @@ impl ServiceMetrics {
                         .with_label_values(&[service, f.reason()])
                 })
                 .collect(),
+            token_cache: CacheCounters {
+                hit: metrics.token_cache.with_label_values(&[service, "hit"]),
+                miss: metrics.token_cache.with_label_values(&[service, "miss"]),
+            },
             duration: metrics.request_duration.with_label_values(&[service]),
             upstream_duration: metrics.upstream_duration.with_label_values(&[service]),
             inflight: metrics.inflight.with_label_values(&[service]),

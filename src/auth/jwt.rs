@@ -1,0 +1,343 @@
+//! Token mode: issuing short-lived JWTs and verifying them locally.
+//!
+//! [`TokenAuthority`] is one service's token policy. Issuing signs with the service's current
+//! signing key (`signing`) and returns Azure ML's `{accessToken, tokenType, expiryOn,
+//! refreshAfter}`. Verifying, in order, refuses as early and cheaply as possible:
+//! 1. over 8 KiB → refused before any parsing;
+//! 2. cache hit (SHA-256 of the token) → only `exp`/`nbf` are re-checked against the clock;
+//! 3. the header must parse and name a `kid`;
+//! 4. the `kid` selects the key — the service's own signing keys, or a trusted issuer's — and with
+//!    it the only algorithm accepted, the issuer and the audience (the token's `alg` must equal
+//!    the key's configured algorithm, so `none` and HS/RS confusion cannot pass);
+//! 5. an unknown `kid` may trigger one throttled JWKS re-fetch (`trusted`);
+//! 6. signature, `exp`/`nbf` with leeway, `iss`, `aud`, `sub` (jsonwebtoken), then the cache.
+
+pub mod cache;
+pub mod signing;
+pub mod trusted;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest::{SHA256, digest};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TokenConfig;
+use crate::error::AuthFailure;
+use cache::{CachedToken, TokenCache};
+use signing::{SigningError, SigningStore};
+use trusted::{Issuer, JwksError};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub subject: Arc<str>,
+    pub exp: u64,
+    /// When the client should fetch a new token (own tokens carry it; for external tokens it is
+    /// the midpoint of their lifetime when `iat` is present).
+    pub refresh_after: Option<u64>,
+}
+
+/// What `POST /services/{name}/token` returns (AZUREML-CONTRACT A1).
+#[derive(Debug, Serialize)]
+pub struct IssuedToken {
+    #[serde(rename = "accessToken")]
+    pub access_token: String,
+    #[serde(rename = "tokenType")]
+    pub token_type: &'static str,
+    #[serde(rename = "expiryOn")]
+    pub expiry_on: u64,
+    #[serde(rename = "refreshAfter")]
+    pub refresh_after: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OwnClaims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+    /// Refresh-after, unix seconds (scoregate's own claim).
+    rfa: u64,
+}
+
+/// The claims read from any accepted token (issuer and audience are checked by `Validation`).
+#[derive(Debug, Deserialize)]
+struct Claims {
+    // Optional here so a missing claim reaches jsonwebtoken's required-claims check (and is
+    // reported as a claims problem) instead of failing deserialization as "malformed".
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    rfa: Option<u64>,
+}
+
+/// The two cache counters of a service (`scoregate_token_cache_total{result}`).
+#[derive(Debug, Clone)]
+pub struct CacheCounters {
+    pub hit: IntCounter,
+    pub miss: IntCounter,
+}
+
+#[derive(Debug)]
+pub struct TokenAuthority {
+    service: Arc<str>,
+    pub config: TokenConfig,
+    pub signing: SigningStore,
+    own_validation: Validation,
+    pub trusted: Vec<Issuer>,
+    pub cache: TokenCache,
+    counters: CacheCounters,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenSetupError {
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TokenAuthority {
+    pub fn new(
+        service: &str,
+        config: TokenConfig,
+        counters: CacheCounters,
+    ) -> Result<Self, TokenSetupError> {
+        let overlap = config.lifetime + config.leeway;
+        let signing = SigningStore::open(config.signing.clone(), config.algorithm, overlap)?;
+        let mut own_validation = Validation::new(config.algorithm);
+        own_validation.set_issuer(&[&config.issuer]);
+        own_validation.set_audience(&[service]);
+        own_validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        own_validation.leeway = config.leeway.as_secs();
+        own_validation.validate_nbf = true;
+        let trusted = config
+            .trusted
+            .iter()
+            .map(|t| {
+                Issuer::new(t.clone()).map(|mut issuer| {
+                    issuer.validation.leeway = config.leeway.as_secs();
+                    issuer.validation.validate_nbf = true;
+                    issuer
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            service: Arc::from(service),
+            cache: TokenCache::new(config.cache_entries),
+            config,
+            signing,
+            own_validation,
+            trusted,
+            counters,
+        })
+    }
+
+    /// Signs a token for `subject`.
+    pub fn issue(&self, subject: &str) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
+        let set = self.signing.snapshot();
+        let signer = set
+            .signer()
+            .ok_or_else(|| jsonwebtoken::errors::Error::from(ErrorKind::InvalidKeyFormat))?;
+        let now = unix_now();
+        let exp = now + self.config.lifetime.as_secs();
+        let rfa = now + self.config.refresh_after.as_secs();
+        let mut header = Header::new(self.config.algorithm);
+        header.kid = Some(signer.kid.to_string());
+        let claims = OwnClaims {
+            iss: &self.config.issuer,
+            aud: &self.service,
+            sub: subject,
+            iat: now,
+            nbf: now,
+            exp,
+            jti: uuid::Uuid::new_v4().to_string(),
+            rfa,
+        };
+        let token = jsonwebtoken::encode(&header, &claims, signer.encoding())?;
+        Ok(IssuedToken {
+            access_token: token,
+            token_type: "Bearer",
+            expiry_on: exp,
+            refresh_after: rfa,
+        })
+    }
+
+    /// Verifies a bearer token (see the module docs for the order of checks).
+    pub async fn verify(&self, token: &[u8]) -> Result<VerifiedToken, AuthFailure> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthFailure::TokenTooLarge);
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, token).as_ref());
+        let now = unix_now();
+        let leeway = self.config.leeway.as_secs();
+        if let Some(hit) = self.cache.get(&key) {
+            self.counters.hit.inc();
+            if hit.exp.saturating_add(leeway) < now {
+                self.cache.remove(&key);
+                return Err(AuthFailure::TokenExpired);
+            }
+            if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+                return Err(AuthFailure::TokenNotYetValid);
+            }
+            return Ok(VerifiedToken {
+                subject: hit.subject,
+                exp: hit.exp,
+                refresh_after: hit.refresh_after,
+            });
+        }
+        self.counters.miss.inc();
+        let text = std::str::from_utf8(token).map_err(|_| AuthFailure::TokenMalformed)?;
+        let header = jsonwebtoken::decode_header(text).map_err(|_| AuthFailure::TokenMalformed)?;
+        let kid = header.kid.as_deref().ok_or(AuthFailure::TokenMalformed)?;
+        let (decoding, validation, kid) = self.key_for(text, kid).await?;
+        // The token's own `alg` is only ever compared with the key's configured one.
+        if header.alg != *validation.algorithms.first().unwrap_or(&Algorithm::ES256) {
+            return Err(AuthFailure::TokenAlgorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(text, &decoding, validation)
+            .map_err(|e| map_error(e.kind()))?;
+        let claims = data.claims;
+        let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
+            return Err(AuthFailure::TokenClaims);
+        };
+        if sub.is_empty() || sub.len() > 256 {
+            return Err(AuthFailure::TokenClaims);
+        }
+        let refresh_after = claims.rfa.or_else(|| {
+            claims
+                .iat
+                .filter(|iat| *iat < exp)
+                .map(|iat| iat + (exp - iat) / 2)
+        });
+        let subject: Arc<str> = Arc::from(sub);
+        self.cache.insert(
+            key,
+            CachedToken {
+                subject: Arc::clone(&subject),
+                exp,
+                nbf: claims.nbf,
+                refresh_after,
+                kid,
+            },
+            now,
+        );
+        Ok(VerifiedToken {
+            subject,
+            exp,
+            refresh_after,
+        })
+    }
+
+    /// The key, validation rules and kid for a token's `kid`.
+    async fn key_for(
+        &self,
+        token: &str,
+        kid: &str,
+    ) -> Result<(Arc<DecodingKey>, &Validation, Arc<str>), AuthFailure> {
+        let now = unix_now();
+        if let Some(k) = self.signing.snapshot().find(kid, now) {
+            return Ok((
+                Arc::clone(&k.decoding),
+                &self.own_validation,
+                Arc::clone(&k.kid),
+            ));
+        }
+        for issuer in &self.trusted {
+            if let Some(k) = issuer.find(kid) {
+                return Ok((k, &issuer.validation, Arc::from(kid)));
+            }
+        }
+        // Unknown everywhere: a JWKS issuer may have rotated. Only the issuer the (unverified)
+        // token names is asked, and each at most once per throttle interval.
+        let claimed_iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
+            .ok()
+            .and_then(|c| c.iss);
+        for issuer in self.trusted.iter().filter(|i| i.is_url()) {
+            if claimed_iss.as_deref() != Some(issuer.config.issuer.as_str()) {
+                continue;
+            }
+            match issuer.refetch_for_unknown_kid(kid).await {
+                Ok(true) => {
+                    if let Some(k) = issuer.find(kid) {
+                        return Ok((k, &issuer.validation, Arc::from(kid)));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(service = %self.service, error = %e, "JWKS re-fetch for an unknown kid failed");
+                }
+            }
+        }
+        Err(AuthFailure::TokenUnknownKey)
+    }
+
+    /// Whether every JWKS URL has been fetched at least once (readiness).
+    pub fn keys_loaded(&self) -> bool {
+        self.trusted.iter().all(Issuer::is_loaded)
+    }
+
+    /// Drops retired signing keys and the cache entries they vouched for.
+    pub fn prune(&self) {
+        let now = unix_now();
+        if self.signing.prune(now) {
+            let mut kids = self.signing.snapshot().active_kids(now);
+            for issuer in &self.trusted {
+                kids.extend(issuer.kids().into_iter().map(Arc::from));
+            }
+            self.cache.retain_kids(&kids);
+        }
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.config.lifetime
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IssOnly {
+    iss: Option<String>,
+}
+
+fn map_error(kind: &ErrorKind) -> AuthFailure {
+    match kind {
+        ErrorKind::InvalidSignature => AuthFailure::TokenSignature,
+        ErrorKind::ExpiredSignature => AuthFailure::TokenExpired,
+        ErrorKind::ImmatureSignature => AuthFailure::TokenNotYetValid,
+        ErrorKind::InvalidIssuer => AuthFailure::TokenIssuer,
+        ErrorKind::InvalidAudience => AuthFailure::TokenAudience,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm => AuthFailure::TokenAlgorithm,
+        ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_)
+        | ErrorKind::InvalidSubject => AuthFailure::TokenClaims,
+        _ => AuthFailure::TokenMalformed,
+    }
+}
+
+#[cfg(test)]
+mod tests;
