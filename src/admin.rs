@@ -62,7 +62,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
             TokioIo::new(stream),
             service_fn(move |req| {
                 let gw = Arc::clone(&gw);
-                async move { Ok::<_, Infallible>(handle(&gw, peer.ip(), req).await) }
+                async move { Ok::<_, Infallible>(handle(&gw, peer.ip().to_canonical(), req).await) }
             }),
         );
         let stop = stop.clone();
@@ -77,11 +77,18 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
     }
 }
 
-async fn handle(gw: &Gateway, peer: IpAddr, req: Request<Incoming>) -> AdminResponse {
+async fn handle(gw: &Arc<Gateway>, peer: IpAddr, req: Request<Incoming>) -> AdminResponse {
     let request_id = crate::proxy::headers::request_id(req.headers());
     let rid = request_id.to_str().unwrap_or_default().to_owned();
     let path = req.uri().path().to_owned();
-    let mut resp = match Route::parse(req.method(), &path) {
+    // Network rules come before anything else, probes included.
+    let admitted = crate::admission::allowed(peer, gw.routes.load().admin_allow_cidrs.as_deref());
+    let parsed = if admitted {
+        Route::parse(req.method(), &path)
+    } else {
+        Err(ApiError::ClientNotAllowed)
+    };
+    let mut resp = match parsed {
         Ok(route) => dispatch(
             gw,
             &Caller {
@@ -113,6 +120,8 @@ enum Route<'p> {
     Readyz,
     Metrics,
     Activity,
+    Reload,
+    Services,
     Service { name: &'p str, op: ServiceOp },
 }
 
@@ -129,6 +138,8 @@ impl<'p> Route<'p> {
             "/readyz" => (Self::Readyz, Method::GET),
             "/metrics" => (Self::Metrics, Method::GET),
             "/activity" => (Self::Activity, Method::GET),
+            "/reload" => (Self::Reload, Method::POST),
+            "/services" => (Self::Services, Method::GET),
             _ => {
                 let (name, op) = service_route(path).ok_or(ApiError::RouteNotFound)?;
                 (Self::Service { name, op }, Method::POST)
@@ -147,6 +158,8 @@ impl<'p> Route<'p> {
             Self::Healthz | Self::Readyz => None,
             Self::Metrics => (!gw.public_metrics).then_some(Action::MetricsRead),
             Self::Activity => Some(Action::ActivityRead),
+            Self::Reload => Some(Action::ConfigReload),
+            Self::Services => Some(Action::ServicesRead),
             Self::Service { op, .. } => Some(op.action()),
         }
     }
@@ -157,6 +170,8 @@ impl<'p> Route<'p> {
             Self::Readyz => "readyz",
             Self::Metrics => "readMetrics",
             Self::Activity => "readActivity",
+            Self::Reload => "reloadConfig",
+            Self::Services => "listServices",
             Self::Service { op, .. } => op.operation(),
         }
     }
@@ -164,14 +179,19 @@ impl<'p> Route<'p> {
     const fn service(self) -> Option<&'p str> {
         match self {
             Self::Service { name, .. } => Some(name),
-            Self::Healthz | Self::Readyz | Self::Metrics | Self::Activity => None,
+            Self::Healthz
+            | Self::Readyz
+            | Self::Metrics
+            | Self::Activity
+            | Self::Reload
+            | Self::Services => None,
         }
     }
 }
 
 /// Authenticates and authorizes (recording refusals), then runs the route.
 async fn dispatch(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     caller: &Caller,
     route: Route<'_>,
     req: Request<Incoming>,
@@ -209,6 +229,21 @@ async fn dispatch(
     let result = match route {
         Route::Metrics => Ok(metrics(gw)),
         Route::Activity => Ok(activity(gw, req.uri().query())),
+        Route::Services => Ok(services(gw)),
+        // `reload` writes its own activity entry (it also runs for signals and file changes).
+        Route::Reload => crate::reload::reload(
+            gw,
+            &principal.id,
+            Some((caller.ip, caller.request_id.clone())),
+        )
+        .await
+        .map(|summary| {
+            json(
+                StatusCode::OK,
+                serde_json::to_vec(&summary).unwrap_or_default(),
+            )
+        })
+        .map_err(|e| ApiError::ReloadRejected(e.to_string())),
         Route::Service { name, op } => {
             let body = read_body(req).await?;
             management::service_op(gw, &principal, name, op, body).await
@@ -241,6 +276,30 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         .map_err(|_| {
             ApiError::InvalidRequest(format!("request body unreadable or over {MAX_BODY} bytes"))
         })
+}
+
+/// `GET /services`: what is configured and how it is doing (no secrets).
+fn services(gw: &Gateway) -> AdminResponse {
+    let routes = gw.routes.load();
+    let list: Vec<serde_json::Value> = routes
+        .services()
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.config.name,
+                "route": if s.config.route.is_empty() { "/" } else { s.config.route.as_str() },
+                "upstream": s.config.upstream.to_string(),
+                "authMode": s.config.auth.as_str(),
+                "healthy": s.is_healthy(),
+                "maxConcurrentRequests": s.config.max_concurrent_requests,
+                "waiting": s.limit.waiting(),
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&list).unwrap_or_default(),
+    )
 }
 
 fn metrics(gw: &Gateway) -> AdminResponse {

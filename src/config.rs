@@ -93,6 +93,18 @@ pub struct ServerConfig {
     pub health_interval: Duration,
     /// Serve `GET /metrics` without a credential (default: `metrics/read` is required).
     pub public_metrics: bool,
+    /// Open connections on the scoring listener; beyond it new connections wait in the
+    /// kernel's accept backlog.
+    pub max_connections: usize,
+    /// Largest request head (HTTP/1) or header list (HTTP/2); beyond it: 431.
+    pub max_header_bytes: usize,
+    /// Most request headers (HTTP/1); beyond it: 431.
+    pub max_headers: usize,
+    pub http2_max_concurrent_streams: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Who may reach the admin listener (`None`: anyone who can connect).
+    pub admin_allow_cidrs: Option<Vec<ipnet::IpNet>>,
     /// `None` serves plain HTTP (logged as a warning at startup).
     pub tls: Option<TlsConfig>,
 }
@@ -101,6 +113,9 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// CA certificates that client certificates must chain to (mutual TLS); `None`: no client
+    /// certificates are requested.
+    pub client_ca: Option<(PathBuf, Vec<rustls::pki_types::CertificateDer<'static>>)>,
     /// The pair, already parsed and checked to match.
     pub certified_key: CertifiedKey,
 }
@@ -133,7 +148,7 @@ impl AuthMode {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub name: String,
     /// Normalised path prefix without a trailing slash; `""` is the root route `/`.
@@ -150,10 +165,30 @@ pub struct ServiceConfig {
     pub keys: Option<KeySource>,
     /// Token settings (`Some` exactly when `auth = "token"`).
     pub token: Option<TokenConfig>,
+    /// Requests in the upstream at once (Azure ML's `maxConcurrentRequestsPerContainer`).
+    pub max_concurrent_requests: usize,
+    /// How long a request waits for a free slot before 503 (Azure ML's `maxQueueWaitMs`).
+    pub max_request_wait: Duration,
+    /// Requests allowed to wait at once; beyond it: 503 at once.
+    pub max_queue_length: usize,
+    /// A body stream (either direction) that moves no data for this long is cut off.
+    pub body_idle_timeout: Duration,
+    /// Client addresses allowed to call the service (`None`: all).
+    pub allow_cidrs: Option<Vec<ipnet::IpNet>>,
+    pub rate_limit: Option<RateLimit>,
+    /// Extra CA (PEM) to verify an `https://` upstream with, besides the system roots.
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// A token bucket per caller: `requests_per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 /// `[service.token]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenConfig {
     /// The one algorithm this service's own tokens use; never taken from a token.
     pub algorithm: jsonwebtoken::Algorithm,
@@ -182,7 +217,7 @@ pub enum SigningSource {
 }
 
 /// An external issuer (e.g. Azure AD) whose tokens a service accepts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrustedIssuer {
     pub issuer: String,
     pub audience: String,
@@ -190,7 +225,7 @@ pub struct TrustedIssuer {
     pub keys: TrustedKeys,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TrustedKeys {
     /// PEM public keys with their `kid`s.
     Pem(Vec<(String, PathBuf)>),
@@ -465,6 +500,33 @@ impl Validator<'_> {
                 10,
             ),
             public_metrics: raw.public_metrics.unwrap_or(false),
+            max_connections: self.count(
+                "server.max_connections",
+                raw.max_connections,
+                25_000,
+                1,
+                1_000_000,
+            ),
+            max_header_bytes: self.count(
+                "server.max_header_bytes",
+                raw.max_header_bytes,
+                64 * 1024,
+                8192,
+                16 * 1024 * 1024,
+            ),
+            max_headers: self.count("server.max_headers", raw.max_headers, 100, 1, 10_000),
+            http2_max_concurrent_streams: u32::try_from(self.count(
+                "server.http2_max_concurrent_streams",
+                raw.http2_max_concurrent_streams.map(|v| v as usize),
+                256,
+                1,
+                65_535,
+            ))
+            .unwrap_or(256),
+            trusted_proxies: self
+                .cidrs("server.trusted_proxies", raw.trusted_proxies)
+                .unwrap_or_default(),
+            admin_allow_cidrs: self.cidrs("server.admin_allow_cidrs", raw.admin_allow_cidrs),
             tls: raw.tls.and_then(|tls| self.tls(tls)),
         }
     }
@@ -481,11 +543,22 @@ impl Validator<'_> {
         if key.is_none() {
             self.issue("server.tls.key", "is required when [server.tls] is present");
         }
+        let client_ca = raw.client_ca.and_then(|ca| {
+            let path = self.path(&ca);
+            match crate::tls::load_ca(&path) {
+                Ok(certs) => Some((path, certs)),
+                Err(e) => {
+                    self.issue("server.tls.client_ca", e);
+                    None
+                }
+            }
+        });
         let (cert_path, key_path) = (cert?, key?);
         match crate::tls::load_certified_key(&cert_path, &key_path) {
             Ok(certified_key) => Some(TlsConfig {
                 cert_path,
                 key_path,
+                client_ca,
                 certified_key,
             }),
             Err(e) => {
@@ -536,6 +609,7 @@ impl Validator<'_> {
         services
     }
 
+    #[allow(clippy::too_many_lines)] // one field after another; split by topic below
     fn service(&mut self, i: usize, raw: raw::RawService, state_dir: &Path) -> ServiceConfig {
         let key = |field: &str| format!("service[{i}].{field}");
         let name = raw.name.unwrap_or_default();
@@ -613,6 +687,43 @@ impl Validator<'_> {
                 5_000,
                 1,
             ),
+            max_concurrent_requests: self.count(
+                &key("max_concurrent_requests"),
+                raw.max_concurrent_requests,
+                1,
+                1,
+                1_000_000,
+            ),
+            max_request_wait: self.millis(
+                &key("max_request_wait_ms"),
+                raw.max_request_wait_ms,
+                500,
+                0,
+            ),
+            max_queue_length: self.count(
+                &key("max_queue_length"),
+                raw.max_queue_length,
+                100,
+                0,
+                1_000_000,
+            ),
+            body_idle_timeout: self.millis(
+                &key("body_idle_timeout_ms"),
+                raw.body_idle_timeout_ms,
+                60_000,
+                1,
+            ),
+            allow_cidrs: self.cidrs(&key("allow_cidrs"), raw.allow_cidrs),
+            rate_limit: raw
+                .rate_limit
+                .and_then(|r| self.rate_limit(&key("rate_limit"), &r)),
+            upstream_ca: raw.upstream_ca.map(|ca| {
+                let path = self.path(&ca);
+                if let Err(e) = crate::tls::load_ca(&path) {
+                    self.issue(key("upstream_ca"), e);
+                }
+                path
+            }),
             max_body_bytes: match raw.max_body_bytes {
                 Some(0) => {
                     self.issue(key("max_body_bytes"), "must be at least 1");
@@ -948,6 +1059,65 @@ impl Validator<'_> {
         Duration::from_millis(ms)
     }
 
+    fn count(
+        &mut self,
+        key: &str,
+        raw: Option<usize>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        let n = raw.unwrap_or(default);
+        if !(min..=max).contains(&n) {
+            self.issue(key, format!("{n} is not between {min} and {max}"));
+        }
+        n
+    }
+
+    /// CIDRs (`10.0.0.0/8`, `::1/128`) or single addresses; `None` when the list is absent.
+    fn cidrs(&mut self, key: &str, raw: Option<Vec<String>>) -> Option<Vec<ipnet::IpNet>> {
+        let raw = raw?;
+        let mut nets = Vec::with_capacity(raw.len());
+        for (i, text) in raw.iter().enumerate() {
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => self.issue(
+                    format!("{key}[{i}]"),
+                    format!(
+                        "{text:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"::1/128\")"
+                    ),
+                ),
+            }
+        }
+        Some(nets)
+    }
+
+    fn rate_limit(&mut self, key: &str, raw: &raw::RawRateLimit) -> Option<RateLimit> {
+        let rps = raw.requests_per_second.unwrap_or(0.0);
+        if !(rps > 0.0 && rps <= 1_000_000.0) {
+            self.issue(
+                format!("{key}.requests_per_second"),
+                "is required and must be between 0 (exclusive) and 1000000",
+            );
+            return None;
+        }
+        // A burst below one request could never admit anything.
+        // Default burst: one second's worth (rps is at most 1e6, so the cast is exact).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let burst = raw.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32);
+        if burst == 0 {
+            self.issue(format!("{key}.burst"), "must be at least 1");
+            return None;
+        }
+        Some(RateLimit {
+            requests_per_second: rps,
+            burst,
+        })
+    }
+
     fn path(&self, text: &str) -> PathBuf {
         let p = Path::new(text);
         if p.is_absolute() {
@@ -984,12 +1154,7 @@ fn normalise_route(route: &str) -> Result<String, &'static str> {
 fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
     let uri: Uri = text.parse().map_err(|_| "is not an http(s) URL")?;
     let scheme = uri.scheme().cloned().ok_or("is not an http(s) URL")?;
-    if scheme == http::uri::Scheme::HTTPS {
-        return Err(
-            "uses https, which upstreams do not support yet; use http to a local container",
-        );
-    }
-    if scheme != http::uri::Scheme::HTTP {
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err("is not an http(s) URL");
     }
     let authority = uri.authority().cloned().ok_or("has no host")?;

@@ -140,22 +140,27 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("no service is routed at this path")]
     RouteNotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the request body stalled for {} ms", .after.as_millis())]
+    ClientBodyTimeout { after: Duration },
     #[error("the client closed the connection before the response was complete")]
     ClientDisconnected,
 
     // ---- auth ----
     #[error("{}", .0.message())]
     Unauthenticated(AuthFailure),
-    #[error("the caller may not perform `{action}`")]
-    Forbidden { action: &'static str },
+    /// Refused by a network rule, before authentication.
+    #[error("the client address may not call this service")]
+    ClientNotAllowed,
 
     // ---- capacity ----
-    #[error("the gateway is shutting down")]
-    Draining,
+    #[error("rate limit exceeded; retry in {} ms", .retry_after.as_millis())]
+    RateLimited { retry_after: Duration },
+    #[error("the service is busy and its wait queue ({limit} requests) is full")]
+    QueueFull { limit: usize },
+    #[error("the service stayed busy for the whole wait of {} ms", .waited.as_millis())]
+    QueueTimeout { waited: Duration },
 
     // ---- upstream ----
     #[error("could not connect to the scoring container")]
@@ -167,6 +172,9 @@ pub enum GatewayError {
     /// The response had started, so the client saw the upstream's status; only records see this.
     #[error("the scoring container's response stopped before its end")]
     UpstreamInterrupted,
+    /// Likewise record-only: the response body stalled longer than the idle timeout.
+    #[error("the scoring container's response body stalled for {} ms", .after.as_millis())]
+    UpstreamBodyTimeout { after: Duration },
 
     // ---- internal ----
     #[error("internal error: {0}")]
@@ -178,20 +186,23 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // nginx's 499: never seen by the client (it has gone), but it makes records honest.
             Self::ClientDisconnected => match StatusCode::from_u16(499) {
                 Ok(code) => code,
                 Err(_) => StatusCode::BAD_REQUEST,
             },
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClientNotAllowed => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } | Self::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) | Self::UpstreamInterrupted => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::UpstreamBodyTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,15 +211,18 @@ impl GatewayError {
         match self {
             Self::BadRequest(_)
             | Self::RouteNotFound
-            | Self::MethodNotAllowed
             | Self::BodyTooLarge { .. }
+            | Self::ClientBodyTimeout { .. }
             | Self::ClientDisconnected => Side::Client,
-            Self::Unauthenticated(_) | Self::Forbidden { .. } => Side::Auth,
-            Self::Draining => Side::Capacity,
+            Self::Unauthenticated(_) | Self::ClientNotAllowed => Side::Auth,
+            Self::RateLimited { .. } | Self::QueueFull { .. } | Self::QueueTimeout { .. } => {
+                Side::Capacity
+            }
             Self::UpstreamConnect(_)
             | Self::UpstreamProtocol(_)
             | Self::UpstreamTimeout { .. }
-            | Self::UpstreamInterrupted => Side::Upstream,
+            | Self::UpstreamInterrupted
+            | Self::UpstreamBodyTimeout { .. } => Side::Upstream,
             Self::Internal(_) => Side::Internal,
         }
     }
@@ -219,44 +233,61 @@ impl GatewayError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::RouteNotFound => "route_not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "payload_too_large",
+            Self::ClientBodyTimeout { .. } => "request_body_timeout",
             Self::ClientDisconnected => "client_disconnected",
             Self::Unauthenticated(failure) => failure.reason(),
-            Self::Forbidden { .. } => "forbidden",
-            Self::Draining => "draining",
+            Self::ClientNotAllowed => "client_ip_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::QueueFull { .. } => "queue_full",
+            Self::QueueTimeout { .. } => "queue_wait_exceeded",
             Self::UpstreamConnect(_) => "upstream_unreachable",
             Self::UpstreamProtocol(_) => "upstream_error",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamInterrupted => "upstream_interrupted",
+            Self::UpstreamBodyTimeout { .. } => "upstream_body_timeout",
             Self::Internal(_) => "internal_error",
         }
     }
 
-    /// Whether the connection must be closed after this response: after a refused body the
-    /// rest of it may still be on the wire, and reading it just to discard it helps an attacker.
+    /// Whether the connection must be closed after this response: after a refused or stalled
+    /// body the rest of it may still be on the wire, and reading it just to discard it helps an
+    /// attacker.
     pub const fn close_connection(&self) -> bool {
         match self {
-            Self::BodyTooLarge { .. } | Self::ClientDisconnected => true,
+            Self::BodyTooLarge { .. }
+            | Self::ClientBodyTimeout { .. }
+            | Self::ClientDisconnected => true,
             Self::BadRequest(_)
             | Self::RouteNotFound
-            | Self::MethodNotAllowed
             | Self::Unauthenticated(_)
-            | Self::Forbidden { .. }
-            | Self::Draining
+            | Self::ClientNotAllowed
+            | Self::RateLimited { .. }
+            | Self::QueueFull { .. }
+            | Self::QueueTimeout { .. }
             | Self::UpstreamConnect(_)
             | Self::UpstreamProtocol(_)
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamInterrupted
+            | Self::UpstreamBodyTimeout { .. }
             | Self::Internal(_) => false,
         }
     }
 
-    /// Extra response headers this error requires (RFC 9110 §11.6.1 for 401).
+    /// Extra response headers this error requires: `WWW-Authenticate` for 401 (RFC 9110
+    /// §11.6.1, RFC 6750 §3), `Retry-After` for 429 and 503 (RFC 9110 §10.2.3).
     pub fn extra_headers(&self) -> Option<(header::HeaderName, HeaderValue)> {
         match self {
             Self::Unauthenticated(failure) => Some((header::WWW_AUTHENTICATE, failure.challenge())),
-            Self::Draining => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            Self::RateLimited { retry_after } => Some((
+                header::RETRY_AFTER,
+                HeaderValue::from(
+                    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                ),
+            )),
+            Self::QueueFull { .. } | Self::QueueTimeout { .. } => {
+                Some((header::RETRY_AFTER, HeaderValue::from_static("1")))
+            }
             _ => None,
         }
     }

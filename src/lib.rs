@@ -13,7 +13,9 @@
 //!   the Prometheus registry.
 //! - [`runtime`]: the shared state handlers read (route table behind `ArcSwap`).
 //! - [`health`]: upstream health probes for `/readyz`.
-//! - [`admin`]: the admin listener (health, readiness).
+//! - [`reload`]: live reconfiguration (SIGHUP, `POST /reload`, file changes) and certificate swaps.
+//! - [`admission`]: concurrency limit and wait queue, rate limits, network rules.
+//! - [`admin`]: the admin listener (health, readiness, metrics, management API).
 //! - [`server`]: accept loops, TLS handshakes, serving, the drain sequence.
 //! - [`shutdown`]: the signal future and lifecycle flags.
 //! - [`state`]: the state directory and atomic file writes.
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -32,6 +35,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod sample_model;
 pub mod server;

@@ -246,6 +246,7 @@ fn run(path: &std::path::Path, format: Option<LogFormat>) -> ExitCode {
         &config.telemetry.log_filter,
         format.unwrap_or(config.telemetry.log_format),
     );
+    raise_fd_limit(config.server.max_connections);
     let threads = config.server.worker_threads;
     block_on(threads, serve(config))
 }
@@ -259,6 +260,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     writer.join();
     tracing::info!(?drained, "scoregate stopped");
     Ok(())
+}
+
+/// Raises the open-file limit towards the hard limit so `max_connections` is reachable (each
+/// connection is a descriptor, plus the upstream side).
+fn raise_fd_limit(max_connections: usize) {
+    let wanted = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            limit = got,
+            max_connections,
+            "the open-file limit is below what max_connections needs; raise `ulimit -n`"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
 }
 
 fn block_on(

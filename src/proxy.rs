@@ -68,7 +68,10 @@ pub struct RequestCtx {
     /// Path and query exactly as received.
     pub url: Option<PathAndQuery>,
     pub user_agent: Option<HeaderValue>,
+    /// The caller's address: the peer, or what a trusted proxy says in `X-Forwarded-For`.
     pub client_ip: IpAddr,
+    /// The peer is a trusted proxy, so its `X-Forwarded-For` chain is extended, not replaced.
+    pub peer_trusted: bool,
     pub service: Option<Arc<Service>>,
     pub principal: Principal,
     /// The status sent to the client (or 499 if it left first).
@@ -83,6 +86,10 @@ pub struct RequestCtx {
     /// The last response byte was handed to hyper.
     pub response_complete: bool,
     pub error: Option<GatewayError>,
+    /// Time spent waiting for a free upstream slot (`None`: never reached the queue).
+    pub queue_wait: Option<Duration>,
+    /// The upstream slot, held until the response body has been streamed.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl RequestCtx {
@@ -98,6 +105,7 @@ impl RequestCtx {
             url: req.uri().path_and_query().cloned(),
             user_agent: h.get(header::USER_AGENT).cloned(),
             client_ip: conn.peer.ip(),
+            peer_trusted: false,
             service: None,
             principal: Principal::Anonymous,
             status: 0,
@@ -108,6 +116,8 @@ impl RequestCtx {
             response_started: false,
             response_complete: false,
             error: None,
+            queue_wait: None,
+            permit: None,
         }
     }
 
@@ -142,7 +152,12 @@ pub async fn handle(
             let (parts, body) = resp.into_parts();
             fin.ctx.status = parts.status.as_u16();
             fin.ctx.response_started = true;
-            Response::from_parts(parts, ProxyBody::upstream(body, fin))
+            let idle = fin
+                .ctx
+                .service
+                .as_ref()
+                .map_or(Duration::from_secs(60), |s| s.config.body_idle_timeout);
+            Response::from_parts(parts, ProxyBody::upstream(body, idle, fin))
         }
         Err(err) => error_response(fin, err),
     };
@@ -155,23 +170,70 @@ async fn pipeline(
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let Finish { gw, ctx } = fin;
-    let (service, rest) = select_service(gw, req.uri().path())?;
+    let (service, rest) = select_service(gw, ctx, &req)?;
     ctx.service = Some(Arc::clone(&service));
     service.metrics.inflight.inc();
+    network_rules(&service, ctx)?;
     early_reject(&service, &req)?;
     ctx.principal = authenticate(&service, &req).await?;
+    rate_limit(&service, ctx)?;
+    let (permit, waited) = service.limit.admit().await.inspect_err(|e| {
+        if let GatewayError::QueueTimeout { waited } = e {
+            ctx.queue_wait = Some(*waited);
+        }
+    })?;
+    ctx.queue_wait = Some(waited);
+    ctx.permit = Some(permit);
     let upstream_req = upstream_request(gw, &service, ctx, conn, req, &rest)?;
     let mut resp = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
     Ok(resp)
 }
 
-/// The longest matching route and the path below it. The route table snapshot is released
-/// here, not held across the request's awaits; the service itself stays alive through its `Arc`.
-fn select_service(gw: &Gateway, path: &str) -> Result<(Arc<Service>, String), GatewayError> {
+/// Settles who the client is, then finds the longest matching route and the path below it. The
+/// route table snapshot is released here, not held across the request's awaits; the service
+/// itself stays alive through its `Arc`.
+fn select_service(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    req: &Request<Incoming>,
+) -> Result<(Arc<Service>, String), GatewayError> {
     let routes = gw.routes.load();
-    let (service, rest) = routes.route(path).ok_or(GatewayError::RouteNotFound)?;
+    if !routes.trusted_proxies.is_empty() {
+        let peer = ctx.client_ip;
+        ctx.peer_trusted = routes.trusted_proxies.iter().any(|n| n.contains(&peer));
+        ctx.client_ip = crate::admission::client_ip(
+            peer,
+            req.headers().get(&headers::X_FORWARDED_FOR),
+            &routes.trusted_proxies,
+        );
+    }
+    let (service, rest) = routes
+        .route(req.uri().path())
+        .ok_or(GatewayError::RouteNotFound)?;
     Ok((Arc::clone(service), rest.to_owned()))
+}
+
+/// `allow_cidrs`: refused before authentication, so a blocked network learns nothing more.
+fn network_rules(service: &Service, ctx: &RequestCtx) -> Result<(), GatewayError> {
+    if crate::admission::allowed(ctx.client_ip, service.config.allow_cidrs.as_deref()) {
+        Ok(())
+    } else {
+        Err(GatewayError::ClientNotAllowed)
+    }
+}
+
+/// Per-caller token bucket, after authentication so the bucket belongs to the principal.
+fn rate_limit(service: &Service, ctx: &RequestCtx) -> Result<(), GatewayError> {
+    let Some(limiter) = &service.rate else {
+        return Ok(());
+    };
+    limiter
+        .check(
+            crate::admission::BucketKey::of(&ctx.principal, ctx.client_ip),
+            Instant::now(),
+        )
+        .map_err(|retry_after| GatewayError::RateLimited { retry_after })
 }
 
 /// Refuses what can be refused from the head alone, before any upstream contact.
@@ -239,7 +301,17 @@ fn upstream_request(
             parts.headers.insert(name.clone(), value);
         }
     }
-    headers::set_forwarded(&mut parts.headers, conn.peer_header.clone(), gw.tls, host);
+    // A trusted proxy's chain is extended with the proxy itself; anyone else's is replaced.
+    let forwarded_for = match parts.headers.get(&headers::X_FORWARDED_FOR) {
+        Some(chain) if ctx.peer_trusted => {
+            let mut v = chain.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(conn.peer_header.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_header.clone())
+        }
+        _ => conn.peer_header.clone(),
+    };
+    headers::set_forwarded(&mut parts.headers, forwarded_for, gw.tls, host);
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -262,6 +334,7 @@ fn upstream_request(
             inner: incoming,
             limit: service.config.max_body_bytes,
             progress,
+            idle: body::IdleTimer::new(service.config.body_idle_timeout),
         }
     };
     Ok(Request::from_parts(parts, body))
@@ -315,6 +388,9 @@ async fn forward(
         Ok(Err(_)) if fault == Some(BodyFault::ClientError) => {
             Err(GatewayError::ClientDisconnected)
         }
+        Ok(Err(_)) if fault == Some(BodyFault::Idle) => Err(GatewayError::ClientBodyTimeout {
+            after: service.config.body_idle_timeout,
+        }),
         Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(e)),
         Ok(Err(e)) => {
             ctx.upstream_duration = Some(elapsed);

@@ -12,16 +12,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::admin::authz::AdminCredentials;
+use crate::admission::{ConcurrencyLimit, RateLimiter};
 use crate::auth::ServiceAuth;
 use crate::auth::jwt::TokenAuthority;
 use crate::auth::keys::{KeyError, KeyStore};
 use crate::config::{AuthMode, Config, ServiceConfig};
 use crate::proxy::upstream::UpstreamClient;
+use crate::reload::Watched;
 use crate::shutdown::Lifecycle;
 use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
 use crate::telemetry::redact::Redaction;
 use crate::telemetry::sink::RecordSink;
+use crate::tls::CertResolver;
 
 /// One configured scoring service with its resolved handles.
 #[derive(Debug)]
@@ -34,6 +37,10 @@ pub struct Service {
     pub upstream: UpstreamClient,
     /// How callers are checked, with the key store or token verifier that needs.
     pub auth: ServiceAuth,
+    /// Concurrency limit and wait queue.
+    pub limit: Arc<ConcurrencyLimit>,
+    /// Per-caller token buckets, if configured.
+    pub rate: Option<Arc<RateLimiter>>,
     /// Result of the latest health probe of the upstream.
     healthy: AtomicBool,
 }
@@ -53,39 +60,102 @@ pub enum BuildError {
         #[source]
         source: crate::auth::jwt::TokenSetupError,
     },
+    #[error("service {service:?}: upstream TLS: {reason}")]
+    Upstream { service: String, reason: String },
     #[error("admin credential: {0}")]
     Admin(#[source] crate::admin::authz::CredentialError),
 }
 
 impl Service {
-    fn new(config: ServiceConfig, metrics: &Metrics) -> Result<Self, BuildError> {
+    /// Builds a service. On reload, `previous` is the running service of the same name: every
+    /// part whose settings did not change is shared with it, so keys keep their last-used times,
+    /// token caches and JWKS stay warm, the upstream pool keeps its connections, and in-flight
+    /// requests and waiters keep counting against the same concurrency limit.
+    fn new(
+        config: ServiceConfig,
+        metrics: &Metrics,
+        previous: Option<&Self>,
+    ) -> Result<Self, BuildError> {
         let service_metrics = ServiceMetrics::new(metrics, &config.name, config.auth.as_str());
+        let same = |f: &dyn Fn(&ServiceConfig) -> bool| previous.filter(|p| f(&p.config));
         let auth = match (config.auth, &config.keys, &config.token) {
-            (AuthMode::Key, Some(source), _) => ServiceAuth::Key(Arc::new(
-                KeyStore::open(source.clone()).map_err(|source| BuildError::Keys {
-                    service: config.name.clone(),
-                    source,
-                })?,
-            )),
-            (AuthMode::Token, _, Some(token)) => ServiceAuth::Token(Arc::new(
-                TokenAuthority::new(
-                    &config.name,
-                    token.clone(),
-                    service_metrics.token_cache.clone(),
-                )
-                .map_err(|source| BuildError::Tokens {
-                    service: config.name.clone(),
-                    source,
-                })?,
-            )),
+            (AuthMode::Key, Some(source), _) => {
+                match same(&|p| p.keys == config.keys).and_then(Self::keys) {
+                    Some(store) => ServiceAuth::Key(Arc::clone(store)),
+                    None => ServiceAuth::Key(Arc::new(KeyStore::open(source.clone()).map_err(
+                        |source| BuildError::Keys {
+                            service: config.name.clone(),
+                            source,
+                        },
+                    )?)),
+                }
+            }
+            (AuthMode::Token, _, Some(token)) => {
+                match same(&|p| p.token == config.token && p.name == config.name)
+                    .and_then(Self::tokens)
+                {
+                    Some(t) => ServiceAuth::Token(Arc::clone(t)),
+                    None => ServiceAuth::Token(Arc::new(
+                        TokenAuthority::new(
+                            &config.name,
+                            token.clone(),
+                            service_metrics.token_cache.clone(),
+                        )
+                        .map_err(|source| BuildError::Tokens {
+                            service: config.name.clone(),
+                            source,
+                        })?,
+                    )),
+                }
+            }
             _ => ServiceAuth::None,
         };
+        let limit = same(&|_| true)
+            .map(|p| Arc::clone(&p.limit))
+            .filter(|l| {
+                l.matches(
+                    config.max_concurrent_requests,
+                    config.max_request_wait,
+                    config.max_queue_length,
+                )
+            })
+            .unwrap_or_else(|| {
+                Arc::new(ConcurrencyLimit::new(
+                    config.max_concurrent_requests,
+                    config.max_request_wait,
+                    config.max_queue_length,
+                ))
+            });
+        let rate = match (
+            same(&|p| p.rate_limit == config.rate_limit),
+            config.rate_limit,
+        ) {
+            (Some(p), Some(_)) => p.rate.clone(),
+            (None, Some(r)) => Some(Arc::new(RateLimiter::new(r))),
+            (_, None) => None,
+        };
+        let same_upstream = same(&|p| {
+            p.upstream == config.upstream
+                && p.connect_timeout == config.connect_timeout
+                && p.upstream_ca == config.upstream_ca
+        });
+        let upstream = match same_upstream {
+            Some(p) => p.upstream.clone(),
+            None => UpstreamClient::new(&config).map_err(|reason| BuildError::Upstream {
+                service: config.name.clone(),
+                reason,
+            })?,
+        };
+        let healthy = same_upstream
+            .is_some_and(|p| p.is_healthy() && p.config.health_path == config.health_path);
         Ok(Self {
             name: Arc::from(config.name.as_str()),
+            limit,
+            rate,
             metrics: service_metrics,
-            upstream: UpstreamClient::new(config.connect_timeout),
+            upstream,
             auth,
-            healthy: AtomicBool::new(false),
+            healthy: AtomicBool::new(healthy),
             config,
         })
     }
@@ -119,16 +189,34 @@ impl Service {
 #[derive(Debug, Default)]
 pub struct Routes {
     services: Vec<Arc<Service>>,
+    /// Peers whose `X-Forwarded-For` is believed (reloadable with the routes).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Who may reach the admin listener.
+    pub admin_allow_cidrs: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Routes {
-    pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Result<Self, BuildError> {
-        let mut services = configs
+    /// Builds the table for `config`, sharing unchanged parts with `previous` (see
+    /// [`Service::new`]).
+    pub fn build(
+        config: &Config,
+        metrics: &Metrics,
+        previous: Option<&Self>,
+    ) -> Result<Self, BuildError> {
+        let mut services = config
+            .services
             .iter()
-            .map(|c| Service::new(c.clone(), metrics).map(Arc::new))
+            .map(|c| {
+                let before = previous.and_then(|p| p.by_name(&c.name)).map(AsRef::as_ref);
+                Service::new(c.clone(), metrics, before).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         services.sort_by_key(|s| std::cmp::Reverse(s.config.route.len()));
-        Ok(Self { services })
+        Ok(Self {
+            services,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            admin_allow_cidrs: config.server.admin_allow_cidrs.clone(),
+        })
     }
 
     /// Finds the service whose route is the longest prefix of `path` on a segment boundary and
@@ -176,6 +264,14 @@ pub struct Gateway {
     pub admin: AdminCredentials,
     /// `GET /metrics` needs no credential.
     pub public_metrics: bool,
+    /// The configuration in force (reloads swap it).
+    pub config: ArcSwap<Config>,
+    /// The scoring listener's certificate, swappable for new handshakes.
+    pub cert: Option<Arc<CertResolver>>,
+    /// Serialises reloads.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Fingerprints of the config and certificate files.
+    pub watched: std::sync::Mutex<Watched>,
 }
 
 impl Gateway {
@@ -185,7 +281,7 @@ impl Gateway {
         records: RecordSink,
     ) -> Result<Self, BuildError> {
         Ok(Self {
-            routes: ArcSwap::from_pointee(Routes::new(&config.services, &metrics)?),
+            routes: ArcSwap::from_pointee(Routes::build(config, &metrics, None)?),
             admin: AdminCredentials::load_or_create(&config.server.state_dir)
                 .map_err(BuildError::Admin)?,
             unrouted: ServiceMetrics::new(&metrics, UNROUTED, "none"),
@@ -197,6 +293,14 @@ impl Gateway {
             compute_type: Arc::from(config.server.compute_type.as_str()),
             tls: config.server.tls.is_some(),
             public_metrics: config.server.public_metrics,
+            cert: config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| CertResolver::new(t.certified_key.clone())),
+            watched: std::sync::Mutex::new(Watched::of(config)),
+            reload_lock: tokio::sync::Mutex::new(()),
+            config: ArcSwap::from_pointee(config.clone()),
         })
     }
 
@@ -220,6 +324,18 @@ mod tests {
     use crate::config::{AuthMode, Upstream};
     use std::time::Duration;
 
+    fn routes_of(configs: &[ServiceConfig], metrics: &Metrics) -> Result<Routes, BuildError> {
+        let mut services = configs
+            .iter()
+            .map(|c| Service::new(c.clone(), metrics, None).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        services.sort_by_key(|s| std::cmp::Reverse(s.config.route.len()));
+        Ok(Routes {
+            services,
+            ..Routes::default()
+        })
+    }
+
     fn svc(name: &str, route: &str) -> ServiceConfig {
         ServiceConfig {
             name: name.into(),
@@ -236,13 +352,20 @@ mod tests {
             max_body_bytes: 1,
             keys: None,
             token: None,
+            max_concurrent_requests: 1,
+            max_request_wait: Duration::from_millis(1),
+            max_queue_length: 1,
+            body_idle_timeout: Duration::from_secs(1),
+            allow_cidrs: None,
+            rate_limit: None,
+            upstream_ca: None,
         }
     }
 
     #[test]
     fn longest_route_wins_on_segment_boundaries() {
         let m = Metrics::new();
-        let routes = Routes::new(
+        let routes = routes_of(
             &[
                 svc("root", ""),
                 svc("iris", "/api/v1/service/iris"),
@@ -279,7 +402,7 @@ mod tests {
     #[test]
     fn no_root_route_means_no_match() {
         let m = Metrics::new();
-        let routes = Routes::new(&[svc("iris", "/iris")], &m).expect("routes");
+        let routes = routes_of(&[svc("iris", "/iris")], &m).expect("routes");
         assert!(routes.route("/other").is_none());
         assert!(routes.route("/iri").is_none());
     }

@@ -73,12 +73,15 @@ pub async fn run(
     let gw = Arc::new(Gateway::new(&config, telemetry.metrics, telemetry.records)?);
     let lifecycle = Arc::clone(&gw.lifecycle);
 
-    let acceptor = match &config.server.tls {
-        Some(t) => {
-            let resolver = tls::CertResolver::new(t.certified_key.clone());
-            Some(TlsAcceptor::from(Arc::new(tls::server_config(resolver)?)))
+    let acceptor = match (&config.server.tls, &gw.cert) {
+        (Some(t), Some(resolver)) => {
+            let client_ca = t.client_ca.as_ref().map(|(_, certs)| certs.clone());
+            Some(TlsAcceptor::from(Arc::new(tls::server_config(
+                Arc::clone(resolver),
+                client_ca,
+            )?)))
         }
-        None => {
+        _ => {
             tracing::warn!(
                 listen = %config.server.listen,
                 "no [server.tls] table: serving plain HTTP; callers' keys and tokens cross the network unencrypted"
@@ -92,6 +95,7 @@ pub async fn run(
         config.server.health_interval,
     ));
     let watcher = tokio::spawn(crate::watch::watch_loop(Arc::clone(&gw)));
+    let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
     tracing::info!(
         file = %gw.admin.bootstrap_path().display(),
         "management API: the bootstrap admin credential is in this file"
@@ -103,6 +107,7 @@ pub async fn run(
         acceptor,
         http: http_builder(&config),
         handshake_timeout: config.server.tls_handshake_timeout,
+        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
     };
     tracing::info!(
         listen = %listeners.scoring.local_addr()?,
@@ -157,8 +162,23 @@ pub async fn run(
     lifecycle.stop_background.cancel();
     let _ = admin_task.await;
     health.abort();
+    hangup.abort();
     let _ = watcher.await;
     Ok(outcome)
+}
+
+/// SIGHUP reloads the configuration (the conventional daemon signal).
+async fn reload_on_sighup(gw: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot listen for SIGHUP; reload with POST /reload or by editing the config file"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = crate::reload::reload(&gw, "signal", None).await;
+    }
 }
 
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -167,10 +187,17 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout)
+        // Over-long heads and too many headers are answered with 431 by hyper.
+        // (hyper-util exposes the head limit as the read buffer bound; heads that do not fit
+        // get 431).
+        .max_buf_size(config.server.max_header_bytes)
+        .max_headers(config.server.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(config.server.max_header_bytes).unwrap_or(u32::MAX))
         // Detect dead HTTP/2 peers so their streams do not hold resources forever.
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
@@ -183,6 +210,8 @@ struct ScoringListener {
     acceptor: Option<TlsAcceptor>,
     http: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    /// One permit per open connection (`max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl ScoringListener {
@@ -194,6 +223,16 @@ impl ScoringListener {
     ) {
         let this = Arc::new(self);
         loop {
+            // At the connection cap, stop accepting: new connections wait in the kernel's
+            // backlog until one closes, instead of being accepted and starved.
+            let permit = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                permit = Arc::clone(&this.connections).acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             let accepted = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -203,7 +242,10 @@ impl ScoringListener {
                 Ok((stream, peer)) => {
                     let this = Arc::clone(&this);
                     let watcher = graceful.watcher();
-                    tokio::spawn(async move { this.connection(stream, peer, watcher).await });
+                    tokio::spawn(async move {
+                        this.connection(stream, peer, watcher).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     this.gw.metrics.accept_errors.inc();

@@ -49,6 +49,7 @@ impl Fingerprint {
 pub async fn watch_loop(gw: Arc<Gateway>) {
     let stop = gw.lifecycle.stop_background.clone();
     loop {
+        crate::reload::poll(&gw).await;
         let routes = gw.routes.load_full();
         for service in routes.services() {
             if let Some(store) = service.keys().cloned() {
@@ -61,6 +62,9 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
             }
             if let Some(tokens) = service.tokens() {
                 watch_tokens(&gw, &service.config.name, tokens);
+            }
+            if let Some(rate) = &service.rate {
+                rate.evict_full(std::time::Instant::now());
             }
         }
         tokio::select! {

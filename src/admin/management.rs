@@ -51,6 +51,10 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("no such management route")]
     RouteNotFound,
+    #[error("the client address may not use the admin listener")]
+    ClientNotAllowed,
+    #[error("reload rejected, the running configuration stays: {0}")]
+    ReloadRejected(String),
     #[error("method not allowed; use {0}")]
     MethodNotAllowed(String),
 }
@@ -59,8 +63,9 @@ impl ApiError {
     pub const fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ClientNotAllowed => StatusCode::FORBIDDEN,
             Self::ServiceNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotKeyMode(_) | Self::NotTokenMode(_) => StatusCode::CONFLICT,
             Self::Signing(e) => match e {
                 SigningError::ReadOnly { .. } => StatusCode::CONFLICT,
@@ -103,6 +108,8 @@ impl ApiError {
             },
             Self::InvalidRequest(_) => "invalid_request",
             Self::RouteNotFound => "not_found",
+            Self::ClientNotAllowed => "client_ip_not_allowed",
+            Self::ReloadRejected(_) => "reload_rejected",
             Self::MethodNotAllowed(_) => "method_not_allowed",
         }
     }

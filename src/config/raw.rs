@@ -45,6 +45,12 @@ pub struct RawServer {
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
     pub public_metrics: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub http2_max_concurrent_streams: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub admin_allow_cidrs: Option<Vec<String>>,
     pub tls: Option<RawTls>,
 }
 
@@ -53,6 +59,7 @@ pub struct RawServer {
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +76,21 @@ pub struct RawService {
     pub keys_file: Option<String>,
     pub key_storage: Option<String>,
     pub token: Option<RawToken>,
+    pub max_concurrent_requests: Option<usize>,
+    pub max_request_wait_ms: Option<u64>,
+    pub max_queue_length: Option<usize>,
+    pub body_idle_timeout_ms: Option<u64>,
+    pub allow_cidrs: Option<Vec<String>>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub upstream_ca: Option<String>,
+}
+
+/// `[service.rate_limit]`: a token bucket per caller.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
 }
 
 /// `[service.token]`: token-mode settings.

@@ -239,13 +239,111 @@ fn unknown_fields_and_wrong_types_fail_parsing_with_location() {
 }
 
 #[test]
-fn https_upstreams_are_refused_until_supported() {
+fn https_upstreams_are_accepted_with_an_optional_ca() {
     let d = Dir::new();
-    let issues = d.issues(&MINIMAL.replace("http://127.0.0.1:5001", "https://model:443"));
-    assert_eq!(issues.len(), 1);
+    let c = d
+        .parse(&MINIMAL.replace("http://127.0.0.1:5001", "https://model:443"))
+        .expect("https upstream");
+    assert_eq!(c.services[0].upstream.scheme, http::uri::Scheme::HTTPS);
+    let issues = d.issues(&format!("{MINIMAL}upstream_ca = \"missing-ca.pem\"\n"));
+    assert_eq!(issues.len(), 1, "{issues:?}");
     assert!(
-        issues[0].starts_with("service[0].upstream: \"https://model:443\" uses https"),
+        issues[0].starts_with("service[0].upstream_ca: cannot read CA file"),
         "{issues:?}"
+    );
+}
+
+#[test]
+fn admission_network_and_rate_settings() {
+    let d = Dir::new();
+    let c = d
+        .parse(&format!(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{MINIMAL}max_concurrent_requests = 4\nmax_request_wait_ms = 250\nallow_cidrs = [\"127.0.0.0/8\", \"fd00::/8\"]\nrate_limit = {{ requests_per_second = 5.0, burst = 10 }}\n"
+        ))
+        .expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.max_concurrent_requests, 4);
+    assert_eq!(s.max_request_wait, Duration::from_millis(250));
+    assert_eq!(s.max_queue_length, 100);
+    assert_eq!(s.allow_cidrs.as_ref().map(Vec::len), Some(2));
+    assert_eq!(s.rate_limit.map(|r| r.burst), Some(10));
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+
+    let issues = d.issues(&format!(
+        "{MINIMAL}max_concurrent_requests = 0\nallow_cidrs = [\"10.0.0.0/33\", \"nope\"]\nrate_limit = {{ requests_per_second = 0.0 }}\n"
+    ));
+    for expected in [
+        "service[0].max_concurrent_requests: 0 is not between 1 and 1000000",
+        "service[0].allow_cidrs[0]: \"10.0.0.0/33\" is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"::1/128\")",
+        "service[0].allow_cidrs[1]: \"nope\" is not an IP address or CIDR (e.g. \"10.0.0.0/8\", \"::1/128\")",
+        "service[0].rate_limit.requests_per_second: is required and must be between 0 (exclusive) and 1000000",
+    ] {
+        assert!(
+            issues.iter().any(|i| i == expected),
+            "missing {expected:?} in {issues:#?}"
+        );
+    }
+}
+
+#[test]
+fn exactly_one_auth_mode_per_service() {
+    let d = Dir::new();
+    let issues = d.issues(&format!(
+        "{MINIMAL}auth = \"key\"\n[service.token]\nalgorithm = \"ES256\"\n"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "service[0].token: applies only to auth = \"token\" (this service uses \"key\"; exactly one mode per service)"
+        ]
+    );
+    let issues = d.issues(&format!(
+        "{MINIMAL}auth = \"token\"\nkeys_file = \"good.key\"\n"
+    ));
+    assert_eq!(
+        issues,
+        ["service[0].keys_file: applies only to auth = \"key\" (this service uses \"token\")"]
+    );
+}
+
+#[test]
+fn token_settings_are_checked() {
+    let d = Dir::new();
+    let c = d
+        .parse(&format!("{MINIMAL}auth = \"token\"\n"))
+        .expect("defaults");
+    let t = c.services[0].token.as_ref().expect("token config");
+    assert_eq!(t.algorithm, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(
+        (
+            t.lifetime.as_secs(),
+            t.refresh_after.as_secs(),
+            t.leeway.as_secs()
+        ),
+        (3600, 1800, 60)
+    );
+    let issues = d.issues(&format!(
+        "{MINIMAL}auth = \"token\"\n[service.token]\nalgorithm = \"none\"\nlifetime_s = 60\nrefresh_after_s = 60\n[[service.token.trusted_issuer]]\nissuer = \"https://login.example\"\n"
+    ));
+    for expected in [
+        "service[0].token.algorithm: \"none\" is not one of \"ES256\", \"ES384\", \"RS256\", \"RS384\", \"RS512\", \"PS256\", \"EdDSA\", \"HS256\"",
+        "service[0].token.refresh_after_s: 60 must be less than lifetime_s (60)",
+        "service[0].token.trusted_issuer[0].audience: is required",
+        "service[0].token.trusted_issuer[0]: needs exactly one of public_keys, jwks_file, jwks_url",
+    ] {
+        assert!(
+            issues.iter().any(|i| i == expected),
+            "missing {expected:?} in {issues:#?}"
+        );
+    }
+    let issues = d.issues(&format!(
+        "{MINIMAL}auth = \"token\"\n[[service.token.trusted_issuer]]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"http://example.com/jwks\"\n"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "service[0].token.trusted_issuer[0].jwks_url: \"http://example.com/jwks\" must be https (plain http only to loopback)"
+        ]
     );
 }
 

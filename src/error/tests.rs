@@ -16,7 +16,9 @@ async fn connect_error() -> hyper_util::client::legacy::Error {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // one row per variant
 async fn every_variant_has_a_pinned_status_side_and_code() {
+    let ms = Duration::from_millis;
     let cases: Vec<(GatewayError, u16, Side, &str)> = vec![
         (
             GatewayError::BadRequest("x"),
@@ -31,16 +33,16 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             "route_not_found",
         ),
         (
-            GatewayError::MethodNotAllowed,
-            405,
-            Side::Client,
-            "method_not_allowed",
-        ),
-        (
             GatewayError::BodyTooLarge { limit: 1 },
             413,
             Side::Client,
             "payload_too_large",
+        ),
+        (
+            GatewayError::ClientBodyTimeout { after: ms(5) },
+            408,
+            Side::Client,
+            "request_body_timeout",
         ),
         (
             GatewayError::ClientDisconnected,
@@ -61,12 +63,37 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             "invalid_credentials",
         ),
         (
-            GatewayError::Forbidden { action: "a" },
+            GatewayError::Unauthenticated(AuthFailure::TokenExpired),
+            401,
+            Side::Auth,
+            "token_expired",
+        ),
+        (
+            GatewayError::ClientNotAllowed,
             403,
             Side::Auth,
-            "forbidden",
+            "client_ip_not_allowed",
         ),
-        (GatewayError::Draining, 503, Side::Capacity, "draining"),
+        (
+            GatewayError::RateLimited {
+                retry_after: ms(1500),
+            },
+            429,
+            Side::Capacity,
+            "rate_limited",
+        ),
+        (
+            GatewayError::QueueFull { limit: 3 },
+            503,
+            Side::Capacity,
+            "queue_full",
+        ),
+        (
+            GatewayError::QueueTimeout { waited: ms(500) },
+            503,
+            Side::Capacity,
+            "queue_wait_exceeded",
+        ),
         (
             GatewayError::UpstreamConnect(connect_error().await),
             502,
@@ -80,9 +107,7 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             "upstream_error",
         ),
         (
-            GatewayError::UpstreamTimeout {
-                after: Duration::from_millis(5),
-            },
+            GatewayError::UpstreamTimeout { after: ms(5) },
             504,
             Side::Upstream,
             "upstream_timeout",
@@ -92,6 +117,12 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             502,
             Side::Upstream,
             "upstream_interrupted",
+        ),
+        (
+            GatewayError::UpstreamBodyTimeout { after: ms(5) },
+            504,
+            Side::Upstream,
+            "upstream_body_timeout",
         ),
         (
             GatewayError::Internal("x"),
@@ -123,4 +154,23 @@ fn unauthenticated_carries_www_authenticate() {
         .expect("header");
     assert_eq!(name, header::WWW_AUTHENTICATE);
     assert_eq!(value, "Bearer");
+}
+
+#[test]
+fn retry_after_rounds_up_to_whole_seconds() {
+    let (name, value) = GatewayError::RateLimited {
+        retry_after: Duration::from_millis(1500),
+    }
+    .extra_headers()
+    .expect("header");
+    assert_eq!(
+        (name, value),
+        (header::RETRY_AFTER, HeaderValue::from_static("2"))
+    );
+    let (_, value) = GatewayError::QueueTimeout {
+        waited: Duration::from_millis(500),
+    }
+    .extra_headers()
+    .expect("header");
+    assert_eq!(value, "1");
 }

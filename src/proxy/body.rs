@@ -11,10 +11,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use super::Finish;
 use crate::error::GatewayError;
@@ -29,12 +31,15 @@ pub struct Progress {
 
 const BODY_CLIENT_ERROR: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
+const BODY_IDLE: u8 = 3;
 
 /// The request body stopped for a reason that belongs to the client, not the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFault {
     ClientError,
     TooLarge,
+    /// No data for longer than the idle timeout.
+    Idle,
 }
 
 impl Progress {
@@ -46,6 +51,7 @@ impl Progress {
         match self.outcome.load(Ordering::Acquire) {
             BODY_CLIENT_ERROR => Some(BodyFault::ClientError),
             BODY_TOO_LARGE => Some(BodyFault::TooLarge),
+            BODY_IDLE => Some(BodyFault::Idle),
             _ => None,
         }
     }
@@ -58,6 +64,51 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
     #[error("request body exceeds {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("request body stalled")]
+    Idle,
+}
+
+/// Cuts off a stream that moves no data for `after`. The timer is only armed when the stream
+/// actually has to wait, so a body that arrives in one go costs no timer at all.
+#[derive(Debug)]
+pub struct IdleTimer {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Data moved since the timer was last armed.
+    progressed: bool,
+}
+
+impl IdleTimer {
+    pub fn new(after: Duration) -> Self {
+        Self {
+            after,
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    pub fn progressed(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Called when the inner stream is pending: `Ready` means the stream has been idle too long.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.after;
+        match &mut self.sleep {
+            Some(sleep) if self.progressed => sleep.as_mut().reset(deadline),
+            Some(_) => {}
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.progressed = false;
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    pub fn after(&self) -> Duration {
+        self.after
+    }
 }
 
 /// The body sent upstream.
@@ -68,6 +119,7 @@ pub enum RequestBody {
         inner: Incoming,
         limit: u64,
         progress: Arc<Progress>,
+        idle: IdleTimer,
     },
 }
 
@@ -83,11 +135,21 @@ impl Body for RequestBody {
             inner,
             limit,
             progress,
+            idle,
         } = self.get_mut()
         else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        let polled = match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                ready!(idle.poll_expired(cx));
+                progress.outcome.store(BODY_IDLE, Ordering::Release);
+                return Poll::Ready(Some(Err(RequestBodyError::Idle)));
+            }
+        };
+        idle.progressed();
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let total = progress
@@ -137,7 +199,16 @@ pub struct ProxyBody {
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(Incoming, IdleTimer),
+}
+
+/// Why the response stream to the client was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("upstream response body failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream response body stalled")]
+    Idle,
 }
 
 impl ProxyBody {
@@ -148,9 +219,9 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: Incoming, finish: Finish) -> Self {
+    pub fn upstream(body: Incoming, idle: Duration, finish: Finish) -> Self {
         Self {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(body, IdleTimer::new(idle)),
             finish: Some(finish),
         }
     }
@@ -179,7 +250,7 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -201,8 +272,20 @@ impl Body for ProxyBody {
                     }
                 }
             }
-            Kind::Upstream(inner) => {
-                let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            Kind::Upstream(inner, idle) => {
+                let polled = match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Ready(polled) => polled,
+                    Poll::Pending => {
+                        ready!(idle.poll_expired(cx));
+                        let after = idle.after();
+                        if let Some(f) = &mut this.finish {
+                            f.ctx.error = Some(GatewayError::UpstreamBodyTimeout { after });
+                        }
+                        this.finish.take();
+                        return Poll::Ready(Some(Err(ResponseBodyError::Idle)));
+                    }
+                };
+                idle.progressed();
                 let end = inner.is_end_stream();
                 match polled {
                     Some(Ok(frame)) => {
@@ -220,7 +303,7 @@ impl Body for ProxyBody {
                             f.ctx.error = Some(GatewayError::UpstreamInterrupted);
                         }
                         this.finish.take();
-                        Poll::Ready(Some(Err(e)))
+                        Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))
                     }
                     None => {
                         this.complete();
@@ -234,7 +317,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Upstream(inner, _) => inner.is_end_stream(),
         }
     }
 
@@ -242,7 +325,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(inner) => inner.size_hint(),
+            Kind::Upstream(inner, _) => inner.size_hint(),
         }
     }
 }

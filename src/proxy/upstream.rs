@@ -1,9 +1,11 @@
 //! The pooled keep-alive client to scoring containers, its timeouts, and the health probe behind
 //! `/readyz`.
 //!
-//! One client per service, so each service's connect timeout applies to its own upstream; the
-//! pool keeps idle HTTP/1.1 connections per host. Response-header timeouts are applied by the
-//! caller (`proxy::forward`) because they are a per-request policy, not a transport setting.
+//! One client per service, so each service's connect timeout and TLS trust apply to its own
+//! upstream; the pool keeps idle HTTP/1.1 connections per host. An `https://` upstream is
+//! verified against the system roots plus an optional `upstream_ca`. Response-header timeouts
+//! are applied by the caller (`proxy::forward`) because they are a per-request policy, not a
+//! transport setting.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::RequestBody;
+use crate::config::ServiceConfig;
 
 /// Idle upstream connections are kept this long; scoring containers (gunicorn) commonly close
 /// idle keep-alive connections after a few seconds, so a stale one is retried by hyper-util.
@@ -21,24 +24,43 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough idle connections for a burst of concurrent requests without reconnecting.
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<Connector, RequestBody>,
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+    pub fn new(config: &ServiceConfig) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        // The https connector: plain http passes straight through it. Loading the system
+        // roots is only worth it for an https upstream.
+        let tls = if config.upstream.scheme == http::uri::Scheme::HTTPS {
+            crate::tls::client_config(config.upstream_ca.as_deref())?
+        } else {
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Self { client }
+        Ok(Self { client })
     }
 
     pub async fn send(

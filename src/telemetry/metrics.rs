@@ -57,6 +57,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
+    queue_wait: HistogramVec,
     pub auth_failures: IntCounterVec,
     pub key_auth: IntCounterVec,
     pub token_cache: IntCounterVec,
@@ -70,6 +71,7 @@ pub struct Metrics {
     pub jwks_fetches: IntCounterVec,
     pub jwks_age: IntGaugeVec,
     pub signing_key_reloads: IntCounterVec,
+    pub certificate_reloads: IntCounterVec,
     pub records_dropped: IntCounter,
     pub record_write_errors: IntCounter,
 }
@@ -136,6 +138,11 @@ impl Metrics {
                 &r,
                 "scoregate_upstream_duration_seconds",
                 "Time from forwarding a request to receiving the scoring container's response headers.",
+            ),
+            queue_wait: histogram_vec(
+                &r,
+                "scoregate_queue_wait_seconds",
+                "Time requests waited for a free upstream slot (admission queue).",
             ),
             auth_failures: counter_vec(
                 &r,
@@ -213,6 +220,12 @@ impl Metrics {
                 "Signing key files picked up from disk, by result.",
                 &["service", "result"],
             ),
+            certificate_reloads: counter_vec(
+                &r,
+                "scoregate_certificate_reloads_total",
+                "Certificate file changes picked up from disk, by result.",
+                &["result"],
+            ),
             records_dropped: counter(
                 &r,
                 "scoregate_request_records_dropped_total",
@@ -254,6 +267,7 @@ pub struct ServiceMetrics {
     requests: Vec<[IntCounter; 5]>,
     pub duration: Histogram,
     pub upstream_duration: Histogram,
+    pub queue_wait: Histogram,
     pub inflight: IntGauge,
     /// Indexed by `KeySlot` (primary, secondary).
     key_auth: [IntCounter; 2],
@@ -292,6 +306,7 @@ impl ServiceMetrics {
             },
             duration: metrics.request_duration.with_label_values(&[service]),
             upstream_duration: metrics.upstream_duration.with_label_values(&[service]),
+            queue_wait: metrics.queue_wait.with_label_values(&[service]),
             inflight: metrics.inflight.with_label_values(&[service]),
         }
     }

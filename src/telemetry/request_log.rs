@@ -58,6 +58,9 @@ pub struct RequestRecord {
     pub upstream_status: Option<u16>,
     #[serde(rename = "UpstreamDuration")]
     pub upstream_duration_ms: Option<f64>,
+    /// Milliseconds waited for a free upstream slot (null if the request never queued).
+    #[serde(rename = "QueueWait")]
+    pub queue_wait_ms: Option<f64>,
     #[serde(rename = "RequestBytes")]
     pub request_bytes: u64,
     #[serde(rename = "ResponseBytes")]
@@ -139,6 +142,11 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     if let Some(d) = ctx.upstream_duration {
         metrics.upstream_duration.observe(d.as_secs_f64());
     }
+    if let Some(d) = ctx.queue_wait {
+        metrics.queue_wait.observe(d.as_secs_f64());
+    }
+    // The upstream slot is free once the response is done (or abandoned).
+    ctx.permit = None;
     if service.is_some() {
         metrics.inflight.dec();
     }
@@ -172,6 +180,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
         principal: ctx.principal.record_name(),
         upstream_status: ctx.upstream_status,
         upstream_duration_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+        queue_wait_ms: ctx.queue_wait.map(|d| d.as_secs_f64() * 1000.0),
         request_bytes: ctx.request_bytes(),
         response_bytes: ctx.response_bytes,
         error_code: ctx.error.as_ref().map(GatewayError::code),
