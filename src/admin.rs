@@ -26,8 +26,9 @@ use crate::runtime::Gateway;
 
 pub mod authz;
 pub mod management;
+pub mod roles;
 
-use authz::{Action, authorize};
+use authz::Action;
 use management::{ApiError, ServiceOp};
 use std::net::IpAddr;
 
@@ -123,33 +124,53 @@ enum Route<'p> {
     Reload,
     Services,
     Service { name: &'p str, op: ServiceOp },
+    Roles,
+    Assignments,
+    Assign,
+    Unassign { id: &'p str },
 }
 
 impl<'p> Route<'p> {
     /// Whether successful calls are written to the activity log (reads of the log and of
     /// metrics are not; refusals of any protected route always are).
     const fn audited(self) -> bool {
-        matches!(self, Self::Service { .. })
+        matches!(
+            self,
+            Self::Service { .. } | Self::Assign | Self::Unassign { .. }
+        )
     }
 
     fn parse(method: &Method, path: &'p str) -> Result<Self, ApiError> {
-        let (route, allowed) = match path {
-            "/healthz" | "/livez" => (Self::Healthz, Method::GET),
-            "/readyz" => (Self::Readyz, Method::GET),
-            "/metrics" => (Self::Metrics, Method::GET),
-            "/activity" => (Self::Activity, Method::GET),
-            "/reload" => (Self::Reload, Method::POST),
-            "/services" => (Self::Services, Method::GET),
-            _ => {
-                let (name, op) = service_route(path).ok_or(ApiError::RouteNotFound)?;
-                (Self::Service { name, op }, Method::POST)
-            }
+        let allowed: &[(Method, Self)] = &match path {
+            "/healthz" | "/livez" => vec![(Method::GET, Self::Healthz)],
+            "/readyz" => vec![(Method::GET, Self::Readyz)],
+            "/metrics" => vec![(Method::GET, Self::Metrics)],
+            "/activity" => vec![(Method::GET, Self::Activity)],
+            "/reload" => vec![(Method::POST, Self::Reload)],
+            "/services" => vec![(Method::GET, Self::Services)],
+            "/roles" => vec![(Method::GET, Self::Roles)],
+            "/role-assignments" => vec![
+                (Method::GET, Self::Assignments),
+                (Method::POST, Self::Assign),
+            ],
+            _ => match path.strip_prefix("/role-assignments/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => {
+                    vec![(Method::DELETE, Self::Unassign { id })]
+                }
+                _ => {
+                    let (name, op) = service_route(path).ok_or(ApiError::RouteNotFound)?;
+                    vec![(Method::POST, Self::Service { name, op })]
+                }
+            },
         };
-        if *method == allowed {
-            Ok(route)
-        } else {
-            Err(ApiError::MethodNotAllowed(allowed.as_str().to_owned()))
-        }
+        allowed
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, route)| *route)
+            .ok_or_else(|| {
+                let methods: Vec<&str> = allowed.iter().map(|(m, _)| m.as_str()).collect();
+                ApiError::MethodNotAllowed(methods.join(", "))
+            })
     }
 
     /// The permission the route needs; `None` for the unauthenticated probes.
@@ -161,6 +182,8 @@ impl<'p> Route<'p> {
             Self::Reload => Some(Action::ConfigReload),
             Self::Services => Some(Action::ServicesRead),
             Self::Service { op, .. } => Some(op.action()),
+            Self::Roles | Self::Assignments => Some(Action::RolesRead),
+            Self::Assign | Self::Unassign { .. } => Some(Action::RolesAssign),
         }
     }
 
@@ -173,6 +196,10 @@ impl<'p> Route<'p> {
             Self::Reload => "reloadConfig",
             Self::Services => "listServices",
             Self::Service { op, .. } => op.operation(),
+            Self::Roles => "listRoles",
+            Self::Assignments => "listRoleAssignments",
+            Self::Assign => "assignRole",
+            Self::Unassign { .. } => "removeRoleAssignment",
         }
     }
 
@@ -184,7 +211,11 @@ impl<'p> Route<'p> {
             | Self::Metrics
             | Self::Activity
             | Self::Reload
-            | Self::Services => None,
+            | Self::Services
+            | Self::Roles
+            | Self::Assignments
+            | Self::Assign
+            | Self::Unassign { .. } => None,
         }
     }
 }
@@ -211,7 +242,12 @@ async fn dispatch(
         }
         e
     };
-    let principal = match gw.admin.authenticate(req.headers()) {
+    let routes = gw.routes.load_full();
+    let principal = match gw
+        .admin
+        .authenticate(req.headers(), routes.identity.as_deref())
+        .await
+    {
         Ok(p) => p,
         Err(failure) => {
             gw.activity
@@ -219,7 +255,13 @@ async fn dispatch(
             return Err(ApiError::Unauthenticated(failure));
         }
     };
-    if let Err(missing) = authorize(&principal, action, route.service()) {
+    if let Err(missing) = roles::authorize(
+        &principal,
+        action,
+        route.service(),
+        &routes.policy,
+        &gw.assignments,
+    ) {
         gw.activity.record(
             entry(&principal.id, Outcome::Denied)
                 .reason(format!("missing permission {}", missing.as_str())),
@@ -230,6 +272,23 @@ async fn dispatch(
         Route::Metrics => Ok(metrics(gw)),
         Route::Activity => Ok(activity(gw, req.uri().query())),
         Route::Services => Ok(services(gw)),
+        Route::Roles => Ok(json(
+            StatusCode::OK,
+            serde_json::to_vec(&routes.policy.roles).unwrap_or_default(),
+        )),
+        Route::Assignments => {
+            let mut all = routes.policy.assignments.clone();
+            all.extend(gw.assignments.list());
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_vec(&all).unwrap_or_default(),
+            ))
+        }
+        Route::Assign => {
+            let body = read_body(req).await?;
+            management::assign_role(gw, &routes, &body)
+        }
+        Route::Unassign { id } => management::remove_assignment(gw, &routes, id),
         // `reload` writes its own activity entry (it also runs for signals and file changes).
         Route::Reload => crate::reload::reload(
             gw,

@@ -11,8 +11,11 @@
 //! `server.worker_threads`, `server.state_dir`.
 
 mod raw;
+mod roles;
 #[cfg(test)]
 mod tests;
+
+pub use roles::IdentityConfig;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -43,6 +46,10 @@ pub struct Config {
     /// In file order; routing picks the longest matching route.
     pub services: Vec<ServiceConfig>,
     pub telemetry: TelemetryConfig,
+    /// Trusted identity provider for management callers.
+    pub identity: Option<IdentityConfig>,
+    /// Built-in and custom roles, and the config's role assignments.
+    pub policy: crate::admin::roles::Policy,
 }
 
 /// `[telemetry]`: where request records and activity entries go, and diagnostics settings.
@@ -355,11 +362,16 @@ impl Validator<'_> {
         let server = self.server(raw.server);
         let services = self.services(raw.services, &server.state_dir);
         let telemetry = self.telemetry(raw.telemetry);
+        let identity = self.identity(raw.identity);
+        let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        let policy = self.policy(raw.roles, raw.role_assignments, &names);
         Config {
             source: path.to_owned(),
             server,
             services,
             telemetry,
+            identity,
+            policy,
         }
     }
 

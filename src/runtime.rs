@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::admin::authz::AdminCredentials;
+use crate::admin::authz::{AdminCredentials, Identity};
+use crate::admin::roles::{AssignmentStore, Policy};
 use crate::admission::{ConcurrencyLimit, RateLimiter};
 use crate::auth::ServiceAuth;
 use crate::auth::jwt::TokenAuthority;
@@ -62,6 +63,10 @@ pub enum BuildError {
     },
     #[error("service {service:?}: upstream TLS: {reason}")]
     Upstream { service: String, reason: String },
+    #[error("identity provider: {0}")]
+    Identity(#[source] crate::auth::jwt::trusted::JwksError),
+    #[error("role assignments: {0}")]
+    Assignments(#[source] crate::admin::roles::AssignmentError),
     #[error("admin credential: {0}")]
     Admin(#[source] crate::admin::authz::CredentialError),
 }
@@ -193,6 +198,10 @@ pub struct Routes {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Who may reach the admin listener.
     pub admin_allow_cidrs: Option<Vec<ipnet::IpNet>>,
+    /// Trusted identity provider for management callers.
+    pub identity: Option<Arc<Identity>>,
+    /// Roles and config role assignments.
+    pub policy: Policy,
 }
 
 impl Routes {
@@ -212,10 +221,19 @@ impl Routes {
             })
             .collect::<Result<Vec<_>, _>>()?;
         services.sort_by_key(|s| std::cmp::Reverse(s.config.route.len()));
+        let identity = match (&config.identity, previous.and_then(|p| p.identity.as_ref())) {
+            (Some(c), Some(running)) if running.config == *c => Some(Arc::clone(running)),
+            (Some(c), _) => Some(Arc::new(
+                Identity::new(c.clone()).map_err(BuildError::Identity)?,
+            )),
+            (None, _) => None,
+        };
         Ok(Self {
             services,
             trusted_proxies: config.server.trusted_proxies.clone(),
             admin_allow_cidrs: config.server.admin_allow_cidrs.clone(),
+            identity,
+            policy: config.policy.clone(),
         })
     }
 
@@ -262,6 +280,8 @@ pub struct Gateway {
     pub tls: bool,
     /// Credentials accepted on the admin listener.
     pub admin: AdminCredentials,
+    /// Role assignments made through the API.
+    pub assignments: AssignmentStore,
     /// `GET /metrics` needs no credential.
     pub public_metrics: bool,
     /// The configuration in force (reloads swap it).
@@ -284,6 +304,8 @@ impl Gateway {
             routes: ArcSwap::from_pointee(Routes::build(config, &metrics, None)?),
             admin: AdminCredentials::load_or_create(&config.server.state_dir)
                 .map_err(BuildError::Admin)?,
+            assignments: AssignmentStore::open(&config.server.state_dir)
+                .map_err(BuildError::Assignments)?,
             unrouted: ServiceMetrics::new(&metrics, UNROUTED, "none"),
             metrics,
             activity: ActivityLog::new(records.clone()),

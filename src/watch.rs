@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::jwt::TokenAuthority;
+use crate::auth::jwt::trusted::Issuer;
 use crate::auth::keys::{KeyError, Reloaded};
 use crate::runtime::Gateway;
 use crate::telemetry::activity::{ActivityRecord, Outcome};
@@ -51,6 +52,11 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
     loop {
         crate::reload::poll(&gw).await;
         let routes = gw.routes.load_full();
+        if let Some(identity) = &routes.identity {
+            watch_issuer(&gw, "admin", &identity.issuer, Arc::clone(identity), |id| {
+                &id.issuer
+            });
+        }
         for service in routes.services() {
             if let Some(store) = service.keys().cloned() {
                 // Reading and parsing a small file; off the async workers all the same.
@@ -154,52 +160,62 @@ fn watch_tokens(gw: &Arc<Gateway>, name: &str, tokens: &Arc<TokenAuthority>) {
             );
         }
     }
-    for (i, issuer) in tokens.trusted.iter().enumerate() {
-        let label = issuer.config.issuer.as_str();
-        if let Some(result) = issuer.poll_file() {
-            match result {
-                Ok(n) => tracing::info!(
-                    service = name,
-                    issuer = label,
-                    keys = n,
-                    "JWKS file reloaded"
-                ),
-                Err(e) => {
-                    tracing::error!(service = name, issuer = label, error = %e, "JWKS file change rejected; previous keys kept");
-                }
+    for i in 0..tokens.trusted.len() {
+        watch_issuer(gw, name, &tokens.trusted[i], Arc::clone(tokens), move |t| {
+            &t.trusted[i]
+        });
+    }
+}
+
+/// JWKS file changes, scheduled JWKS URL refreshes (in a task, never blocking this loop) and the
+/// key-set age gauge of one trusted issuer. `owner` keeps the issuer alive in the refresh task;
+/// `get` finds it there.
+fn watch_issuer<T: Send + Sync + 'static>(
+    gw: &Arc<Gateway>,
+    name: &str,
+    issuer: &Issuer,
+    owner: Arc<T>,
+    get: impl Fn(&T) -> &Issuer + Send + 'static,
+) {
+    let label = issuer.config.issuer.as_str();
+    if let Some(result) = issuer.poll_file() {
+        match result {
+            Ok(n) => tracing::info!(
+                service = name,
+                issuer = label,
+                keys = n,
+                "JWKS file reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(service = name, issuer = label, error = %e, "JWKS file change rejected; previous keys kept")
             }
         }
-        if issuer.refresh_due() {
-            let gw = Arc::clone(gw);
-            let tokens = Arc::clone(tokens);
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                let Some(issuer) = tokens.trusted.get(i) else {
-                    return;
-                };
-                let label = issuer.config.issuer.as_str();
-                let result = issuer.refresh().await;
-                let outcome = if result.is_ok() { "success" } else { "error" };
-                gw.metrics
-                    .jwks_fetches
-                    .with_label_values(&[&name, label, outcome])
-                    .inc();
-                match result {
-                    Ok(n) => {
-                        tracing::debug!(service = %name, issuer = label, keys = n, "JWKS fetched");
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %name, issuer = label, error = %e, "JWKS fetch failed; previous keys kept");
-                    }
-                }
-            });
-        }
-        if let Some(age) = issuer.age_secs() {
+    }
+    if issuer.refresh_due() {
+        let gw = Arc::clone(gw);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let issuer = get(&owner);
+            let label = issuer.config.issuer.as_str();
+            let result = issuer.refresh().await;
+            let outcome = if result.is_ok() { "success" } else { "error" };
             gw.metrics
-                .jwks_age
-                .with_label_values(&[name, label])
-                .set(i64::try_from(age).unwrap_or(i64::MAX));
-        }
+                .jwks_fetches
+                .with_label_values(&[&name, label, outcome])
+                .inc();
+            match result {
+                Ok(n) => tracing::debug!(service = %name, issuer = label, keys = n, "JWKS fetched"),
+                Err(e) => {
+                    tracing::warn!(service = %name, issuer = label, error = %e, "JWKS fetch failed; previous keys kept")
+                }
+            }
+        });
+    }
+    if let Some(age) = issuer.age_secs() {
+        gw.metrics
+            .jwks_age
+            .with_label_values(&[name, label])
+            .set(i64::try_from(age).unwrap_or(i64::MAX));
     }
 }
 

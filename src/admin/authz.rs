@@ -5,8 +5,9 @@
 //! whoever can read that file is an Owner. It is compared as a SHA-256 digest in constant time and
 //! never logged.
 //!
-//! Authorization: every management route names an [`Action`]; [`authorize`] decides whether a
-//! principal holds it for the service in question. Deny by default.
+//! A trusted identity provider (`[identity]`) may vouch for other callers with signed tokens
+//! ([`Identity`]). Authorization (`roles::authorize`): every management route names an
+//! [`Action`]; deny by default.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,9 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::auth::bearer;
+use crate::auth::jwt::trusted::{Issuer, JwksError};
 use crate::auth::keys::{Secret, generate_key};
+use crate::config::IdentityConfig;
 use crate::error::AuthFailure;
 
 /// File name of the bootstrap Owner credential inside the state directory.
@@ -69,10 +72,73 @@ impl Action {
 /// An authenticated management caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminPrincipal {
-    /// Shown as the `initiator` of activity entries; never a credential.
+    /// Shown as the `initiator` of activity entries and matched by role assignments; never a
+    /// credential. `bootstrap-admin`, or the identity token's subject.
     pub id: String,
-    /// Holds every action on every service.
+    /// The bootstrap credential's holder: an Owner of everything.
     pub owner: bool,
+    /// Roles named by the identity token's roles claim (scope `*`).
+    pub token_roles: Vec<String>,
+}
+
+/// The trusted identity provider for management callers (`[identity]`), e.g. Azure AD: tokens
+/// carry the caller in `sub` and app roles in the roles claim.
+#[derive(Debug)]
+pub struct Identity {
+    pub config: IdentityConfig,
+    pub issuer: Issuer,
+}
+
+impl Identity {
+    pub fn new(config: IdentityConfig) -> Result<Self, JwksError> {
+        let mut issuer = Issuer::new(config.issuer.clone())?;
+        issuer.validation.leeway = config.leeway.as_secs();
+        issuer.validation.validate_nbf = true;
+        Ok(Self { config, issuer })
+    }
+
+    /// Verifies an identity token: algorithm, key by `kid`, signature, `iss`, `aud`, `exp`,
+    /// `nbf`, `sub`.
+    pub async fn verify(&self, token: &[u8]) -> Result<AdminPrincipal, AuthFailure> {
+        if token.len() > crate::auth::jwt::MAX_TOKEN_BYTES {
+            return Err(AuthFailure::TokenTooLarge);
+        }
+        let text = std::str::from_utf8(token).map_err(|_| AuthFailure::TokenMalformed)?;
+        let header = jsonwebtoken::decode_header(text).map_err(|_| AuthFailure::TokenMalformed)?;
+        let kid = header.kid.ok_or(AuthFailure::TokenMalformed)?;
+        if header.alg != self.config.issuer.algorithm {
+            return Err(AuthFailure::TokenAlgorithm);
+        }
+        let key = match self.issuer.find(&kid) {
+            Some(k) => k,
+            None => match self.issuer.refetch_for_unknown_kid(&kid).await {
+                Ok(true) => self.issuer.find(&kid).ok_or(AuthFailure::TokenUnknownKey)?,
+                _ => return Err(AuthFailure::TokenUnknownKey),
+            },
+        };
+        let data = jsonwebtoken::decode::<serde_json::Value>(text, &key, &self.issuer.validation)
+            .map_err(|e| crate::auth::jwt::map_error(e.kind()))?;
+        let claims = data.claims;
+        let sub = claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or(AuthFailure::TokenClaims)?;
+        let token_roles = match claims.get(&self.config.roles_claim) {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(ToOwned::to_owned))
+                .collect(),
+            Some(serde_json::Value::String(one)) => vec![one.clone()],
+            Some(_) => return Err(AuthFailure::TokenClaims),
+        };
+        Ok(AdminPrincipal {
+            id: sub.to_owned(),
+            owner: false,
+            token_roles,
+        })
+    }
 }
 
 /// The credentials the admin listener accepts.
@@ -133,16 +199,23 @@ impl AdminCredentials {
         &self.path
     }
 
-    /// Authenticates a management request.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<AdminPrincipal, AuthFailure> {
+    /// Authenticates a management request: the bootstrap credential, else an identity token.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        identity: Option<&Identity>,
+    ) -> Result<AdminPrincipal, AuthFailure> {
         let presented = bearer(headers)?;
         if bool::from(sha256(presented).ct_eq(&self.bootstrap)) {
-            Ok(AdminPrincipal {
+            return Ok(AdminPrincipal {
                 id: "bootstrap-admin".to_owned(),
                 owner: true,
-            })
-        } else {
-            Err(AuthFailure::Invalid)
+                token_roles: Vec::new(),
+            });
+        }
+        match identity {
+            Some(identity) => identity.verify(presented).await,
+            None => Err(AuthFailure::Invalid),
         }
     }
 }
@@ -151,13 +224,4 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, bytes).as_ref());
     out
-}
-
-/// Whether `principal` may perform `action` (on `service`, when the action targets one).
-pub fn authorize(
-    principal: &AdminPrincipal,
-    action: Action,
-    _service: Option<&str>,
-) -> Result<(), Action> {
-    if principal.owner { Ok(()) } else { Err(action) }
 }

@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::authz::{Action, AdminPrincipal};
 use super::{AdminResponse, json as json_response};
+use crate::admin::roles::{Assignment, Scope};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
@@ -51,6 +52,12 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("no such management route")]
     RouteNotFound,
+    #[error("no role assignment with id {0:?}")]
+    AssignmentNotFound(String),
+    #[error("role assignment {0:?} is defined in the config file; change it there")]
+    AssignmentInConfig(String),
+    #[error("storing role assignments failed; see the gateway log")]
+    Assignments,
     #[error("the client address may not use the admin listener")]
     ClientNotAllowed,
     #[error("reload rejected, the running configuration stays: {0}")]
@@ -64,7 +71,11 @@ impl ApiError {
         match self {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::ClientNotAllowed => StatusCode::FORBIDDEN,
-            Self::ServiceNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::ServiceNotFound(_) | Self::RouteNotFound | Self::AssignmentNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::AssignmentInConfig(_) => StatusCode::CONFLICT,
+            Self::Assignments => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotKeyMode(_) | Self::NotTokenMode(_) => StatusCode::CONFLICT,
             Self::Signing(e) => match e {
@@ -108,6 +119,9 @@ impl ApiError {
             },
             Self::InvalidRequest(_) => "invalid_request",
             Self::RouteNotFound => "not_found",
+            Self::AssignmentNotFound(_) => "assignment_not_found",
+            Self::AssignmentInConfig(_) => "assignment_in_config",
+            Self::Assignments => "internal_error",
             Self::ClientNotAllowed => "client_ip_not_allowed",
             Self::ReloadRejected(_) => "reload_rejected",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -355,5 +369,82 @@ mod tests {
         assert!(err(r#"{"keyType":1}"#).contains("keyType must be"));
         assert!(err(r#"{"keyType":"Primary","keyValue":5}"#).contains("keyValue must be"));
         assert!(err(r#"{"keyType":"Primary","extra":1}"#).contains("unknown field \"extra\""));
+    }
+}
+
+/// `POST /role-assignments` with `{"principal","role","scope"}` → 201 with the assignment.
+pub fn assign_role(
+    gw: &Gateway,
+    routes: &crate::runtime::Routes,
+    body: &[u8],
+) -> Result<AdminResponse, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        principal: String,
+        role: String,
+        #[serde(default)]
+        scope: Option<String>,
+    }
+    let req: Request = serde_json::from_slice(body).map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "expected {{\"principal\",\"role\",\"scope\"}}: {e}"
+        ))
+    })?;
+    if req.principal.is_empty() || req.principal.len() > 256 {
+        return Err(ApiError::InvalidRequest(
+            "principal must be 1 to 256 characters".into(),
+        ));
+    }
+    if routes.policy.role(&req.role).is_none() {
+        return Err(ApiError::InvalidRequest(format!(
+            "role {:?} is not defined",
+            req.role
+        )));
+    }
+    let scope_text = req.scope.unwrap_or_else(|| "*".to_owned());
+    let scope = Scope::parse(&scope_text).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "scope {scope_text:?} is not \"*\" or \"service:NAME\""
+        ))
+    })?;
+    if let Scope::Service(name) = &scope
+        && routes.by_name(name).is_none()
+    {
+        return Err(ApiError::ServiceNotFound(name.clone()));
+    }
+    let assignment = Assignment {
+        id: uuid::Uuid::new_v4().to_string(),
+        principal: req.principal,
+        role: req.role,
+        scope,
+        source: "api".to_owned(),
+    };
+    gw.assignments.add(assignment.clone()).map_err(|e| {
+        tracing::error!(error = %e, "persisting a role assignment failed");
+        ApiError::Assignments
+    })?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        serde_json::to_vec(&assignment).unwrap_or_default(),
+    ))
+}
+
+/// `DELETE /role-assignments/{id}` → 204; config assignments are changed in the config file.
+pub fn remove_assignment(
+    gw: &Gateway,
+    routes: &crate::runtime::Routes,
+    id: &str,
+) -> Result<AdminResponse, ApiError> {
+    if routes.policy.assignments.iter().any(|a| a.id == id) {
+        return Err(ApiError::AssignmentInConfig(id.to_owned()));
+    }
+    match gw.assignments.remove(id) {
+        Ok(true) => Ok(json_response(StatusCode::NO_CONTENT, Vec::new())),
+        Ok(false) => Err(ApiError::AssignmentNotFound(id.to_owned())),
+        Err(e) => {
+            tracing::error!(error = %e, "persisting a role assignment failed");
+            Err(ApiError::Assignments)
+        }
     }
 }

@@ -322,7 +322,8 @@ struct IssOnly {
     iss: Option<String>,
 }
 
-fn map_error(kind: &ErrorKind) -> AuthFailure {
+/// Maps jsonwebtoken's validation failures to the refusal reasons clients see.
+pub fn map_error(kind: &ErrorKind) -> AuthFailure {
     match kind {
         ErrorKind::InvalidSignature => AuthFailure::TokenSignature,
         ErrorKind::ExpiredSignature => AuthFailure::TokenExpired,

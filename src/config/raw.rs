@@ -15,6 +15,49 @@ pub struct RawConfig {
     pub services: Vec<RawService>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    pub identity: Option<RawIdentity>,
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RawRole>,
+    #[serde(default, rename = "role_assignment")]
+    pub role_assignments: Vec<RawAssignment>,
+}
+
+/// `[identity]`: the trusted identity provider for management callers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub public_keys: Vec<RawPublicKey>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_ca: Option<String>,
+    pub jwks_refresh_s: Option<u64>,
+    pub leeway_s: Option<u64>,
+    pub roles_claim: Option<String>,
+}
+
+/// `[[role]]`: a custom role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub not_actions: Vec<String>,
+}
+
+/// `[[role_assignment]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssignment {
+    pub principal: Option<String>,
+    pub role: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

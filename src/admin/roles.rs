@@ -1,0 +1,363 @@
+//! Roles and role assignments for the management API, modelled on Azure RBAC.
+//!
+//! A role is a set of action patterns (`services/*`) minus `not_actions`; `*` matches any run of
+//! characters. Built-in roles mirror Azure ML's: **Owner** (everything), **Contributor**
+//! (everything but `roles/assign`), **Reader** (read-only, plus issuing tokens, because calling a
+//! token-mode service needs one; never key material). A principal holds roles through
+//! assignments, each with a scope (`*` or `service:NAME`): assignments from the config file, from
+//! the API (persisted in `state_dir/role-assignments.json`), and the `roles` claim of a trusted
+//! identity token (scope `*`). Everything not granted is denied.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::authz::{Action, AdminPrincipal};
+
+/// A named set of permitted actions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub actions: Vec<String>,
+    #[serde(rename = "notActions")]
+    pub not_actions: Vec<String>,
+    #[serde(rename = "builtIn")]
+    pub builtin: bool,
+}
+
+impl Role {
+    pub fn permits(&self, action: Action) -> bool {
+        let a = action.as_str();
+        self.actions.iter().any(|p| pattern_matches(p, a))
+            && !self.not_actions.iter().any(|p| pattern_matches(p, a))
+    }
+}
+
+/// Glob match where `*` stands for any run of characters (including `/`).
+pub fn pattern_matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first)
+        || !text[first.len()..].ends_with(last)
+        || text.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether a pattern names at least one known action (config validation).
+pub fn pattern_is_known(pattern: &str) -> bool {
+    Action::ALL
+        .iter()
+        .any(|a| pattern_matches(pattern, a.as_str()))
+}
+
+pub fn builtin_roles() -> Vec<Role> {
+    let role = |name: &str, description: &str, actions: &[&str], not_actions: &[&str]| Role {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        actions: actions.iter().map(ToString::to_string).collect(),
+        not_actions: not_actions.iter().map(ToString::to_string).collect(),
+        builtin: true,
+    };
+    vec![
+        role(
+            "Owner",
+            "Full access, including assigning roles.",
+            &["*"],
+            &[],
+        ),
+        role(
+            "Contributor",
+            "Full access except assigning roles.",
+            &["*"],
+            &["roles/assign"],
+        ),
+        role(
+            "Reader",
+            "Read-only access, and tokens to call token-mode services; never key material.",
+            &[
+                "services/read",
+                "activity/read",
+                "metrics/read",
+                "roles/read",
+                "services/token/issue",
+            ],
+            &[],
+        ),
+    ]
+}
+
+/// Where an assignment applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Service(String),
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "*" => Some(Self::All),
+            _ => text
+                .strip_prefix("service:")
+                .filter(|name| !name.is_empty())
+                .map(|name| Self::Service(name.to_owned())),
+        }
+    }
+
+    /// Whether this scope covers an action on `service` (`None`: a gateway-wide action, which
+    /// only `*` covers).
+    pub fn covers(&self, service: Option<&str>) -> bool {
+        match (self, service) {
+            (Self::All, _) => true,
+            (Self::Service(s), Some(target)) => s == target,
+            (Self::Service(_), None) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("*"),
+            Self::Service(s) => write!(f, "service:{s}"),
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid scope {text:?}")))
+    }
+}
+
+/// A role held by a principal within a scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Stable identifier (`config-N` for config assignments, random for API ones).
+    pub id: String,
+    pub principal: String,
+    pub role: String,
+    pub scope: Scope,
+    /// `config` or `api`.
+    pub source: String,
+}
+
+/// Roles and config assignments: part of the reloadable runtime state.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub roles: Vec<Role>,
+    pub assignments: Vec<Assignment>,
+}
+
+impl Policy {
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+}
+
+/// Assignments made through the API, persisted atomically.
+#[derive(Debug)]
+pub struct AssignmentStore {
+    path: PathBuf,
+    list: RwLock<Vec<Assignment>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssignmentError {
+    #[error("cannot read {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AssignmentStore {
+    pub const FILE: &'static str = "role-assignments.json";
+
+    pub fn open(state_dir: &Path) -> Result<Self, AssignmentError> {
+        let path = state_dir.join(Self::FILE);
+        let list = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(AssignmentError::Read {
+                    path,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        Ok(Self {
+            path,
+            list: RwLock::new(list),
+        })
+    }
+
+    pub fn list(&self) -> Vec<Assignment> {
+        self.list
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Persists the changed list first, then makes it visible.
+    fn update(
+        &self,
+        change: impl FnOnce(&mut Vec<Assignment>) -> bool,
+    ) -> Result<bool, AssignmentError> {
+        let mut list = self
+            .list
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = list.clone();
+        if !change(&mut next) {
+            return Ok(false);
+        }
+        let mut bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
+        bytes.push(b'\n');
+        crate::state::write_atomic(&self.path, &bytes, 0o600).map_err(|source| {
+            AssignmentError::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        *list = next;
+        Ok(true)
+    }
+
+    pub fn add(&self, assignment: Assignment) -> Result<(), AssignmentError> {
+        self.update(|list| {
+            list.push(assignment);
+            true
+        })
+        .map(drop)
+    }
+
+    /// Removes an API assignment; false when there is none with that id.
+    pub fn remove(&self, id: &str) -> Result<bool, AssignmentError> {
+        self.update(|list| {
+            let before = list.len();
+            list.retain(|a| a.id != id);
+            list.len() != before
+        })
+    }
+}
+
+/// Whether `principal` may perform `action` on `service` (or gateway-wide when `None`).
+/// Deny by default; the missing action is returned for the 403 body.
+pub fn authorize(
+    principal: &AdminPrincipal,
+    action: Action,
+    service: Option<&str>,
+    policy: &Policy,
+    store: &AssignmentStore,
+) -> Result<(), Action> {
+    let grants = |role: &str, scope: &Scope| {
+        scope.covers(service) && policy.role(role).is_some_and(|r| r.permits(action))
+    };
+    if principal.owner && grants("Owner", &Scope::All) {
+        return Ok(());
+    }
+    if principal.token_roles.iter().any(|r| grants(r, &Scope::All)) {
+        return Ok(());
+    }
+    let assigned = |a: &Assignment| a.principal == principal.id && grants(&a.role, &a.scope);
+    if policy.assignments.iter().any(assigned) || store.list().iter().any(assigned) {
+        return Ok(());
+    }
+    Err(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "services/keys/list"));
+        assert!(pattern_matches("services/*", "services/keys/list"));
+        assert!(pattern_matches(
+            "services/keys/*",
+            "services/keys/regenerate"
+        ));
+        assert!(pattern_matches("*/read", "activity/read"));
+        assert!(pattern_matches("services/*/list", "services/keys/list"));
+        assert!(!pattern_matches("services/*", "activity/read"));
+        assert!(!pattern_matches(
+            "services/keys/list",
+            "services/keys/listx"
+        ));
+        assert!(pattern_is_known("roles/*"));
+        assert!(!pattern_is_known("deploy/*"));
+    }
+
+    #[test]
+    fn builtin_roles_match_the_seed_table() {
+        let roles = builtin_roles();
+        let get = |n: &str| roles.iter().find(|r| r.name == n).expect("role");
+        for action in Action::ALL {
+            assert!(get("Owner").permits(action));
+            assert_eq!(
+                get("Contributor").permits(action),
+                action != Action::RolesAssign,
+                "{action:?}"
+            );
+        }
+        let reader: Vec<Action> = Action::ALL
+            .into_iter()
+            .filter(|a| get("Reader").permits(*a))
+            .collect();
+        assert_eq!(
+            reader,
+            [
+                Action::ServicesRead,
+                Action::TokenIssue,
+                Action::ActivityRead,
+                Action::MetricsRead,
+                Action::RolesRead
+            ]
+        );
+    }
+
+    #[test]
+    fn scopes() {
+        assert_eq!(Scope::parse("*"), Some(Scope::All));
+        assert_eq!(
+            Scope::parse("service:iris"),
+            Some(Scope::Service("iris".into()))
+        );
+        assert_eq!(Scope::parse("service:"), None);
+        assert_eq!(Scope::parse("iris"), None);
+        assert!(Scope::Service("iris".into()).covers(Some("iris")));
+        assert!(!Scope::Service("iris".into()).covers(Some("other")));
+        assert!(!Scope::Service("iris".into()).covers(None));
+    }
+}
