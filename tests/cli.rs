@@ -1,0 +1,283 @@
+//! The `scoregate` command line: `check-config`, `run` refusing a bad configuration before it
+//! binds anything, and the self-contained `demo`.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::process::{self, free_port};
+use support::{GatewayBuilder, within, within_for};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+/// `EX_CONFIG` from `sysexits.h`.
+const EXIT_CONFIG: i32 = 64;
+
+const QUICK: Duration = Duration::from_secs(15);
+
+/// A configuration with five problems in three tables.
+const BAD: &str = r#"
+[server]
+listen = "not-an-address"
+drain_timeout_ms = 999999999999
+
+[[service]]
+name = "iris"
+route = "api/no-leading-slash"
+upstream = "ftp://example.com"
+auth = "magic"
+"#;
+
+#[tokio::test]
+async fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_pki, path) = GatewayBuilder::new()
+        .service("iris", "/api/v1/service/iris", "http://127.0.0.1:5001")
+        .write(dir.path());
+    let out = process::run(
+        &[
+            "check-config",
+            "--config",
+            path.to_str().expect("UTF-8 path"),
+        ],
+        QUICK,
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("OK (1 service(s)") && out.stdout.contains("TLS on"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, BAD).expect("write bad config");
+    let out = process::run(
+        &[
+            "check-config",
+            "--config",
+            path.to_str().expect("UTF-8 path"),
+        ],
+        QUICK,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    for key in [
+        "server.listen:",
+        "server.drain_timeout_ms:",
+        "service[0].route:",
+        "service[0].upstream:",
+        "service[0].auth:",
+    ] {
+        assert!(
+            out.stderr.contains(key),
+            "stderr lacks {key}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(out.stderr.contains("5 problem(s)"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+}
+
+#[tokio::test]
+async fn check_config_reports_a_missing_file_with_64() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absent.toml");
+    let out = process::run(
+        &[
+            "check-config",
+            "--config",
+            path.to_str().expect("UTF-8 path"),
+        ],
+        QUICK,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    assert!(out.stderr.contains("absent.toml"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn run_refuses_a_bad_config_before_binding() {
+    // The scoring address is held by this test: a `run` that tried to bind it would fail with
+    // "address in use" (exit 1), so exit 64 shows validation came first.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let held_addr = held.local_addr().expect("held address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    let text = format!(
+        "[server]\nlisten = \"{held_addr}\"\nadmin_listen = \"{}\"\n\n\
+         [[service]]\nname = \"iris\"\nroute = \"/iris\"\nupstream = \"http://127.0.0.1:5001\"\nauth = \"magic\"\n",
+        free_port()
+    );
+    std::fs::write(&path, text).expect("write config");
+    let out = process::run(
+        &["run", "--config", path.to_str().expect("UTF-8 path")],
+        QUICK,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    assert!(out.stderr.contains("service[0].auth:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("in use"), "{}", out.stderr);
+    assert!(
+        !dir.path().join("state").exists(),
+        "no state directory was created"
+    );
+
+    // Control: the same port with a valid file does reach the bind, and fails there (exit 1).
+    let good = GatewayBuilder::new()
+        .listen(held_addr, free_port())
+        .service("iris", "/iris", "http://127.0.0.1:5001");
+    let (_pki, path) = good.write(dir.path());
+    let out = process::run(
+        &["run", "--config", path.to_str().expect("UTF-8 path")],
+        QUICK,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.to_lowercase().contains("in use"),
+        "{}",
+        out.stderr
+    );
+    drop(held);
+}
+
+/// What the demo printed up to its curl command.
+struct Banner {
+    lines: Vec<String>,
+    /// The `curl --cacert CA URL \` line.
+    curl: String,
+    /// The URL after `admin: `.
+    admin: String,
+}
+
+/// Reads the demo's stdout until the curl command (the demo keeps running meanwhile).
+async fn read_banner<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+) -> Banner {
+    let mut seen = Vec::new();
+    let mut admin = None;
+    within("the demo banner", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read demo stdout")
+                .unwrap_or_else(|| panic!("demo stdout ended early:\n{}", seen.join("\n")));
+            if let Some(url) = line.trim().strip_prefix("admin: ") {
+                admin = Some(url.to_owned());
+            }
+            let curl = line.trim_start().starts_with("curl ").then(|| line.clone());
+            seen.push(line);
+            if let Some(curl) = curl {
+                let admin = admin
+                    .take()
+                    .unwrap_or_else(|| panic!("no admin line:\n{}", seen.join("\n")));
+                return Banner {
+                    lines: seen,
+                    curl,
+                    admin,
+                };
+            }
+        }
+    })
+    .await
+}
+
+/// Calls the scoring URL of a printed `curl --cacert CA URL` line the way curl would: trusting
+/// only that CA file. Returns the scoring result.
+async fn score_like_curl(curl: &str) -> serde_json::Value {
+    let words: Vec<&str> = curl.split_whitespace().collect();
+    assert_eq!(&words[..2], ["curl", "--cacert"], "{curl}");
+    let (ca_path, url) = (words[2], words[3]);
+    let port: u16 = url
+        .strip_prefix("https://localhost:")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("URL {url} is not https://localhost:PORT/..."));
+    assert_ne!(port, 0, "{url}");
+    let ca = std::fs::read(ca_path).expect("the printed CA file exists while the demo runs");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("CA PEM")])
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .no_proxy()
+        .build()
+        .expect("client");
+    let resp = within(
+        "scoring call to the printed URL",
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#)
+            .send(),
+    )
+    .await
+    .expect("the printed URL answers");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    within("score body", resp.json()).await.expect("JSON")
+}
+
+/// `demo` on port 0: the printed URLs name the real ports, the printed curl target answers,
+/// and the demo stops by itself with status 0, removing its files.
+#[tokio::test]
+async fn demo_runs_self_checks_prints_working_urls_and_stops_by_itself() {
+    let mut child = process::command()
+        .args([
+            "demo",
+            "--seconds",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn scoregate demo");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+
+    let banner = read_banner(&mut lines).await;
+    let text = banner.lines.join("\n");
+    let self_check = banner
+        .lines
+        .iter()
+        .find(|l| l.starts_with("self-check: "))
+        .unwrap_or_else(|| panic!("no self-check line:\n{text}"));
+    assert!(self_check.contains(" -> 200 "), "{self_check}");
+    assert!(!text.contains(":0/"), "a printed URL names port 0:\n{text}");
+
+    let scored = score_like_curl(&banner.curl).await;
+    assert_eq!(scored["result"], serde_json::json!(["setosa"]));
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let ready = within("printed admin URL", plain.get(&banner.admin).send())
+        .await
+        .expect("the printed admin URL answers");
+    assert_eq!(ready.status(), reqwest::StatusCode::OK, "{}", banner.admin);
+
+    let status = within_for(QUICK, "the demo to stop by itself", child.wait())
+        .await
+        .expect("wait for demo");
+    let stderr = within("demo stderr", stderr_task)
+        .await
+        .expect("stderr task");
+    assert!(status.success(), "exit {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("time limit reached"), "{stderr}");
+    let ca_path = banner.curl.split_whitespace().nth(2).expect("CA path");
+    assert!(
+        !std::path::Path::new(ca_path).exists(),
+        "the demo removes its temporary directory"
+    );
+}
