@@ -208,9 +208,13 @@ fn select_service(
             &routes.trusted_proxies,
         );
     }
-    let (service, rest) = routes
-        .route(req.uri().path())
-        .ok_or(GatewayError::RouteNotFound)?;
+    let path = req.uri().path();
+    if !headers::path_is_safe(path) {
+        return Err(GatewayError::BadRequest(
+            "the path must not contain dot segments or encoded slashes",
+        ));
+    }
+    let (service, rest) = routes.route(path).ok_or(GatewayError::RouteNotFound)?;
     Ok((Arc::clone(service), rest.to_owned()))
 }
 

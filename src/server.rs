@@ -156,6 +156,7 @@ pub async fn run(
                 timeout_ms = config.server.drain_timeout.as_millis(),
                 "drain timed out; remaining connections are dropped"
             );
+            lifecycle.force_close.cancel();
             Drained::TimedOut
         }
     };
@@ -258,7 +259,16 @@ impl ScoringListener {
         tracing::debug!("scoring listener closed");
     }
 
+    /// Serves one connection until it ends, or until the drain deadline forces it closed.
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let force = self.gw.lifecycle.force_close.clone();
+        tokio::select! {
+            () = self.serve(stream, peer, watcher) => {}
+            () = force.cancelled() => tracing::debug!(%peer, "connection closed at the drain deadline"),
+        }
+    }
+
+    async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ConnInfo::new(peer));
         let gw = Arc::clone(&self.gw);

@@ -42,6 +42,8 @@ pub struct Lifecycle {
     pub stop_accepting: CancellationToken,
     /// Stops background tasks (health probes, watchers) after the drain.
     pub stop_background: CancellationToken,
+    /// Closes every connection still open when the drain timeout has passed.
+    pub force_close: CancellationToken,
 }
 
 impl Lifecycle {

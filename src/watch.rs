@@ -187,7 +187,7 @@ fn watch_issuer<T: Send + Sync + 'static>(
                 "JWKS file reloaded"
             ),
             Err(e) => {
-                tracing::error!(service = name, issuer = label, error = %e, "JWKS file change rejected; previous keys kept")
+                tracing::error!(service = name, issuer = label, error = %e, "JWKS file change rejected; previous keys kept");
             }
         }
     }
@@ -206,7 +206,7 @@ fn watch_issuer<T: Send + Sync + 'static>(
             match result {
                 Ok(n) => tracing::debug!(service = %name, issuer = label, keys = n, "JWKS fetched"),
                 Err(e) => {
-                    tracing::warn!(service = %name, issuer = label, error = %e, "JWKS fetch failed; previous keys kept")
+                    tracing::warn!(service = %name, issuer = label, error = %e, "JWKS fetch failed; previous keys kept");
                 }
             }
         });

@@ -148,7 +148,7 @@ async fn run_refuses_a_bad_config_before_binding() {
 /// What the demo printed up to its curl command.
 struct Banner {
     lines: Vec<String>,
-    /// The `curl --cacert CA URL \` line.
+    /// The whole `curl --cacert CA URL \ ...` command, continuation lines joined.
     curl: String,
     /// The URL after `admin: `.
     admin: String,
@@ -172,7 +172,17 @@ async fn read_banner<R: tokio::io::AsyncBufRead + Unpin>(
             }
             let curl = line.trim_start().starts_with("curl ").then(|| line.clone());
             seen.push(line);
-            if let Some(curl) = curl {
+            if let Some(mut curl) = curl {
+                // Continuation lines end with a backslash.
+                while curl.trim_end().ends_with('\\') {
+                    let next = lines
+                        .next_line()
+                        .await
+                        .expect("read demo stdout")
+                        .unwrap_or_else(|| panic!("curl command cut short:\n{curl}"));
+                    curl = format!("{} {}", curl.trim_end().trim_end_matches('\\'), next.trim());
+                    seen.push(next);
+                }
                 let admin = admin
                     .take()
                     .unwrap_or_else(|| panic!("no admin line:\n{}", seen.join("\n")));
@@ -193,6 +203,12 @@ async fn score_like_curl(curl: &str) -> serde_json::Value {
     let words: Vec<&str> = curl.split_whitespace().collect();
     assert_eq!(&words[..2], ["curl", "--cacert"], "{curl}");
     let (ca_path, url) = (words[2], words[3]);
+    // The demo's service uses key auth: the command carries the primary key.
+    let key = curl
+        .split("'Authorization: Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no Authorization header in {curl}"));
     let port: u16 = url
         .strip_prefix("https://localhost:")
         .and_then(|rest| rest.split('/').next())
@@ -211,6 +227,7 @@ async fn score_like_curl(curl: &str) -> serde_json::Value {
         client
             .post(url)
             .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
             .body(r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#)
             .send(),
     )

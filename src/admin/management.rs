@@ -74,10 +74,10 @@ impl ApiError {
             Self::ServiceNotFound(_) | Self::RouteNotFound | Self::AssignmentNotFound(_) => {
                 StatusCode::NOT_FOUND
             }
-            Self::AssignmentInConfig(_) => StatusCode::CONFLICT,
-            Self::Assignments => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::NotKeyMode(_) | Self::NotTokenMode(_) => StatusCode::CONFLICT,
+            Self::NotKeyMode(_) | Self::NotTokenMode(_) | Self::AssignmentInConfig(_) => {
+                StatusCode::CONFLICT
+            }
             Self::Signing(e) => match e {
                 SigningError::ReadOnly { .. } => StatusCode::CONFLICT,
                 SigningError::Read { .. }
@@ -85,7 +85,7 @@ impl ApiError {
                 | SigningError::Invalid { .. }
                 | SigningError::Generate(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            Self::TokenSigning(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TokenSigning(_) | Self::Assignments => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Keys(e) => match e {
                 KeyError::ReadOnly { .. } | KeyError::Hashed => StatusCode::CONFLICT,
                 KeyError::BadValue(_) => StatusCode::BAD_REQUEST,
@@ -107,7 +107,7 @@ impl ApiError {
             Self::NotKeyMode(_) => "not_key_mode",
             Self::NotTokenMode(_) => "not_token_mode",
             Self::Signing(SigningError::ReadOnly { .. }) => "signing_key_read_only",
-            Self::Signing(_) | Self::TokenSigning(_) => "internal_error",
+            Self::Signing(_) | Self::TokenSigning(_) | Self::Assignments => "internal_error",
             Self::Keys(e) => match e {
                 KeyError::ReadOnly { .. } => "keys_read_only",
                 KeyError::Hashed => "keys_hashed",
@@ -121,7 +121,6 @@ impl ApiError {
             Self::RouteNotFound => "not_found",
             Self::AssignmentNotFound(_) => "assignment_not_found",
             Self::AssignmentInConfig(_) => "assignment_in_config",
-            Self::Assignments => "internal_error",
             Self::ClientNotAllowed => "client_ip_not_allowed",
             Self::ReloadRejected(_) => "reload_rejected",
             Self::MethodNotAllowed(_) => "method_not_allowed",
@@ -342,36 +341,6 @@ fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regenerate_body_rules() {
-        let ok = |b: &str| parse_regenerate(b.as_bytes()).expect(b);
-        assert_eq!(
-            ok(r#"{"keyType":"Primary","keyValue":null}"#).0,
-            KeySlot::Primary
-        );
-        assert_eq!(ok(r#"{"keyType":"secondary"}"#).0, KeySlot::Secondary);
-        assert_eq!(
-            ok(r#"{"keyType":"PRIMARY","keyValue":"x"}"#)
-                .1
-                .expect("value")
-                .expose(),
-            "x"
-        );
-        let err = |b: &str| parse_regenerate(b.as_bytes()).expect_err(b).to_string();
-        assert!(err("").contains("not valid JSON"));
-        assert!(err("[]").contains("JSON object"));
-        assert!(err("{}").contains("keyType is required"));
-        assert!(err(r#"{"keyType":"Tertiary"}"#).contains("keyType must be"));
-        assert!(err(r#"{"keyType":1}"#).contains("keyType must be"));
-        assert!(err(r#"{"keyType":"Primary","keyValue":5}"#).contains("keyValue must be"));
-        assert!(err(r#"{"keyType":"Primary","extra":1}"#).contains("unknown field \"extra\""));
-    }
-}
-
 /// `POST /role-assignments` with `{"principal","role","scope"}` → 201 with the assignment.
 pub fn assign_role(
     gw: &Gateway,
@@ -446,5 +415,35 @@ pub fn remove_assignment(
             tracing::error!(error = %e, "persisting a role assignment failed");
             Err(ApiError::Assignments)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regenerate_body_rules() {
+        let ok = |b: &str| parse_regenerate(b.as_bytes()).expect(b);
+        assert_eq!(
+            ok(r#"{"keyType":"Primary","keyValue":null}"#).0,
+            KeySlot::Primary
+        );
+        assert_eq!(ok(r#"{"keyType":"secondary"}"#).0, KeySlot::Secondary);
+        assert_eq!(
+            ok(r#"{"keyType":"PRIMARY","keyValue":"x"}"#)
+                .1
+                .expect("value")
+                .expose(),
+            "x"
+        );
+        let err = |b: &str| parse_regenerate(b.as_bytes()).expect_err(b).to_string();
+        assert!(err("").contains("not valid JSON"));
+        assert!(err("[]").contains("JSON object"));
+        assert!(err("{}").contains("keyType is required"));
+        assert!(err(r#"{"keyType":"Tertiary"}"#).contains("keyType must be"));
+        assert!(err(r#"{"keyType":1}"#).contains("keyType must be"));
+        assert!(err(r#"{"keyType":"Primary","keyValue":5}"#).contains("keyValue must be"));
+        assert!(err(r#"{"keyType":"Primary","extra":1}"#).contains("unknown field \"extra\""));
     }
 }

@@ -46,6 +46,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a path can be forwarded as is: no `.`/`..` segments, plain or percent-encoded, and no
+/// encoded `/` or `\`. Such paths could reach outside the route prefix or the upstream's base
+/// path once the scoring container normalises them, so they are refused rather than rewritten.
+pub fn path_is_safe(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+        return false;
+    }
+    !lower
+        .split('/')
+        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+}
+
 /// Keeps a client's `x-request-id` if it is 1 to 100 visible ASCII characters (the scoring
 /// container refuses longer ones with 431, AZUREML-CONTRACT B.3); otherwise makes a `UUIDv4`.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -130,6 +143,32 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-type", "x-keep"]);
+    }
+
+    #[test]
+    fn unsafe_paths() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a/%2E",
+            "/a/..%2Fb",
+            "/a%5cb",
+            "/..",
+        ] {
+            assert!(!path_is_safe(bad), "{bad}");
+        }
+        for ok in [
+            "/",
+            "/score",
+            "/a/..b/c",
+            "/a/b.json",
+            "/a/.well-known",
+            "/a%20b",
+        ] {
+            assert!(path_is_safe(ok), "{ok}");
+        }
     }
 
     #[test]

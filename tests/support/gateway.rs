@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::StatusCode;
 use scoregate::server::{self, Drained, Listeners, Telemetry};
 use scoregate::telemetry::metrics::Metrics;
-use scoregate::telemetry::request_log::{RecordOutput, RecordSink};
+use scoregate::telemetry::sink::{RecordOutput, RecordSink, SinkCounters};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -87,11 +87,18 @@ impl GatewayBuilder {
         self.service_with(name, route, upstream, "")
     }
 
-    /// Adds a `[[service]]` with extra `key = value` lines (newline separated).
+    /// Adds a `[[service]]` with extra `key = value` lines (newline separated). Unless `extra`
+    /// sets it, `max_concurrent_requests` is raised from Azure ML's default of 1 to 256, so tests
+    /// about other behaviour are not shaped by admission control; its own tests set it.
     #[must_use]
     pub fn service_with(mut self, name: &str, route: &str, upstream: &str, extra: &str) -> Self {
+        let concurrency = if extra.contains("max_concurrent_requests") {
+            ""
+        } else {
+            "max_concurrent_requests = 256\n"
+        };
         self.services.push(format!(
-            "[[service]]\nname = \"{name}\"\nroute = \"{route}\"\nupstream = \"{upstream}\"\n{extra}\n"
+            "[[service]]\nname = \"{name}\"\nroute = \"{route}\"\nupstream = \"{upstream}\"\n{concurrency}{extra}\n"
         ));
         self
     }
@@ -153,8 +160,11 @@ impl GatewayBuilder {
         let (sink, _writer) = RecordSink::spawn(
             RecordOutput::Writer(Box::new(records.clone())),
             8192,
-            metrics.records_dropped.clone(),
-            metrics.record_write_errors.clone(),
+            true,
+            SinkCounters {
+                dropped: metrics.records_dropped.clone(),
+                write_errors: metrics.record_write_errors.clone(),
+            },
         )
         .expect("start record writer");
         let telemetry = Telemetry {
