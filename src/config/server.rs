@@ -1,0 +1,216 @@
+//! Validation of `[server]`, `[server.tls]` and `[telemetry]`.
+
+use std::path::PathBuf;
+
+use super::raw;
+use super::{RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
+use crate::telemetry::LogFormat;
+use crate::telemetry::redact::Redaction;
+
+impl Validator<'_> {
+    pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
+        let output = match raw.output.as_deref().unwrap_or("stdout") {
+            "stdout" => {
+                for (field, set) in [
+                    ("file", raw.file.is_some()),
+                    ("file_max_bytes", raw.file_max_bytes.is_some()),
+                    ("file_keep", raw.file_keep.is_some()),
+                ] {
+                    if set {
+                        self.issue(
+                            format!("telemetry.{field}"),
+                            "applies only to output = \"file\"",
+                        );
+                    }
+                }
+                RecordsOutput::Stdout
+            }
+            "file" => {
+                let path = match raw.file.as_deref() {
+                    Some(f) => self.path(f),
+                    None => {
+                        self.issue("telemetry.file", "is required when output = \"file\"");
+                        PathBuf::new()
+                    }
+                };
+                let max_bytes = raw.file_max_bytes.unwrap_or(100 * 1024 * 1024);
+                if max_bytes < 4096 {
+                    self.issue(
+                        "telemetry.file_max_bytes",
+                        format!("{max_bytes} is below the minimum of 4096"),
+                    );
+                }
+                RecordsOutput::File {
+                    path,
+                    max_bytes,
+                    keep: raw.file_keep.unwrap_or(5),
+                }
+            }
+            other => {
+                self.issue(
+                    "telemetry.output",
+                    format!("{other:?} is not \"stdout\" or \"file\""),
+                );
+                RecordsOutput::Stdout
+            }
+        };
+        let queue_capacity = raw.queue_capacity.unwrap_or(16_384);
+        if !(16..=1_048_576).contains(&queue_capacity) {
+            self.issue(
+                "telemetry.queue_capacity",
+                format!("{queue_capacity} is not between 16 and 1048576"),
+            );
+        }
+        let log_filter = raw.log.unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            self.issue(
+                "telemetry.log",
+                format!("{log_filter:?} is not a valid filter: {e}"),
+            );
+        }
+        let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.issue(
+                    "telemetry.log_format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        TelemetryConfig {
+            output,
+            request_records: raw.request_records.unwrap_or(true),
+            queue_capacity,
+            redaction: raw
+                .redact_query_params
+                .map_or_else(Redaction::default, Redaction::new),
+            log_filter,
+            log_format,
+        }
+    }
+
+    pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+        let listen = self.addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8443");
+        let admin_listen = self.addr(
+            "server.admin_listen",
+            raw.admin_listen.as_deref(),
+            "127.0.0.1:9901",
+        );
+        if listen == admin_listen && listen.port() != 0 {
+            self.issue(
+                "server.admin_listen",
+                format!("{admin_listen} is also server.listen; the two listeners need different addresses"),
+            );
+        }
+        let state_dir = self.path(raw.state_dir.as_deref().unwrap_or("state"));
+        if state_dir.exists() && !state_dir.is_dir() {
+            self.issue(
+                "server.state_dir",
+                format!("{} exists and is not a directory", state_dir.display()),
+            );
+        }
+        let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
+        if compute_type.is_empty() || compute_type.len() > 64 {
+            self.issue("server.compute_type", "must be 1 to 64 characters");
+        }
+        if raw.worker_threads == Some(0) {
+            self.issue("server.worker_threads", "must be at least 1");
+        }
+        ServerConfig {
+            listen,
+            admin_listen,
+            state_dir,
+            compute_type,
+            drain_timeout: self.millis("server.drain_timeout_ms", raw.drain_timeout_ms, 10_000, 0),
+            pre_drain_delay: self.millis("server.pre_drain_delay_ms", raw.pre_drain_delay_ms, 0, 0),
+            tls_handshake_timeout: self.millis(
+                "server.tls_handshake_timeout_ms",
+                raw.tls_handshake_timeout_ms,
+                10_000,
+                1,
+            ),
+            header_read_timeout: self.millis(
+                "server.header_read_timeout_ms",
+                raw.header_read_timeout_ms,
+                30_000,
+                1,
+            ),
+            worker_threads: raw.worker_threads,
+            health_interval: self.millis(
+                "server.health_interval_ms",
+                raw.health_interval_ms,
+                5_000,
+                10,
+            ),
+            public_metrics: raw.public_metrics.unwrap_or(false),
+            max_connections: self.count(
+                "server.max_connections",
+                raw.max_connections,
+                25_000,
+                1,
+                1_000_000,
+            ),
+            max_header_bytes: self.count(
+                "server.max_header_bytes",
+                raw.max_header_bytes,
+                64 * 1024,
+                8192,
+                16 * 1024 * 1024,
+            ),
+            max_headers: self.count("server.max_headers", raw.max_headers, 100, 1, 10_000),
+            http2_max_concurrent_streams: u32::try_from(self.count(
+                "server.http2_max_concurrent_streams",
+                raw.http2_max_concurrent_streams.map(|v| v as usize),
+                256,
+                1,
+                65_535,
+            ))
+            .unwrap_or(256),
+            trusted_proxies: self
+                .cidrs("server.trusted_proxies", raw.trusted_proxies)
+                .unwrap_or_default(),
+            admin_allow_cidrs: self.cidrs("server.admin_allow_cidrs", raw.admin_allow_cidrs),
+            tls: raw.tls.and_then(|tls| self.tls(tls)),
+        }
+    }
+
+    pub(super) fn tls(&mut self, raw: raw::RawTls) -> Option<TlsConfig> {
+        let cert = raw.cert.map(|c| self.path(&c));
+        let key = raw.key.map(|k| self.path(&k));
+        if cert.is_none() {
+            self.issue(
+                "server.tls.cert",
+                "is required when [server.tls] is present",
+            );
+        }
+        if key.is_none() {
+            self.issue("server.tls.key", "is required when [server.tls] is present");
+        }
+        let client_ca = raw.client_ca.and_then(|ca| {
+            let path = self.path(&ca);
+            match crate::tls::load_ca(&path) {
+                Ok(certs) => Some((path, certs)),
+                Err(e) => {
+                    self.issue("server.tls.client_ca", e);
+                    None
+                }
+            }
+        });
+        let (cert_path, key_path) = (cert?, key?);
+        match crate::tls::load_certified_key(&cert_path, &key_path) {
+            Ok(certified_key) => Some(TlsConfig {
+                cert_path,
+                key_path,
+                client_ca,
+                certified_key,
+            }),
+            Err(e) => {
+                let field = if e.is_cert_problem() { "cert" } else { "key" };
+                self.issue(format!("server.tls.{field}"), e.to_string());
+                None
+            }
+        }
+    }
+}
