@@ -1,0 +1,110 @@
+//! Micro-benchmarks of the per-request hot functions: the key check, token verification (cold
+//! and cached), route lookup and request-record serialization.
+//!
+//! `cargo bench --bench hot_paths`. Numbers and the machine they came from are recorded in
+//! `loadtest/RESULTS.md`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use scoregate::auth::ServiceAuth;
+use scoregate::auth::jwt::{CacheCounters, TokenAuthority};
+use scoregate::auth::keys::{KeySource, KeyStorage, KeyStore};
+use scoregate::config::{SigningSource, TokenConfig};
+
+fn key_store(dir: &std::path::Path) -> KeyStore {
+    KeyStore::open(KeySource::State {
+        path: dir.join("keys/iris.json"),
+        storage: KeyStorage::Plain,
+    })
+    .expect("key store")
+}
+
+fn keys(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = key_store(dir.path());
+    let listing = store.list().expect("keys");
+    let secondary = listing.secondary.expose().to_owned();
+    let wrong = "x".repeat(43);
+    let mut g = c.benchmark_group("key_check");
+    g.bench_function("verify_secondary_hit", |b| {
+        b.iter(|| store.verify(black_box(secondary.as_bytes())));
+    });
+    g.bench_function("verify_miss", |b| {
+        b.iter(|| store.verify(black_box(wrong.as_bytes())))
+    });
+    let auth = ServiceAuth::Key(std::sync::Arc::new(key_store(dir.path())));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {secondary}")).expect("header"),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    g.bench_function("authenticate_header", |b| {
+        b.iter(|| rt.block_on(auth.authenticate(black_box(&headers))));
+    });
+    g.finish();
+}
+
+fn authority(dir: &std::path::Path, algorithm: jsonwebtoken::Algorithm) -> TokenAuthority {
+    let m = scoregate::telemetry::metrics::Metrics::new();
+    let counters: CacheCounters =
+        scoregate::telemetry::metrics::ServiceMetrics::new(&m, "iris", "token").token_cache;
+    TokenAuthority::new(
+        "iris",
+        TokenConfig {
+            algorithm,
+            issuer: "scoregate".into(),
+            lifetime: Duration::from_secs(3600),
+            refresh_after: Duration::from_secs(1800),
+            leeway: Duration::from_secs(60),
+            signing: SigningSource::State {
+                path: dir.join(format!("signing-{algorithm:?}.json")),
+            },
+            subject_header: None,
+            cache_entries: 100_000,
+            trusted: Vec::new(),
+        },
+        counters,
+    )
+    .expect("authority")
+}
+
+fn tokens(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("token_verify");
+    for alg in [
+        jsonwebtoken::Algorithm::ES256,
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::EdDSA,
+        jsonwebtoken::Algorithm::HS256,
+    ] {
+        let a = authority(dir.path(), alg);
+        let token = a.issue("bench").expect("issue").access_token;
+        g.bench_function(format!("{alg:?}_cold"), |b| {
+            b.iter(|| {
+                // An empty kid list clears the cache, so every verification does the signature work.
+                a.cache.retain_kids(&[]);
+                rt.block_on(a.verify(black_box(token.as_bytes())))
+            });
+        });
+        g.bench_function(format!("{alg:?}_cached"), |b| {
+            b.iter(|| rt.block_on(a.verify(black_box(token.as_bytes()))));
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = keys, tokens
+}
+criterion_main!(benches);
