@@ -33,7 +33,7 @@ fn keys(c: &mut Criterion) {
         b.iter(|| store.verify(black_box(secondary.as_bytes())));
     });
     g.bench_function("verify_miss", |b| {
-        b.iter(|| store.verify(black_box(wrong.as_bytes())))
+        b.iter(|| store.verify(black_box(wrong.as_bytes())));
     });
     let auth = ServiceAuth::Key(std::sync::Arc::new(key_store(dir.path())));
     let mut headers = HeaderMap::new();
