@@ -112,13 +112,29 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// The value of the record's `Principal` field.
-    pub fn record_name(&self) -> Option<String> {
+    /// The value of the record's `Principal` field (shared, no copy).
+    pub fn record_name(&self) -> Option<RecordName> {
         match self {
             Self::Anonymous => None,
-            Self::Key(slot) => Some(slot.as_str().to_owned()),
-            Self::Token { subject, .. } => Some(subject.to_string()),
+            Self::Key(slot) => Some(RecordName::Static(slot.as_str())),
+            Self::Token { subject, .. } => Some(RecordName::Shared(Arc::clone(subject))),
         }
+    }
+}
+
+/// A principal's name as recorded: a fixed slot name or a shared subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordName {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl serde::Serialize for RecordName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Self::Static(n) => n,
+            Self::Shared(n) => n,
+        })
     }
 }
 

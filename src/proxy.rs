@@ -170,7 +170,7 @@ async fn pipeline(
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let Finish { gw, ctx } = fin;
-    let (service, rest) = select_service(gw, ctx, &req)?;
+    let (service, strip) = select_service(gw, ctx, &req)?;
     ctx.service = Some(Arc::clone(&service));
     service.metrics.inflight.inc();
     network_rules(&service, ctx)?;
@@ -184,20 +184,20 @@ async fn pipeline(
     })?;
     ctx.queue_wait = Some(waited);
     ctx.permit = Some(permit);
-    let upstream_req = upstream_request(gw, &service, ctx, conn, req, &rest)?;
+    let upstream_req = upstream_request(gw, &service, ctx, conn, req, strip)?;
     let mut resp = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
     Ok(resp)
 }
 
-/// Settles who the client is, then finds the longest matching route and the path below it. The
-/// route table snapshot is released here, not held across the request's awaits; the service
-/// itself stays alive through its `Arc`.
+/// Settles who the client is, then finds the longest matching route; returns the service and the
+/// length of the route prefix to strip. The route table snapshot is released here, not held
+/// across the request's awaits; the service itself stays alive through its `Arc`.
 fn select_service(
     gw: &Gateway,
     ctx: &mut RequestCtx,
     req: &Request<Incoming>,
-) -> Result<(Arc<Service>, String), GatewayError> {
+) -> Result<(Arc<Service>, usize), GatewayError> {
     let routes = gw.routes.load();
     if !routes.trusted_proxies.is_empty() {
         let peer = ctx.client_ip;
@@ -214,8 +214,8 @@ fn select_service(
             "the path must not contain dot segments or encoded slashes",
         ));
     }
-    let (service, rest) = routes.route(path).ok_or(GatewayError::RouteNotFound)?;
-    Ok((Arc::clone(service), rest.to_owned()))
+    let (service, _) = routes.route(path).ok_or(GatewayError::RouteNotFound)?;
+    Ok((Arc::clone(service), service.config.route.len()))
 }
 
 /// `allow_cidrs`: refused before authentication, so a blocked network learns nothing more.
@@ -276,7 +276,7 @@ fn upstream_request(
     ctx: &mut RequestCtx,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    rest: &str,
+    strip: usize,
 ) -> Result<Request<RequestBody>, GatewayError> {
     let (mut parts, incoming) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -319,14 +319,10 @@ fn upstream_request(
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
-    let upstream = &service.config.upstream;
-    parts.headers.insert(
-        header::HOST,
-        HeaderValue::from_str(upstream.authority.as_str())
-            .map_err(|_| GatewayError::Internal("upstream authority is not a valid Host"))?,
-    );
-
-    parts.uri = upstream_uri(upstream, rest, parts.uri.query())?;
+    parts
+        .headers
+        .insert(header::HOST, service.host_header.clone());
+    parts.uri = upstream_uri(&service.config.upstream, &parts.uri, strip)?;
     parts.version = Version::HTTP_11;
 
     let body = if http_body::Body::is_end_stream(&incoming) {
@@ -344,11 +340,28 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
+/// The upstream URI: scheme and authority of the upstream, its base path, then the request path
+/// with the first `strip` bytes (the route prefix) removed, then the query.
 fn upstream_uri(
     upstream: &crate::config::Upstream,
-    rest: &str,
-    query: Option<&str>,
+    uri: &Uri,
+    strip: usize,
 ) -> Result<Uri, GatewayError> {
+    let path = uri.path();
+    let rest = match path.get(strip..) {
+        Some("") | None => "/",
+        Some(rest) => rest,
+    };
+    let query = uri.query();
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(upstream.scheme.clone());
+    parts.authority = Some(upstream.authority.clone());
+    if strip == 0 && upstream.base_path.is_empty() {
+        // Sidecar route "/": the path and query go through unchanged, without a copy.
+        parts.path_and_query = uri.path_and_query().cloned();
+        return Uri::from_parts(parts)
+            .map_err(|_| GatewayError::BadRequest("path cannot be forwarded"));
+    }
     let mut pq = String::with_capacity(
         upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len),
     );

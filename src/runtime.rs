@@ -36,6 +36,8 @@ pub struct Service {
     pub metrics: ServiceMetrics,
     /// Pooled client to this service's scoring container.
     pub upstream: UpstreamClient,
+    /// `Host` sent upstream (the upstream's authority), built once.
+    pub host_header: http::HeaderValue,
     /// How callers are checked, with the key store or token verifier that needs.
     pub auth: ServiceAuth,
     /// Concurrency limit and wait queue.
@@ -153,8 +155,16 @@ impl Service {
         };
         let healthy = same_upstream
             .is_some_and(|p| p.is_healthy() && p.config.health_path == config.health_path);
+        let host_header =
+            http::HeaderValue::from_str(config.upstream.authority.as_str()).map_err(|_| {
+                BuildError::Upstream {
+                    service: config.name.clone(),
+                    reason: "the upstream authority is not a valid Host header".into(),
+                }
+            })?;
         Ok(Self {
             name: Arc::from(config.name.as_str()),
+            host_header,
             limit,
             rate,
             metrics: service_metrics,

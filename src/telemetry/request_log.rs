@@ -53,7 +53,7 @@ pub struct RequestRecord {
     #[serde(rename = "AuthMode")]
     pub auth_mode: Option<&'static str>,
     #[serde(rename = "Principal")]
-    pub principal: Option<String>,
+    pub principal: Option<crate::auth::RecordName>,
     #[serde(rename = "UpstreamStatusCode")]
     pub upstream_status: Option<u16>,
     #[serde(rename = "UpstreamDuration")]
