@@ -275,15 +275,25 @@ impl ScoringListener {
         let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&conn), req));
         let result = match &self.acceptor {
             Some(acceptor) => {
-                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
+                let handshake = async {
+                    // A peer that connects and closes without a byte (a TCP health probe, a
+                    // port scan) is not a failed handshake; don't count it as one.
+                    let mut first = [0u8; 1];
+                    if matches!(stream.peek(&mut first).await, Ok(0)) {
+                        return None;
+                    }
+                    Some(acceptor.accept(stream).await)
+                };
+                match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                    Ok(None) => return,
+                    Ok(Some(Ok(tls))) => {
                         let conn = self
                             .http
                             .serve_connection(TokioIo::new(tls), service)
                             .into_owned();
                         watcher.watch(conn).await
                     }
-                    Ok(Err(e)) => {
+                    Ok(Some(Err(e))) => {
                         self.gw.metrics.tls_handshake_errors.inc();
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
