@@ -14,6 +14,9 @@
 //! - [`pattern`]: deterministic large bodies generated and verified as streams, never held whole.
 //! - [`wire`]: raw TLS and low-level hyper requests for exact bytes and headers.
 //! - [`check`]: reading responses and asserting the gateway's error envelope.
+//! - [`jwt`]: an independent JWS encoder (aws-lc-rs) for tokens the gateway must accept or refuse.
+//! - [`jwks`]: `JwksServer`, a trusted issuer's JWKS URL that can rotate, fail and count fetches.
+//! - [`mgmt`]: management API calls with the bootstrap credential or an identity token.
 //!
 //! Time: nothing here sleeps to synchronise. Awaits that could hang go through [`within`]
 //! (a deadline that fails the test with a message), and conditions that change without an event
@@ -26,6 +29,9 @@
 
 pub mod check;
 pub mod gateway;
+pub mod jwks;
+pub mod jwt;
+pub mod mgmt;
 pub mod pattern;
 pub mod pki;
 pub mod process;
