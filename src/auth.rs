@@ -52,7 +52,10 @@ impl ServiceAuth {
                 })
             }
             Self::Key(store) => {
-                let presented = bearer(headers)?;
+                let presented = bearer(headers).map_err(|f| match f {
+                    AuthFailure::TokenTooLarge => AuthFailure::Invalid,
+                    other => other,
+                })?;
                 if presented.len() > keys::MAX_KEY_LEN {
                     return Err(AuthFailure::Invalid);
                 }
@@ -75,7 +78,8 @@ pub fn bearer(headers: &HeaderMap) -> Result<&[u8], AuthFailure> {
     }
     let bytes = value.as_bytes();
     if bytes.len() > MAX_BEARER_LEN + 16 {
-        return Err(AuthFailure::Invalid);
+        // Refused before looking at it; key mode reports this as an invalid key.
+        return Err(AuthFailure::TokenTooLarge);
     }
     let (scheme, rest) = match bytes.iter().position(|&b| b == b' ') {
         Some(i) => bytes.split_at(i),
@@ -196,6 +200,6 @@ mod tests {
             Err(AuthFailure::Invalid)
         );
         let long = [b"Bearer ".as_slice(), &vec![b'a'; 10 * 1024]].concat();
-        assert_eq!(bearer(&headers(&[&long])), Err(AuthFailure::Invalid));
+        assert_eq!(bearer(&headers(&[&long])), Err(AuthFailure::TokenTooLarge));
     }
 }

@@ -233,9 +233,13 @@ impl Routes {
         services.sort_by_key(|s| std::cmp::Reverse(s.config.route.len()));
         let identity = match (&config.identity, previous.and_then(|p| p.identity.as_ref())) {
             (Some(c), Some(running)) if running.config == *c => Some(Arc::clone(running)),
-            (Some(c), _) => Some(Arc::new(
-                Identity::new(c.clone()).map_err(BuildError::Identity)?,
-            )),
+            (Some(c), _) => {
+                let mut identity = Identity::new(c.clone()).map_err(BuildError::Identity)?;
+                identity
+                    .issuer
+                    .count_fetches(&metrics.jwks_fetches, "admin");
+                Some(Arc::new(identity))
+            }
             (None, _) => None,
         };
         Ok(Self {

@@ -192,18 +192,12 @@ fn watch_issuer<T: Send + Sync + 'static>(
         }
     }
     if issuer.refresh_due() {
-        let gw = Arc::clone(gw);
         let name = name.to_owned();
         tokio::spawn(async move {
             let issuer = get(&owner);
             let label = issuer.config.issuer.as_str();
-            let result = issuer.refresh().await;
-            let outcome = if result.is_ok() { "success" } else { "error" };
-            gw.metrics
-                .jwks_fetches
-                .with_label_values(&[&name, label, outcome])
-                .inc();
-            match result {
+            // The issuer counts its own fetches (scoregate_jwks_fetch_total).
+            match issuer.refresh().await {
                 Ok(n) => tracing::debug!(service = %name, issuer = label, keys = n, "JWKS fetched"),
                 Err(e) => {
                     tracing::warn!(service = %name, issuer = label, error = %e, "JWKS fetch failed; previous keys kept");

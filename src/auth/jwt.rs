@@ -87,11 +87,13 @@ struct Claims {
     rfa: Option<u64>,
 }
 
-/// The two cache counters of a service (`scoregate_token_cache_total{result}`).
+/// The token metrics of a service: cache results (`scoregate_token_cache_total{result}`) and
+/// the JWKS fetch family (`scoregate_jwks_fetch_total{service,issuer,result}`).
 #[derive(Debug, Clone)]
 pub struct CacheCounters {
     pub hit: IntCounter,
     pub miss: IntCounter,
+    pub jwks_fetches: Option<(String, prometheus::IntCounterVec)>,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,9 @@ impl TokenAuthority {
                 Issuer::new(t.clone()).map(|mut issuer| {
                     issuer.validation.leeway = config.leeway.as_secs();
                     issuer.validation.validate_nbf = true;
+                    if let Some((service, family)) = &counters.jwks_fetches {
+                        issuer.count_fetches(family, service);
+                    }
                     issuer
                 })
             })
@@ -203,6 +208,12 @@ impl TokenAuthority {
             if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
                 return Err(AuthFailure::TokenNotYetValid);
             }
+            // The key that vouched for this token may have been withdrawn since (a JWKS
+            // refresh, a replaced signing key file, a retired key): then so is the token.
+            if !self.key_still_trusted(hit.issuer, &hit.kid, now) {
+                self.cache.remove(&key);
+                return Err(AuthFailure::TokenUnknownKey);
+            }
             return Ok(VerifiedToken {
                 subject: hit.subject,
                 exp: hit.exp,
@@ -213,7 +224,7 @@ impl TokenAuthority {
         let text = std::str::from_utf8(token).map_err(|_| AuthFailure::TokenMalformed)?;
         let header = jsonwebtoken::decode_header(text).map_err(|_| AuthFailure::TokenMalformed)?;
         let kid = header.kid.as_deref().ok_or(AuthFailure::TokenMalformed)?;
-        let (decoding, validation, kid) = self.key_for(text, kid).await?;
+        let (decoding, validation, kid, issuer) = self.key_for(text, kid).await?;
         // The token's own `alg` is only ever compared with the key's configured one.
         if header.alg != *validation.algorithms.first().unwrap_or(&Algorithm::ES256) {
             return Err(AuthFailure::TokenAlgorithm);
@@ -242,6 +253,7 @@ impl TokenAuthority {
                 nbf: claims.nbf,
                 refresh_after,
                 kid,
+                issuer,
             },
             now,
         );
@@ -252,23 +264,29 @@ impl TokenAuthority {
         })
     }
 
-    /// The key, validation rules and kid for a token's `kid`.
-    async fn key_for(
-        &self,
-        token: &str,
-        kid: &str,
-    ) -> Result<(Arc<DecodingKey>, &Validation, Arc<str>), AuthFailure> {
+    /// Whether the key a cached token was verified with still verifies.
+    fn key_still_trusted(&self, issuer: Option<usize>, kid: &str, now: u64) -> bool {
+        match issuer {
+            None => self.signing.snapshot().find(kid, now).is_some(),
+            Some(i) => self.trusted.get(i).is_some_and(|t| t.find(kid).is_some()),
+        }
+    }
+
+    /// The key, validation rules, kid and owner (`None`: own signing key, else the trusted
+    /// issuer's index) for a token's `kid`.
+    async fn key_for(&self, token: &str, kid: &str) -> Result<KeyChoice<'_>, AuthFailure> {
         let now = unix_now();
         if let Some(k) = self.signing.snapshot().find(kid, now) {
             return Ok((
                 Arc::clone(&k.decoding),
                 &self.own_validation,
                 Arc::clone(&k.kid),
+                None,
             ));
         }
-        for issuer in &self.trusted {
+        for (i, issuer) in self.trusted.iter().enumerate() {
             if let Some(k) = issuer.find(kid) {
-                return Ok((k, &issuer.validation, Arc::from(kid)));
+                return Ok((k, &issuer.validation, Arc::from(kid), Some(i)));
             }
         }
         // Unknown everywhere: a JWKS issuer may have rotated. Only the issuer the (unverified)
@@ -276,14 +294,14 @@ impl TokenAuthority {
         let claimed_iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
             .ok()
             .and_then(|c| c.iss);
-        for issuer in self.trusted.iter().filter(|i| i.is_url()) {
-            if claimed_iss.as_deref() != Some(issuer.config.issuer.as_str()) {
+        for (i, issuer) in self.trusted.iter().enumerate() {
+            if !issuer.is_url() || claimed_iss.as_deref() != Some(issuer.config.issuer.as_str()) {
                 continue;
             }
             match issuer.refetch_for_unknown_kid(kid).await {
                 Ok(true) => {
                     if let Some(k) = issuer.find(kid) {
-                        return Ok((k, &issuer.validation, Arc::from(kid)));
+                        return Ok((k, &issuer.validation, Arc::from(kid), Some(i)));
                     }
                 }
                 Ok(false) => {}
@@ -316,6 +334,9 @@ impl TokenAuthority {
         self.config.lifetime
     }
 }
+
+/// A verifying key with its rules, kid and owner (see [`TokenAuthority::key_for`]).
+type KeyChoice<'a> = (Arc<DecodingKey>, &'a Validation, Arc<str>, Option<usize>);
 
 #[derive(Debug, Deserialize)]
 struct IssOnly {

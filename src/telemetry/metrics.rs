@@ -303,6 +303,7 @@ impl ServiceMetrics {
             token_cache: CacheCounters {
                 hit: metrics.token_cache.with_label_values(&[service, "hit"]),
                 miss: metrics.token_cache.with_label_values(&[service, "miss"]),
+                jwks_fetches: Some((service.to_owned(), metrics.jwks_fetches.clone())),
             },
             duration: metrics.request_duration.with_label_values(&[service]),
             upstream_duration: metrics.upstream_duration.with_label_values(&[service]),

@@ -19,6 +19,8 @@ pub struct CachedToken {
     pub refresh_after: Option<u64>,
     /// The key that verified the signature.
     pub kid: Arc<str>,
+    /// Whose key: `None` for the service's own signing keys, else the trusted issuer's index.
+    pub issuer: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,7 @@ mod tests {
             nbf: None,
             refresh_after: None,
             kid: Arc::from(kid),
+            issuer: None,
         }
     }
 

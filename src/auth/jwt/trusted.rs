@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
+use prometheus::IntCounter;
 
 use crate::config::{TrustedIssuer, TrustedKeys};
 use crate::watch::Fingerprint;
@@ -52,6 +53,8 @@ pub struct Issuer {
     /// Unix seconds of the last successful load (0 = never).
     loaded_at: AtomicU64,
     source: Source,
+    /// `scoregate_jwks_fetch_total{result="success"|"error"}` for this issuer, if counted.
+    fetches: Option<(IntCounter, IntCounter)>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -193,7 +196,17 @@ impl Issuer {
             keys: ArcSwap::from_pointee(keys),
             loaded_at: AtomicU64::new(loaded),
             source,
+            fetches: None,
         })
+    }
+
+    /// Counts this issuer's JWKS fetches (scheduled and unknown-`kid` alike) in `family`.
+    pub fn count_fetches(&mut self, family: &prometheus::IntCounterVec, service: &str) {
+        let label = self.config.issuer.clone();
+        self.fetches = Some((
+            family.with_label_values(&[service, &label, "success"]),
+            family.with_label_values(&[service, &label, "error"]),
+        ));
     }
 
     pub fn find(&self, kid: &str) -> Option<Arc<DecodingKey>> {
@@ -306,10 +319,17 @@ impl Issuer {
                 .map(http_body_util::Collected::to_bytes)
                 .map_err(|e| fail(e.to_string()))
         };
-        let bytes = tokio::time::timeout(FETCH_TIMEOUT, fetch)
-            .await
-            .map_err(|_| fail(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())))??;
-        let keys = parse_jwks(&bytes, self.config.algorithm, &url.to_string())?;
+        let fetched = async {
+            let bytes = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+                .await
+                .map_err(|_| fail(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())))??;
+            parse_jwks(&bytes, self.config.algorithm, &url.to_string())
+        }
+        .await;
+        if let Some((success, error)) = &self.fetches {
+            if fetched.is_ok() { success } else { error }.inc();
+        }
+        let keys = fetched?;
         let n = keys.len();
         self.keys.store(Arc::new(keys));
         self.loaded_at.store(unix_now(), Ordering::Release);
