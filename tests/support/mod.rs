@@ -14,6 +14,12 @@
 //! - [`pattern`]: deterministic large bodies generated and verified as streams, never held whole.
 //! - [`wire`]: raw TLS and low-level hyper requests for exact bytes and headers.
 //! - [`check`]: reading responses and asserting the gateway's error envelope.
+//! - [`certs`]: extra CAs, server and client certificates, multi-CA TLS clients, atomic and
+//!   Kubernetes-style certificate file swaps.
+//! - [`tls_upstream`]: an `https://` front for the mock upstream, and an upstream that stalls
+//!   mid-body.
+//! - [`admin_api`]: management calls with the bootstrap credential (`/services`, `/reload`,
+//!   `/activity`, keys, tokens).
 //!
 //! Time: nothing here sleeps to synchronise. Awaits that could hang go through [`within`]
 //! (a deadline that fails the test with a message), and conditions that change without an event
@@ -24,11 +30,14 @@
 // Each test binary (`tests/*.rs`) compiles this module and uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin_api;
+pub mod certs;
 pub mod check;
 pub mod gateway;
 pub mod pattern;
 pub mod pki;
 pub mod process;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod wire;
 
