@@ -31,6 +31,8 @@ pub struct GatewayBuilder {
     admin_listen: String,
     server_lines: Vec<String>,
     services: Vec<String>,
+    /// Bind both in-process listeners on `[::1]:0` instead of `127.0.0.1:0`.
+    ipv6: bool,
 }
 
 impl Default for GatewayBuilder {
@@ -42,6 +44,7 @@ impl Default for GatewayBuilder {
             admin_listen: "127.0.0.1:0".to_owned(),
             server_lines: Vec::new(),
             services: Vec::new(),
+            ipv6: false,
         }
     }
 }
@@ -71,6 +74,14 @@ impl GatewayBuilder {
     pub fn listen(mut self, scoring: SocketAddr, admin: SocketAddr) -> Self {
         self.listen = scoring.to_string();
         self.admin_listen = admin.to_string();
+        self
+    }
+
+    /// Binds the in-process listeners on `[::1]:0` (IPv6 loopback) instead of `127.0.0.1:0`, so
+    /// requests arrive from `::1`.
+    #[must_use]
+    pub fn ipv6_loopback(mut self) -> Self {
+        self.ipv6 = true;
         self
     }
 
@@ -146,10 +157,11 @@ impl GatewayBuilder {
         let (pki, path) = self.write(dir.path());
         let config = scoregate::config::load_and_validate(&path)
             .unwrap_or_else(|e| panic!("test configuration is invalid: {e}"));
-        let scoring = TcpListener::bind("127.0.0.1:0")
+        let loopback = if self.ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
+        let scoring = TcpListener::bind(loopback)
             .await
             .expect("bind scoring listener");
-        let admin = TcpListener::bind("127.0.0.1:0")
+        let admin = TcpListener::bind(loopback)
             .await
             .expect("bind admin listener");
         let scoring_addr = scoring.local_addr().expect("scoring address");

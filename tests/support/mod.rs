@@ -17,6 +17,12 @@
 //! - [`jwt`]: an independent JWS encoder (aws-lc-rs) for tokens the gateway must accept or refuse.
 //! - [`jwks`]: `JwksServer`, a trusted issuer's JWKS URL that can rotate, fail and count fetches.
 //! - [`mgmt`]: management API calls with the bootstrap credential or an identity token.
+//! - [`certs`]: extra CAs, server and client certificates, multi-CA TLS clients, atomic and
+//!   Kubernetes-style certificate file swaps.
+//! - [`tls_upstream`]: an `https://` front for the mock upstream, and an upstream that stalls
+//!   mid-body.
+//! - [`admin_api`]: management calls with the bootstrap credential (`/services`, `/reload`,
+//!   `/activity`, keys, tokens).
 //!
 //! Time: nothing here sleeps to synchronise. Awaits that could hang go through [`within`]
 //! (a deadline that fails the test with a message), and conditions that change without an event
@@ -27,6 +33,8 @@
 // Each test binary (`tests/*.rs`) compiles this module and uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin_api;
+pub mod certs;
 pub mod check;
 pub mod gateway;
 pub mod jwks;
@@ -35,6 +43,7 @@ pub mod mgmt;
 pub mod pattern;
 pub mod pki;
 pub mod process;
+pub mod tls_upstream;
 pub mod upstream;
 pub mod wire;
 

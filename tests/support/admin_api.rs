@@ -1,0 +1,162 @@
+//! Authenticated calls to the management API (`GET /services`, `POST /reload`, `GET /activity`,
+//! key listing, token issue) with the bootstrap credential from `state_dir/admin.token`, for both
+//! the in-process [`TestGateway`] and a [`GatewayProcess`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::process::GatewayProcess;
+use super::{TestGateway, wait_until, within};
+
+/// A management client holding the bootstrap credential.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: reqwest::Client,
+    addr: SocketAddr,
+    token: String,
+}
+
+/// The bootstrap credential the gateway wrote into `state_dir`.
+pub fn bootstrap_token(state_dir: &Path) -> String {
+    std::fs::read_to_string(state_dir.join("admin.token"))
+        .expect("read state_dir/admin.token")
+        .trim()
+        .to_owned()
+}
+
+impl Admin {
+    /// The client for an in-process gateway; waits until the gateway has written its
+    /// credential (it does so as `server::run` starts, in the gateway's own task).
+    pub async fn of(gw: &TestGateway) -> Self {
+        Self::new(gw.admin_addr, &gw.dir().join("state")).await
+    }
+
+    pub async fn of_process(gw: &GatewayProcess) -> Self {
+        Self::new(gw.admin_addr, &gw.dir().join("state")).await
+    }
+
+    async fn new(addr: SocketAddr, state_dir: &Path) -> Self {
+        let file = state_dir.join("admin.token");
+        wait_until("the gateway to write state_dir/admin.token", || {
+            let exists = file.exists();
+            async move { exists }
+        })
+        .await;
+        Self {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("build admin client"),
+            addr,
+            token: bootstrap_token(state_dir),
+        }
+    }
+
+    /// Any management call: status and JSON body (`Null` for an empty body).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method.clone(), format!("http://{}{path}", self.addr))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = within(&format!("admin {method} {path}"), req.send())
+            .await
+            .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"));
+        let status = resp.status();
+        let bytes = within("admin response body", resp.bytes())
+            .await
+            .expect("admin response body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "admin {method} {path}: body is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    /// `POST /reload`.
+    pub async fn reload(&self) -> (StatusCode, Value) {
+        self.call(Method::POST, "/reload", None).await
+    }
+
+    /// `GET /activity?limit=1000`, oldest first.
+    pub async fn activity(&self) -> Vec<Value> {
+        let (status, body) = self.call(Method::GET, "/activity?limit=1000", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().expect("activity is a JSON array").clone()
+    }
+
+    /// Waits until the activity log holds an entry matching `pred`, and returns it.
+    pub async fn wait_activity(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, || async { self.activity().await.iter().any(&pred) }).await;
+        // The log only grows (up to its ring size), so the entry is still there.
+        self.activity()
+            .await
+            .into_iter()
+            .find(|e| pred(e))
+            .expect("found above")
+    }
+
+    /// The `GET /services` entry of `name`.
+    pub async fn service(&self, name: &str) -> Value {
+        let (status, body) = self.call(Method::GET, "/services", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array()
+            .expect("services is a JSON array")
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no service {name:?} in {body}"))
+            .clone()
+    }
+
+    /// Waits until `name` has exactly `n` requests waiting for an upstream slot.
+    pub async fn wait_waiting(&self, name: &str, n: u64) {
+        wait_until(
+            &format!("{n} request(s) waiting in {name}'s queue"),
+            || async { self.service(name).await["waiting"] == n },
+        )
+        .await;
+    }
+
+    /// `(primaryKey, secondaryKey)` of a key-mode service.
+    pub async fn keys(&self, name: &str) -> (String, String) {
+        let (status, body) = self
+            .call(Method::POST, &format!("/services/{name}/listkeys"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let key = |field: &str| {
+            body[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} in {body}"))
+                .to_owned()
+        };
+        (key("primaryKey"), key("secondaryKey"))
+    }
+
+    /// A token for a token-mode service.
+    pub async fn token(&self, name: &str) -> String {
+        let (status, body) = self
+            .call(Method::POST, &format!("/services/{name}/token"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["accessToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("accessToken in {body}"))
+            .to_owned()
+    }
+}
