@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use http::HeaderValue;
 use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -30,9 +29,15 @@ use crate::error::GatewayError;
 pub struct ConcurrencyLimit {
     semaphore: Arc<Semaphore>,
     waiting: AtomicUsize,
-    pub max_concurrent: usize,
-    pub max_wait: Duration,
-    pub max_queue: usize,
+    /// Settings, changeable by a reload without losing track of requests in flight or waiting.
+    settings: std::sync::Mutex<Settings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Settings {
+    max_concurrent: usize,
+    max_wait: Duration,
+    max_queue: usize,
 }
 
 /// Decrements the waiting count however the wait ends (admitted, timed out, or dropped because
@@ -50,10 +55,16 @@ impl ConcurrencyLimit {
         Self {
             semaphore: Arc::new(Semaphore::new(max_concurrent)),
             waiting: AtomicUsize::new(0),
-            max_concurrent,
-            max_wait,
-            max_queue,
+            settings: std::sync::Mutex::new(Settings {
+                max_concurrent,
+                max_wait,
+                max_queue,
+            }),
         }
+    }
+
+    fn settings(&self) -> Settings {
+        *self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A slot in the upstream, and how long the request waited for it.
@@ -61,16 +72,14 @@ impl ConcurrencyLimit {
         if let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() {
             return Ok((permit, Duration::ZERO));
         }
+        let Settings { max_wait, max_queue, .. } = self.settings();
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.waiting);
-        if queued >= self.max_queue {
-            return Err(GatewayError::QueueFull {
-                limit: self.max_queue,
-            });
+        if queued >= max_queue {
+            return Err(GatewayError::QueueFull { limit: max_queue });
         }
         let start = Instant::now();
-        match tokio::time::timeout(self.max_wait, Arc::clone(&self.semaphore).acquire_owned()).await
-        {
+        match tokio::time::timeout(max_wait, Arc::clone(&self.semaphore).acquire_owned()).await {
             Ok(Ok(permit)) => Ok((permit, start.elapsed())),
             Ok(Err(_)) => Err(GatewayError::Internal("admission semaphore closed")),
             Err(_) => Err(GatewayError::QueueTimeout {
@@ -84,10 +93,41 @@ impl ConcurrencyLimit {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// Whether this limit is configured as `(max_concurrent, max_wait, max_queue)`.
-    pub fn matches(&self, max_concurrent: usize, max_wait: Duration, max_queue: usize) -> bool {
-        (self.max_concurrent, self.max_wait, self.max_queue)
-            == (max_concurrent, max_wait, max_queue)
+    /// Applies new settings in place (a reload), so requests in flight keep their slots and
+    /// waiters keep their places. A higher limit frees slots at once; a lower one takes effect
+    /// as requests in flight finish: a background task claims the surplus slots (in FIFO order
+    /// with the waiters) and retires them.
+    pub fn reconfigure(&self, max_concurrent: usize, max_wait: Duration, max_queue: usize) {
+        let mut settings = self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = settings.max_concurrent;
+        if (old, settings.max_wait, settings.max_queue) == (max_concurrent, max_wait, max_queue) {
+            return;
+        }
+        *settings = Settings {
+            max_concurrent,
+            max_wait,
+            max_queue,
+        };
+        drop(settings);
+        if max_concurrent > old {
+            self.semaphore.add_permits(max_concurrent - old);
+        } else if max_concurrent < old {
+            let surplus = u32::try_from(old - max_concurrent).unwrap_or(u32::MAX);
+            let semaphore = Arc::clone(&self.semaphore);
+            let retire = async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(retire)),
+                Err(_) => tracing::warn!("no runtime to lower the concurrency limit; it applies after a restart"),
+            }
+        }
+    }
+
+    pub fn max_concurrent(&self) -> usize {
+        self.settings().max_concurrent
     }
 }
 
@@ -169,11 +209,11 @@ impl RateLimiter {
 
 /// The client address: the peer, unless the peer is a trusted proxy, in which case the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, xff: Option<&HeaderValue>, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, xff: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
         return peer;
     }
-    let Some(chain) = xff.and_then(|v| v.to_str().ok()) else {
+    let Some(chain) = xff else {
         return peer;
     };
     let mut leftmost = peer;
@@ -207,29 +247,29 @@ mod tests {
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted = nets(&["10.0.0.0/8", "::1/128"]);
-        let xff = HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.1.1.1");
+        let xff = "6.6.6.6, 203.0.113.7, 10.1.1.1";
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         // Untrusted peer: its own address, whatever it claims.
         assert_eq!(
-            client_ip(ip("198.51.100.1"), Some(&xff), &trusted),
+            client_ip(ip("198.51.100.1"), Some(xff), &trusted),
             ip("198.51.100.1")
         );
         // Trusted peer: the right-most untrusted hop (the left-most ones could be spoofed).
         assert_eq!(
-            client_ip(ip("10.0.0.2"), Some(&xff), &trusted),
+            client_ip(ip("10.0.0.2"), Some(xff), &trusted),
             ip("203.0.113.7")
         );
         assert_eq!(
-            client_ip(ip("::1"), Some(&xff), &trusted),
+            client_ip(ip("::1"), Some(xff), &trusted),
             ip("203.0.113.7")
         );
         assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
-        let junk = HeaderValue::from_static("nonsense, 10.2.2.2");
+        let junk = "nonsense, 10.2.2.2";
         assert_eq!(
-            client_ip(ip("10.0.0.2"), Some(&junk), &trusted),
+            client_ip(ip("10.0.0.2"), Some(junk), &trusted),
             ip("10.2.2.2")
         );
-        assert_eq!(client_ip(ip("10.0.0.2"), Some(&xff), &[]), ip("10.0.0.2"));
+        assert_eq!(client_ip(ip("10.0.0.2"), Some(xff), &[]), ip("10.0.0.2"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::auth::keys::KeySource;
+use crate::watch::Fingerprint;
 use crate::telemetry::LogFormat;
 use crate::telemetry::redact::Redaction;
 
@@ -53,6 +54,28 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
     pub policy: crate::admin::roles::Policy,
+    /// The watched files as they were just before they were read.
+    pub fingerprints: FileFingerprints,
+}
+
+/// Versions of the files a running gateway watches (config, certificate, key), taken before
+/// each was read, so a file replaced in between is still seen as changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFingerprints {
+    pub config: Option<Fingerprint>,
+    pub cert: Option<Fingerprint>,
+    pub key: Option<Fingerprint>,
+}
+
+impl FileFingerprints {
+    /// The files' versions now.
+    pub fn current(config: &Config) -> Self {
+        Self {
+            config: Fingerprint::of(&config.source),
+            cert: config.server.tls.as_ref().and_then(|t| Fingerprint::of(&t.cert_path)),
+            key: config.server.tls.as_ref().and_then(|t| Fingerprint::of(&t.key_path)),
+        }
+    }
 }
 
 /// `[telemetry]`: where request records and activity entries go, and diagnostics settings.
@@ -316,11 +339,15 @@ impl ConfigError {
 /// Reads, parses and validates the file at `path`. The one function startup, `check-config` and
 /// reload share.
 pub fn load_and_validate(path: &Path) -> Result<Config, ConfigError> {
+    // Fingerprint before reading: a change that lands between the two is then seen as a change.
+    let fingerprint = Fingerprint::of(path);
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse_and_validate(&text, path)
+    let mut config = parse_and_validate(&text, path)?;
+    config.fingerprints.config = fingerprint;
+    Ok(config)
 }
 
 /// Parses and validates TOML text as if it had been read from `path` (relative paths in it are
@@ -334,8 +361,10 @@ pub fn parse_and_validate(text: &str, path: &Path) -> Result<Config, ConfigError
     let mut v = Validator {
         base,
         issues: Vec::new(),
+        fingerprints: FileFingerprints::default(),
     };
-    let config = v.config(raw, path);
+    let mut config = v.config(raw, path);
+    config.fingerprints = v.fingerprints;
     if v.issues.is_empty() {
         Ok(config)
     } else {
@@ -351,6 +380,8 @@ pub fn parse_and_validate(text: &str, path: &Path) -> Result<Config, ConfigError
 struct Validator<'a> {
     base: &'a Path,
     issues: Vec<ConfigIssue>,
+    /// Certificate and key versions, taken just before they are loaded.
+    fingerprints: FileFingerprints,
 }
 
 impl Validator<'_> {
@@ -375,6 +406,7 @@ impl Validator<'_> {
             telemetry,
             identity,
             policy,
+            fingerprints: FileFingerprints::default(),
         }
     }
 

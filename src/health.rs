@@ -33,6 +33,7 @@ pub async fn probe_loop(gw: Arc<Gateway>, interval: Duration) {
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
+            () = gw.health_wake.notified() => {}
         }
     }
 }

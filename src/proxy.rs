@@ -204,7 +204,7 @@ fn select_service(
         ctx.peer_trusted = routes.trusted_proxies.iter().any(|n| n.contains(&peer));
         ctx.client_ip = crate::admission::client_ip(
             peer,
-            req.headers().get(&headers::X_FORWARDED_FOR),
+            headers::forwarded_for(req.headers()).as_deref(),
             &routes.trusted_proxies,
         );
     }
@@ -306,12 +306,11 @@ fn upstream_request(
         }
     }
     // A trusted proxy's chain is extended with the proxy itself; anyone else's is replaced.
-    let forwarded_for = match parts.headers.get(&headers::X_FORWARDED_FOR) {
-        Some(chain) if ctx.peer_trusted => {
-            let mut v = chain.as_bytes().to_vec();
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(conn.peer_header.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| conn.peer_header.clone())
+    let forwarded_for = match headers::forwarded_for(&parts.headers) {
+        Some(mut chain) if ctx.peer_trusted => {
+            chain.push_str(", ");
+            chain.push_str(conn.peer_header.to_str().unwrap_or_default());
+            HeaderValue::from_str(&chain).unwrap_or_else(|_| conn.peer_header.clone())
         }
         _ => conn.peer_header.clone(),
     };

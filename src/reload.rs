@@ -12,37 +12,10 @@
 
 use std::sync::Arc;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, FileFingerprints};
 use crate::runtime::{Gateway, Routes};
 use crate::telemetry::activity::{ActivityRecord, Outcome};
 use crate::tls;
-use crate::watch::Fingerprint;
-
-/// Fingerprints of the files a reload watches.
-#[derive(Debug, Default)]
-pub struct Watched {
-    config: Option<Fingerprint>,
-    cert: Option<Fingerprint>,
-    key: Option<Fingerprint>,
-}
-
-impl Watched {
-    pub fn of(config: &Config) -> Self {
-        Self {
-            config: Fingerprint::of(&config.source),
-            cert: config
-                .server
-                .tls
-                .as_ref()
-                .and_then(|t| Fingerprint::of(&t.cert_path)),
-            key: config
-                .server
-                .tls
-                .as_ref()
-                .and_then(|t| Fingerprint::of(&t.key_path)),
-        }
-    }
-}
 
 /// What a successful reload did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -183,8 +156,9 @@ async fn build(gw: &Arc<Gateway>) -> Result<ReloadSummary, ReloadError> {
         })
         .await
         .map_err(|_| ReloadError::Task)??;
-    let old = gw.config.load_full();
-    let restart_required = restart_only(&old, &config);
+    // Compared with what is really running: the startup settings (restart-only values never
+    // change after startup, whatever later reloads read).
+    let restart_required = restart_only(&gw.startup_config, &config);
     if let (Some(resolver), Some(t)) = (&gw.cert, &config.server.tls) {
         resolver.current.store(Arc::new(t.certified_key.clone()));
     }
@@ -194,8 +168,10 @@ async fn build(gw: &Arc<Gateway>) -> Result<ReloadSummary, ReloadError> {
     };
     *gw.watched
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Watched::of(&config);
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = config.fingerprints.clone();
+    routes.apply_limits();
     gw.routes.store(Arc::new(routes));
+    gw.health_wake.notify_one();
     gw.config.store(Arc::new(config));
     Ok(summary)
 }
@@ -209,7 +185,7 @@ pub async fn poll(gw: &Arc<Gateway>) {
             .watched
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Watched::of(&config);
+        let now = FileFingerprints::current(&config);
         let config_changed = now.config != w.config;
         let cert_changed = now.cert != w.cert || now.key != w.key;
         if config_changed || cert_changed {

@@ -19,7 +19,6 @@ use crate::auth::jwt::TokenAuthority;
 use crate::auth::keys::{KeyError, KeyStore};
 use crate::config::{AuthMode, Config, ServiceConfig};
 use crate::proxy::upstream::UpstreamClient;
-use crate::reload::Watched;
 use crate::shutdown::Lifecycle;
 use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
@@ -117,15 +116,10 @@ impl Service {
             }
             _ => ServiceAuth::None,
         };
+        // The running limit is kept (and reconfigured in place by `Routes::apply_limits` once the
+        // new table is committed), so a reload never forgets requests in flight or waiting.
         let limit = same(&|_| true)
             .map(|p| Arc::clone(&p.limit))
-            .filter(|l| {
-                l.matches(
-                    config.max_concurrent_requests,
-                    config.max_request_wait,
-                    config.max_queue_length,
-                )
-            })
             .unwrap_or_else(|| {
                 Arc::new(ConcurrencyLimit::new(
                     config.max_concurrent_requests,
@@ -153,8 +147,10 @@ impl Service {
                 reason,
             })?,
         };
-        let healthy = same_upstream
-            .is_some_and(|p| p.is_healthy() && p.config.health_path == config.health_path);
+        // Health belongs to the container, not to the client: it carries over whenever the
+        // probe target is the same, even if the client was rebuilt (e.g. a new connect timeout).
+        let healthy = same(&|p| p.upstream == config.upstream && p.health_path == config.health_path)
+            .is_some_and(Self::is_healthy);
         let host_header =
             http::HeaderValue::from_str(config.upstream.authority.as_str()).map_err(|_| {
                 BuildError::Upstream {
@@ -266,6 +262,18 @@ impl Routes {
         })
     }
 
+    /// Brings every shared concurrency limit to this table's settings; called when the table
+    /// is swapped in, never before (a build that fails must not change the running limits).
+    pub fn apply_limits(&self) {
+        for s in &self.services {
+            s.limit.reconfigure(
+                s.config.max_concurrent_requests,
+                s.config.max_request_wait,
+                s.config.max_queue_length,
+            );
+        }
+    }
+
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
     }
@@ -304,8 +312,12 @@ pub struct Gateway {
     pub cert: Option<Arc<CertResolver>>,
     /// Serialises reloads.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Wakes the health prober (after a reload, so new services are probed at once).
+    pub health_wake: tokio::sync::Notify,
     /// Fingerprints of the config and certificate files.
-    pub watched: std::sync::Mutex<Watched>,
+    pub watched: std::sync::Mutex<crate::config::FileFingerprints>,
+    /// The configuration the process started with (what restart-only settings really are).
+    pub startup_config: Arc<Config>,
 }
 
 impl Gateway {
@@ -334,8 +346,10 @@ impl Gateway {
                 .tls
                 .as_ref()
                 .map(|t| CertResolver::new(t.certified_key.clone())),
-            watched: std::sync::Mutex::new(Watched::of(config)),
+            watched: std::sync::Mutex::new(config.fingerprints.clone()),
+            startup_config: Arc::new(config.clone()),
             reload_lock: tokio::sync::Mutex::new(()),
+            health_wake: tokio::sync::Notify::new(),
             config: ArcSwap::from_pointee(config.clone()),
         })
     }

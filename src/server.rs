@@ -23,6 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+
+mod first_byte;
+use first_byte::FirstByteTimeout;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Gateway;
 use crate::telemetry::metrics::Metrics;
@@ -107,6 +110,7 @@ pub async fn run(
         acceptor,
         http: http_builder(&config),
         handshake_timeout: config.server.tls_handshake_timeout,
+        header_read_timeout: config.server.header_read_timeout,
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
     };
     tracing::info!(
@@ -211,6 +215,8 @@ struct ScoringListener {
     acceptor: Option<TlsAcceptor>,
     http: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    /// Bound on the wait for a connection's first request bytes.
+    header_read_timeout: Duration,
     /// One permit per open connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
 }
@@ -287,9 +293,10 @@ impl ScoringListener {
                 match tokio::time::timeout(self.handshake_timeout, handshake).await {
                     Ok(None) => return,
                     Ok(Some(Ok(tls))) => {
+                        let io = FirstByteTimeout::new(tls, self.header_read_timeout);
                         let conn = self
                             .http
-                            .serve_connection(TokioIo::new(tls), service)
+                            .serve_connection(TokioIo::new(io), service)
                             .into_owned();
                         watcher.watch(conn).await
                     }
@@ -306,9 +313,10 @@ impl ScoringListener {
                 }
             }
             None => {
+                let io = FirstByteTimeout::new(stream, self.header_read_timeout);
                 let conn = self
                     .http
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(io), service)
                     .into_owned();
                 watcher.watch(conn).await
             }

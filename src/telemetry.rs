@@ -68,6 +68,7 @@ pub fn start_records(
         sink::SinkCounters {
             dropped: metrics.records_dropped.clone(),
             write_errors: metrics.record_write_errors.clone(),
+            activity_dropped: metrics.activity_dropped.clone(),
         },
     )
 }

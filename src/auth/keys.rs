@@ -370,6 +370,8 @@ struct WriterState {
     /// The file as last applied, to tell real changes from our own writes and metadata noise.
     fingerprint: Option<Fingerprint>,
     content: Option<[u8; 32]>,
+    /// A change found on disk by `regenerate` that the watch loop has not reported yet.
+    unreported: Option<Result<Reloaded, KeyError>>,
 }
 
 /// The result of a file poll that found a change.
@@ -385,6 +387,8 @@ impl KeyStore {
     /// Loads the keys, generating and persisting both when a state-directory service has none.
     pub fn open(source: KeySource) -> Result<Self, KeyError> {
         let path = source.path().to_owned();
+        // Fingerprint before reading, so a file replaced in between is still seen as changed.
+        let mut fingerprint = Fingerprint::of(&path);
         let (set, content) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
@@ -402,6 +406,7 @@ impl KeyStore {
                     }
                     let bytes = render_file(&set, "scoregate");
                     persist(&path, &bytes)?;
+                    fingerprint = Fingerprint::of(&path);
                     tracing::info!(file = %path.display(), "generated primary and secondary keys");
                     (set, digest_of(&bytes))
                 }
@@ -411,8 +416,9 @@ impl KeyStore {
         let store = Self {
             current: ArcSwap::from_pointee(set),
             write: Mutex::new(WriterState {
-                fingerprint: Fingerprint::of(&path),
+                fingerprint,
                 content: Some(content),
+                unreported: None,
             }),
             source,
         };
@@ -564,6 +570,14 @@ impl KeyStore {
             validate_key_value(v.expose()).map_err(KeyError::BadValue)?;
         }
         let mut state = self.lock();
+        // Another process (the offline CLI, an operator) may have changed the file since the
+        // last poll: apply that first, so this change is made on top of it, not over it. The
+        // watch loop still gets to report it.
+        if let Some(seen) = self.refresh_locked(&mut state)
+            && !matches!(seen, Ok(Reloaded::Unchanged))
+        {
+            state.unreported = Some(seen);
+        }
         let old = self.current.load_full();
         let new_key = match value {
             Some(v) => v,
@@ -625,9 +639,17 @@ impl KeyStore {
     /// symlink swap or an editor's rename) and applies it. `None` when nothing changed. On error
     /// the last good keys stay in force.
     pub fn poll_file(&self) -> Option<Result<Reloaded, KeyError>> {
+        let mut state = self.lock();
+        if let Some(seen) = state.unreported.take() {
+            return Some(seen);
+        }
+        self.refresh_locked(&mut state)
+    }
+
+    /// Applies the file if it changed since it was last read or written by us.
+    fn refresh_locked(&self, state: &mut WriterState) -> Option<Result<Reloaded, KeyError>> {
         let path = self.source.path();
         let now = Fingerprint::of(path);
-        let mut state = self.lock();
         if now == state.fingerprint {
             return None;
         }

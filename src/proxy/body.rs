@@ -248,6 +248,17 @@ impl ProxyBody {
     }
 }
 
+impl Drop for ProxyBody {
+    /// A body that had nothing left to send (204, 304, a HEAD response, an empty upstream body)
+    /// may be dropped by hyper without ever being polled: that is a complete response, not a
+    /// client that went away.
+    fn drop(&mut self) {
+        if http_body::Body::is_end_stream(self) {
+            self.complete();
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = ResponseBodyError;

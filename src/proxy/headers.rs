@@ -78,6 +78,22 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// The whole `X-Forwarded-For` chain: several header lines are one comma-separated list
+/// (RFC 9110 §5.3), so a proxy that appends its own line is read together with the client's.
+pub fn forwarded_for(headers: &HeaderMap) -> Option<String> {
+    let mut lines = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let first = lines.next()?;
+    let mut chain = first.to_owned();
+    for line in lines {
+        chain.push_str(", ");
+        chain.push_str(line);
+    }
+    Some(chain)
+}
+
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. Client-supplied values are replaced, never
 /// appended to: a client could otherwise claim any address.
 pub fn set_forwarded(

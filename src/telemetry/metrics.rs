@@ -73,6 +73,7 @@ pub struct Metrics {
     pub signing_key_reloads: IntCounterVec,
     pub certificate_reloads: IntCounterVec,
     pub records_dropped: IntCounter,
+    pub activity_dropped: IntCounter,
     pub record_write_errors: IntCounter,
 }
 
@@ -230,6 +231,11 @@ impl Metrics {
                 &r,
                 "scoregate_request_records_dropped_total",
                 "Request records dropped because the record sink could not keep up.",
+            ),
+            activity_dropped: counter(
+                &r,
+                "scoregate_activity_records_dropped_total",
+                "Activity entries dropped because the record sink stalled and the backlog was full.",
             ),
             record_write_errors: counter(
                 &r,

@@ -15,6 +15,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
@@ -71,7 +73,14 @@ pub struct RecordSink {
     /// Whether request records are written at all (`[telemetry] request_records`).
     requests: bool,
     dropped: IntCounter,
+    /// Activity entries that found the queue full, waiting for the writer (bounded).
+    backlog: Arc<Mutex<VecDeque<ActivityRecord>>>,
+    activity_dropped: IntCounter,
 }
+
+/// Activity entries kept while the queue is full. Far beyond any real management traffic; only
+/// a flood of refused calls against a stalled sink can fill it, and then the excess is counted.
+const BACKLOG_MAX: usize = 20_000;
 
 /// Stops the writer thread at the end of shutdown.
 #[derive(Debug)]
@@ -96,6 +105,7 @@ impl RecordWriter {
 pub struct SinkCounters {
     pub dropped: IntCounter,
     pub write_errors: IntCounter,
+    pub activity_dropped: IntCounter,
 }
 
 impl RecordSink {
@@ -108,6 +118,8 @@ impl RecordSink {
     ) -> io::Result<(Self, RecordWriter)> {
         let (tx, rx) = sync_channel(capacity);
         let write_errors = counters.write_errors.clone();
+        let backlog = Arc::new(Mutex::new(VecDeque::new()));
+        let writer_backlog = Arc::clone(&backlog);
         let thread = std::thread::Builder::new()
             .name("scoregate-records".into())
             .spawn(move || {
@@ -122,13 +134,15 @@ impl RecordSink {
                     } => Box::new(RotatingFile::new(path, max_bytes, keep)),
                     RecordOutput::Writer(w) => w,
                 };
-                write_loop(&rx, out, &write_errors);
+                write_loop(&rx, &writer_backlog, out, &write_errors);
             })?;
         Ok((
             Self {
                 tx: tx.clone(),
                 requests,
                 dropped: counters.dropped,
+                backlog,
+                activity_dropped: counters.activity_dropped,
             },
             RecordWriter {
                 thread: Some(thread),
@@ -148,20 +162,21 @@ impl RecordSink {
         }
     }
 
-    /// Queues an activity entry without ever dropping it and without blocking an async worker.
+    /// Queues an activity entry without blocking: when the queue is full it waits in a bounded
+    /// backlog that the writer drains after the queue (so a stalled sink cannot stall management
+    /// calls, and a burst of entries is not lost).
     pub fn emit_activity(&self, record: ActivityRecord) {
         match self.tx.try_send(Line::Activity(record)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(line)) => {
-                let tx = self.tx.clone();
-                let send = move || {
-                    let _ = tx.send(line);
-                };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(handle) => drop(handle.spawn_blocking(send)),
-                    Err(_) => send(),
+            Err(TrySendError::Full(Line::Activity(record))) => {
+                let mut backlog = self.backlog.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if backlog.len() < BACKLOG_MAX {
+                    backlog.push_back(record);
+                } else {
+                    self.activity_dropped.inc();
                 }
             }
+            Err(TrySendError::Full(_)) => {}
         }
     }
 }
@@ -169,21 +184,42 @@ impl RecordSink {
 /// Most lines written per `write` call; bounds the batch buffer under sustained load.
 const MAX_BATCH: usize = 1024;
 
-fn write_loop(rx: &Receiver<Line>, mut out: Box<dyn Write>, write_errors: &IntCounter) {
+/// How often the writer looks at the activity backlog when the queue is quiet.
+const BACKLOG_CHECK: Duration = Duration::from_millis(200);
+
+fn write_loop(
+    rx: &Receiver<Line>,
+    backlog: &Mutex<VecDeque<ActivityRecord>>,
+    mut out: Box<dyn Write>,
+    write_errors: &IntCounter,
+) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut failing = false;
     let mut stopping = false;
     while !stopping {
-        let Ok(first) = rx.recv() else { break };
         buf.clear();
-        stopping = append(&mut buf, &first);
-        if !stopping {
-            for line in rx.try_iter().take(MAX_BATCH - 1) {
-                if append(&mut buf, &line) {
-                    stopping = true;
-                    break;
+        match rx.recv_timeout(BACKLOG_CHECK) {
+            Ok(first) => {
+                stopping = append(&mut buf, &first);
+                if !stopping {
+                    for line in rx.try_iter().take(MAX_BATCH - 1) {
+                        if append(&mut buf, &line) {
+                            stopping = true;
+                            break;
+                        }
+                    }
                 }
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => stopping = true,
+        }
+        let waiting: Vec<ActivityRecord> = backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for entry in waiting {
+            append(&mut buf, &Line::Activity(entry));
         }
         if buf.is_empty() {
             continue;

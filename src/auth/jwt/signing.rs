@@ -221,6 +221,8 @@ impl SigningStore {
         algorithm: Algorithm,
         overlap: Duration,
     ) -> Result<Self, SigningError> {
+        // Fingerprint before reading, so a file replaced in between is still seen as changed.
+        let mut fingerprint = Fingerprint::of(source_path(&source));
         let set = match &source {
             SigningSource::File { path } => Self::read_operator_file(path, algorithm)?,
             SigningSource::State { path } => match std::fs::read(path) {
@@ -231,6 +233,7 @@ impl SigningStore {
                         keys: vec![Arc::new(key)],
                     };
                     persist(path, &set, algorithm, "scoregate")?;
+                    fingerprint = Fingerprint::of(path);
                     tracing::info!(file = %path.display(), ?algorithm, "generated a token signing key");
                     set
                 }
@@ -242,7 +245,6 @@ impl SigningStore {
                 }
             },
         };
-        let fingerprint = Fingerprint::of(source_path(&source));
         Ok(Self {
             current: ArcSwap::from_pointee(set),
             source,

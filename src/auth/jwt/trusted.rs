@@ -154,6 +154,7 @@ impl Issuer {
         let (keys, source) = match &config.keys {
             TrustedKeys::Pem(keys) => (read_pem_keys(&config, keys)?, Source::Pem),
             TrustedKeys::JwksFile(path) => {
+                let fingerprint = Fingerprint::of(path);
                 let bytes = std::fs::read(path).map_err(|e| JwksError::Read {
                     path: path.display().to_string(),
                     reason: e.to_string(),
@@ -162,7 +163,7 @@ impl Issuer {
                 (
                     keys,
                     Source::File {
-                        fingerprint: std::sync::Mutex::new(Fingerprint::of(path)),
+                        fingerprint: std::sync::Mutex::new(fingerprint),
                     },
                 )
             }
