@@ -14,6 +14,7 @@
 //! - [`pattern`]: deterministic large bodies generated and verified as streams, never held whole.
 //! - [`wire`]: raw TLS and low-level hyper requests for exact bytes and headers.
 //! - [`check`]: reading responses and asserting the gateway's error envelope.
+//! - [`mgmt`]: the management API with the bootstrap admin credential (keys, tokens, activity).
 //!
 //! Time: nothing here sleeps to synchronise. Awaits that could hang go through [`within`]
 //! (a deadline that fails the test with a message), and conditions that change without an event
@@ -26,6 +27,7 @@
 
 pub mod check;
 pub mod gateway;
+pub mod mgmt;
 pub mod pattern;
 pub mod pki;
 pub mod process;
