@@ -34,6 +34,7 @@ pub struct ConcurrencyLimit {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::struct_field_names)] // the names mirror the config keys they come from
 struct Settings {
     max_concurrent: usize,
     max_wait: Duration,
@@ -64,7 +65,10 @@ impl ConcurrencyLimit {
     }
 
     fn settings(&self) -> Settings {
-        *self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A slot in the upstream, and how long the request waited for it.
@@ -72,7 +76,11 @@ impl ConcurrencyLimit {
         if let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() {
             return Ok((permit, Duration::ZERO));
         }
-        let Settings { max_wait, max_queue, .. } = self.settings();
+        let Settings {
+            max_wait,
+            max_queue,
+            ..
+        } = self.settings();
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.waiting);
         if queued >= max_queue {
@@ -98,7 +106,10 @@ impl ConcurrencyLimit {
     /// as requests in flight finish: a background task claims the surplus slots (in FIFO order
     /// with the waiters) and retires them.
     pub fn reconfigure(&self, max_concurrent: usize, max_wait: Duration, max_queue: usize) {
-        let mut settings = self.settings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = settings.max_concurrent;
         if (old, settings.max_wait, settings.max_queue) == (max_concurrent, max_wait, max_queue) {
             return;
@@ -121,7 +132,9 @@ impl ConcurrencyLimit {
             };
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => drop(handle.spawn(retire)),
-                Err(_) => tracing::warn!("no runtime to lower the concurrency limit; it applies after a restart"),
+                Err(_) => tracing::warn!(
+                    "no runtime to lower the concurrency limit; it applies after a restart"
+                ),
             }
         }
     }
@@ -259,10 +272,7 @@ mod tests {
             client_ip(ip("10.0.0.2"), Some(xff), &trusted),
             ip("203.0.113.7")
         );
-        assert_eq!(
-            client_ip(ip("::1"), Some(xff), &trusted),
-            ip("203.0.113.7")
-        );
+        assert_eq!(client_ip(ip("::1"), Some(xff), &trusted), ip("203.0.113.7"));
         assert_eq!(client_ip(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
         let junk = "nonsense, 10.2.2.2";
         assert_eq!(

@@ -29,9 +29,9 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::auth::keys::KeySource;
-use crate::watch::Fingerprint;
 use crate::telemetry::LogFormat;
 use crate::telemetry::redact::Redaction;
+use crate::watch::Fingerprint;
 
 pub use raw::RawConfig;
 
@@ -72,8 +72,16 @@ impl FileFingerprints {
     pub fn current(config: &Config) -> Self {
         Self {
             config: Fingerprint::of(&config.source),
-            cert: config.server.tls.as_ref().and_then(|t| Fingerprint::of(&t.cert_path)),
-            key: config.server.tls.as_ref().and_then(|t| Fingerprint::of(&t.key_path)),
+            cert: config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| Fingerprint::of(&t.cert_path)),
+            key: config
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| Fingerprint::of(&t.key_path)),
         }
     }
 }

@@ -118,15 +118,16 @@ impl Service {
         };
         // The running limit is kept (and reconfigured in place by `Routes::apply_limits` once the
         // new table is committed), so a reload never forgets requests in flight or waiting.
-        let limit = same(&|_| true)
-            .map(|p| Arc::clone(&p.limit))
-            .unwrap_or_else(|| {
+        let limit = same(&|_| true).map_or_else(
+            || {
                 Arc::new(ConcurrencyLimit::new(
                     config.max_concurrent_requests,
                     config.max_request_wait,
                     config.max_queue_length,
                 ))
-            });
+            },
+            |p| Arc::clone(&p.limit),
+        );
         let rate = match (
             same(&|p| p.rate_limit == config.rate_limit),
             config.rate_limit,
@@ -149,8 +150,9 @@ impl Service {
         };
         // Health belongs to the container, not to the client: it carries over whenever the
         // probe target is the same, even if the client was rebuilt (e.g. a new connect timeout).
-        let healthy = same(&|p| p.upstream == config.upstream && p.health_path == config.health_path)
-            .is_some_and(Self::is_healthy);
+        let healthy =
+            same(&|p| p.upstream == config.upstream && p.health_path == config.health_path)
+                .is_some_and(Self::is_healthy);
         let host_header =
             http::HeaderValue::from_str(config.upstream.authority.as_str()).map_err(|_| {
                 BuildError::Upstream {

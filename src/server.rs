@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 
 mod first_byte;
-use first_byte::FirstByteTimeout;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Gateway;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::RecordSink;
 use crate::{admin, health, state, tls};
+use first_byte::FirstByteTimeout;
 
 /// The two bound listeners.
 #[derive(Debug)]

@@ -3,8 +3,11 @@
 //! hyper's `header_read_timeout` starts once HTTP/1 has been chosen, but hyper-util's automatic
 //! protocol detection first reads the opening bytes with no timer, so a client that completes
 //! the TLS handshake (or connects in plain HTTP) and then stays silent would hold its connection
-//! (and a `max_connections` slot) forever. [`FirstByteTimeout`] fails the first read if nothing
-//! arrives within the header read timeout; after the first byte it is a plain pass-through.
+//! (and a `max_connections` slot) forever; so would one that sends only the start of the HTTP/2
+//! preface. [`FirstByteTimeout`] fails a read that is still waiting when the header read timeout
+//! passes, until the protocol is decided: the first byte that cannot begin the HTTP/2 preface
+//! (HTTP/1, where hyper's own timer takes over) or the complete preface (HTTP/2). From then on it
+//! is a plain pass-through.
 
 use std::future::Future;
 use std::io;
@@ -28,25 +31,48 @@ pub struct FirstByteTimeout<T> {
 struct Wait {
     after: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes of the HTTP/2 preface matched so far.
+    matched: usize,
 }
+
+/// RFC 9113 §3.4.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<T> FirstByteTimeout<T> {
     pub fn new(inner: T, after: Duration) -> Self {
         Self {
             inner,
-            wait: Some(Wait { after, sleep: None }),
+            wait: Some(Wait {
+                after,
+                sleep: None,
+                matched: 0,
+            }),
         }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for FirstByteTimeout<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    this.wait = None;
+                if let Some(wait) = &mut this.wait {
+                    let new = &buf.filled()[before..];
+                    let expected = &H2_PREFACE[wait.matched..];
+                    let n = new.len().min(expected.len());
+                    if new[..n] == expected[..n] {
+                        wait.matched += n;
+                        if wait.matched == H2_PREFACE.len() {
+                            this.wait = None; // a complete HTTP/2 preface
+                        }
+                    } else {
+                        this.wait = None; // not HTTP/2: hyper's header timer applies
+                    }
                 }
                 Poll::Ready(result)
             }
@@ -55,7 +81,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstByteTimeout<T> {
                     return Poll::Pending;
                 };
                 let after = wait.after;
-                let sleep = wait.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                let sleep = wait
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -69,7 +97,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstByteTimeout<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for FirstByteTimeout<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -108,6 +140,18 @@ mod tests {
         let err = silent.read(&mut buf).await.expect_err("times out");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop(client);
+
+        // The start of the HTTP/2 preface, then silence: still undecided, so it times out.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut partial = FirstByteTimeout::new(server, Duration::from_millis(300));
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n")
+            .await
+            .expect("write");
+        assert_eq!(partial.read(&mut buf).await.expect("read"), 8);
+        assert_eq!(partial.read(&mut buf).await.expect("read"), 8);
+        let err = partial.read(&mut buf).await.expect_err("times out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 
         let (mut client, server) = tokio::io::duplex(64);
         let mut talking = FirstByteTimeout::new(server, Duration::from_millis(300));

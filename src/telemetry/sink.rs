@@ -10,13 +10,13 @@
 //! size-based rotation and a retention count, or any writer (tests). A failing output keeps the
 //! gateway serving; failures are counted and reported once per episode in diagnostics.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
@@ -167,16 +167,19 @@ impl RecordSink {
     /// calls, and a burst of entries is not lost).
     pub fn emit_activity(&self, record: ActivityRecord) {
         match self.tx.try_send(Line::Activity(record)) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(Line::Activity(record))) => {
-                let mut backlog = self.backlog.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut backlog = self
+                    .backlog
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if backlog.len() < BACKLOG_MAX {
                     backlog.push_back(record);
                 } else {
                     self.activity_dropped.inc();
                 }
             }
-            Err(TrySendError::Full(_)) => {}
+            // Sent, or the writer is gone (shutdown); a full queue never hands back another kind.
+            Ok(()) | Err(TrySendError::Disconnected(_) | TrySendError::Full(_)) => {}
         }
     }
 }

@@ -158,7 +158,6 @@ async fn a_request_head_that_never_ends_is_closed_at_the_header_read_timeout() {
 /// completes the TLS handshake and sends nothing (or only the first bytes of the HTTP/2 preface)
 /// therefore keeps its connection, and its `max_connections` slot, forever.
 #[tokio::test]
-#[ignore = "BUG: src/server.rs:282 (serve_connection after the TLS handshake) with http_builder (src/server.rs:190): header_read_timeout_ms never applies before hyper-util's auto::Builder has read enough bytes to pick HTTP/1 or HTTP/2 (its ReadVersion future has no timer), so a client silent after the TLS handshake holds a connection slot forever; with max_connections = 1 nobody else is ever served"]
 async fn a_client_silent_after_the_handshake_is_closed_at_the_header_read_timeout() {
     let upstream = MockUpstream::start().await;
     let gw = GatewayBuilder::new()

@@ -163,7 +163,6 @@ async fn forwarded_for_from_a_trusted_proxy_names_the_client_and_is_extended() {
 /// joined in order, so the chain below is `203.0.113.50, 198.51.100.7` and the client is the
 /// right-most untrusted hop, 198.51.100.7, which the allow list refuses.
 #[tokio::test]
-#[ignore = "BUG: src/proxy.rs:207 (client_ip from headers().get, the first X-Forwarded-For line only) and src/proxy.rs:309 (only the first line is extended, set_forwarded then replaces the others): with a trusted proxy that adds its own X-Forwarded-For line, the client's spoofed first line is believed, bypassing allow_cidrs, and the proxy's line is dropped before the upstream"]
 async fn forwarded_for_split_over_several_lines_is_read_as_one_chain() {
     let upstream = MockUpstream::start().await;
     let gw = GatewayBuilder::new()

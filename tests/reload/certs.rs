@@ -195,7 +195,6 @@ async fn a_kubernetes_secret_symlink_swap_rotates_the_certificate() {
 /// replaced in between are recorded as already loaded. On this current-thread runtime the
 /// gateway task has not run when `start` returns, so the replacement below lands exactly there.
 #[tokio::test]
-#[ignore = "BUG: src/runtime.rs:323 fingerprints the certificate and config files in Gateway::new, after config::load_and_validate has read them (src/reload.rs:197 does the same after a reload's read): a cert/key pair replaced in between is taken as already loaded, so the old certificate is served until the files change again"]
 async fn a_certificate_replaced_while_the_gateway_starts_is_picked_up() {
     let upstream = MockUpstream::start().await;
     let ca = TestCa::new("rotation CA");

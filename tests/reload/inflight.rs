@@ -124,7 +124,6 @@ async fn a_reload_of_another_service_keeps_the_queue_and_its_order() {
 /// request still in the upstream counts only against the old one, so the new limit lets one
 /// more in although the container's only slot is busy.
 #[tokio::test]
-#[ignore = "BUG: src/runtime.rs:118-133 shares the running ConcurrencyLimit only when max_concurrent_requests, max_request_wait_ms and max_queue_length are all unchanged; changing just max_queue_length builds a fresh semaphore that ignores requests in flight, so a second request enters an upstream configured for max_concurrent_requests = 1"]
 async fn changing_the_queue_length_does_not_let_an_extra_request_into_a_busy_upstream() {
     let upstream = MockUpstream::start().await;
     let url = upstream.url();

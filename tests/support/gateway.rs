@@ -33,6 +33,10 @@ pub struct GatewayBuilder {
     services: Vec<String>,
     /// Bind both in-process listeners on `[::1]:0` instead of `127.0.0.1:0`.
     ipv6: bool,
+    /// Lines of a `[telemetry]` table (none: the table is left out).
+    telemetry_lines: Vec<String>,
+    /// A record output replacing the in-memory buffer, with its queue capacity; taken by `start`.
+    record_output: Arc<Mutex<Option<(RecordOutput, usize)>>>,
 }
 
 impl Default for GatewayBuilder {
@@ -45,6 +49,8 @@ impl Default for GatewayBuilder {
             server_lines: Vec::new(),
             services: Vec::new(),
             ipv6: false,
+            telemetry_lines: Vec::new(),
+            record_output: Arc::default(),
         }
     }
 }
@@ -89,6 +95,24 @@ impl GatewayBuilder {
     #[must_use]
     pub fn server(mut self, line: &str) -> Self {
         self.server_lines.push(line.to_owned());
+        self
+    }
+
+    /// Adds a `key = value` line to `[telemetry]`, e.g. `"redact_query_params = [\"session\"]"`.
+    /// In-process gateways take only the settings that live in the gateway (redaction); records
+    /// go where [`Self::record_output`] says. A child process applies all of them.
+    #[must_use]
+    pub fn telemetry(mut self, line: &str) -> Self {
+        self.telemetry_lines.push(line.to_owned());
+        self
+    }
+
+    /// Sends an in-process gateway's request records to `output` through a queue of `capacity`
+    /// lines, instead of the in-memory buffer [`TestGateway::records`] reads (which then stays
+    /// empty). For a stalled or failing sink.
+    #[must_use]
+    pub fn record_output(self, output: RecordOutput, capacity: usize) -> Self {
+        *self.record_output.lock().expect("record output lock") = Some((output, capacity));
         self
     }
 
@@ -139,6 +163,13 @@ impl GatewayBuilder {
             text.push('\n');
             text.push_str(service);
         }
+        if !self.telemetry_lines.is_empty() {
+            text.push_str("\n[telemetry]\n");
+            for line in &self.telemetry_lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
         text
     }
 
@@ -169,13 +200,21 @@ impl GatewayBuilder {
 
         let metrics = Arc::new(Metrics::new());
         let records = SharedBuf::default();
+        let custom = self
+            .record_output
+            .lock()
+            .expect("record output lock")
+            .take();
+        let (output, capacity) =
+            custom.unwrap_or_else(|| (RecordOutput::Writer(Box::new(records.clone())), 8192));
         let (sink, _writer) = RecordSink::spawn(
-            RecordOutput::Writer(Box::new(records.clone())),
-            8192,
+            output,
+            capacity,
             true,
             SinkCounters {
                 dropped: metrics.records_dropped.clone(),
                 write_errors: metrics.record_write_errors.clone(),
+                activity_dropped: metrics.activity_dropped.clone(),
             },
         )
         .expect("start record writer");
@@ -361,6 +400,23 @@ impl TestGateway {
     /// `scoregate_upstream_errors_total{kind="upstream_timeout",service="iris"}`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics_text(), series)
+    }
+
+    /// The value of an integer series (a counter, a gauge of counts, a histogram's `_count`),
+    /// 0 while the series does not exist.
+    pub fn counter(&self, series: &str) -> u64 {
+        self.metrics_text()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == series).then(|| {
+                    value
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{series} is not an integer: {value}"))
+                })
+            })
+            .unwrap_or(0)
     }
 }
 

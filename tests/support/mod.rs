@@ -23,6 +23,8 @@
 //!   mid-body.
 //! - [`admin_api`]: management calls with the bootstrap credential (`/services`, `/reload`,
 //!   `/activity`, keys, tokens).
+//! - [`mgmt_keys`]: the management API as the key and telemetry suites use it (keys, tokens,
+//!   activity, the admin error envelope).
 //!
 //! Time: nothing here sleeps to synchronise. Awaits that could hang go through [`within`]
 //! (a deadline that fails the test with a message), and conditions that change without an event
@@ -40,6 +42,7 @@ pub mod gateway;
 pub mod jwks;
 pub mod jwt;
 pub mod mgmt;
+pub mod mgmt_keys;
 pub mod pattern;
 pub mod pki;
 pub mod process;

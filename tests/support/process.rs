@@ -73,6 +73,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Writes the builder's configuration (with free ports) and starts the binary on it.
     pub fn start(builder: GatewayBuilder) -> Self {
+        Self::start_with_env(builder, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment variables (e.g. `SCOREGATE_LOG`).
+    pub fn start_with_env(builder: GatewayBuilder, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("create process temp dir");
         let (scoring_addr, admin_addr) = (free_port(), free_port());
         let (pki, config) = builder.listen(scoring_addr, admin_addr).write(dir.path());
@@ -83,6 +88,7 @@ impl GatewayProcess {
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(file("stdout.log"))
             .stderr(file("stderr.log"))
             .spawn()
@@ -113,6 +119,11 @@ impl GatewayProcess {
     /// An HTTP/1.1 client trusting the process's CA.
     pub fn client(&self) -> reqwest::Client {
         self.pki.http1_client(self.scoring_addr)
+    }
+
+    /// An HTTP/2 client trusting the process's CA.
+    pub fn h2_client(&self) -> reqwest::Client {
+        self.pki.http2_client(self.scoring_addr)
     }
 
     pub fn stdout(&self) -> String {

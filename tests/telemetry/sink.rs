@@ -1,0 +1,293 @@
+//! Where records go when things go wrong: a stalled sink (records dropped and counted, requests
+//! unaffected), an unwritable file, and file output with size-based rotation.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use scoregate::telemetry::sink::{RecordOutput, rotated_name};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::support::check::send_json;
+use super::support::gateway::SharedBuf;
+use super::support::mgmt_keys;
+use super::support::process::GatewayProcess;
+use super::support::{GatewayBuilder, IRIS, MockUpstream, wait_until, within, within_for};
+use super::{OPEN, count};
+
+/// A record writer that blocks on its first write until the test releases it (or drops the
+/// sender), then appends to a shared buffer.
+struct StalledWriter {
+    release: std::sync::mpsc::Receiver<()>,
+    entered: Option<oneshot::Sender<()>>,
+    released: bool,
+    out: SharedBuf,
+}
+
+impl Write for StalledWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.released {
+            if let Some(entered) = self.entered.take() {
+                let _ = entered.send(());
+            }
+            // Returns on release or when the test drops the sender.
+            let _ = self.release.recv();
+            self.released = true;
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Record lines written to `buf`, parsed.
+fn lines_of(buf: &SharedBuf) -> Vec<Value> {
+    let bytes = buf.0.lock().expect("buffer lock").clone();
+    String::from_utf8(bytes)
+        .expect("UTF-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stalled_record_sink_drops_and_counts_records_without_slowing_requests() {
+    const QUEUE: usize = 16;
+    const MORE: usize = 40;
+    let upstream = MockUpstream::start().await;
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let written = SharedBuf::default();
+    let writer = StalledWriter {
+        release: release_rx,
+        entered: Some(entered_tx),
+        released: false,
+        out: written.clone(),
+    };
+    let gw = GatewayBuilder::new()
+        .service("open", OPEN, &upstream.url())
+        .record_output(RecordOutput::Writer(Box::new(writer)), QUEUE)
+        .start()
+        .await;
+    let url = gw.url("/api/v1/service/open/echo");
+
+    // The first record reaches the writer, which then stalls.
+    let (status, _, _) = send_json(gw.client().post(&url).body("{}")).await;
+    assert_eq!(status, StatusCode::OK);
+    within("the record writer to stall", entered_rx)
+        .await
+        .expect("the writer signals its first write");
+
+    // Requests keep being answered promptly; records beyond the queue are dropped and counted.
+    for i in 0..MORE {
+        let started = Instant::now();
+        let resp = within_for(
+            Duration::from_secs(5),
+            "a request while the record sink is stalled",
+            gw.client().post(&url).body("{}").send(),
+        )
+        .await
+        .expect("gateway answered");
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        within("body", resp.bytes()).await.expect("body");
+        assert!(started.elapsed() < Duration::from_secs(5), "request {i}");
+    }
+    let dropped = MORE - QUEUE;
+    wait_until("the dropped records to be counted", || async {
+        count(&gw, "scoregate_request_records_dropped_total") >= dropped as u64
+    })
+    .await;
+    assert_eq!(
+        count(&gw, "scoregate_request_records_dropped_total"),
+        dropped as u64,
+        "one record in the writer, {QUEUE} queued, the rest dropped"
+    );
+
+    // Once the sink moves again, what was queued is written.
+    release_tx.send(()).expect("the writer is waiting");
+    wait_until("the queued records to be written", || async {
+        lines_of(&written).len() > QUEUE
+    })
+    .await;
+    assert_eq!(lines_of(&written).len(), 1 + QUEUE);
+    assert_eq!(count(&gw, "scoregate_request_record_write_errors_total"), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_record_sink_does_not_stall_management_operations() {
+    const QUEUE: usize = 16;
+    let upstream = MockUpstream::start().await;
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let writer = StalledWriter {
+        release: release_rx,
+        entered: Some(entered_tx),
+        released: false,
+        out: SharedBuf::default(),
+    };
+    let gw = GatewayBuilder::new()
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .record_output(RecordOutput::Writer(Box::new(writer)), QUEUE)
+        .start()
+        .await;
+    gw.wait_ready().await;
+    let (status, _, _) = send_json(gw.client().post(gw.url("/api/v1/service/iris/score"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    within("the record writer to stall", entered_rx)
+        .await
+        .expect("the writer signals its first write");
+
+    // Unauthenticated callers of the admin listener: each refusal is an activity entry.
+    for _ in 0..600 {
+        let (status, _, _) = mgmt_keys::call(
+            gw.admin_client(),
+            Method::GET,
+            &gw.admin_url("/activity"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let token = gw.admin_token().await;
+    let regenerated = tokio::time::timeout(
+        Duration::from_secs(5),
+        mgmt_keys::call(
+            gw.admin_client(),
+            Method::POST,
+            &gw.admin_url("/services/iris/regenerateKeys"),
+            Some(&token),
+            Some(&json!({"keyType": "Secondary"})),
+        ),
+    )
+    .await;
+    // Let the parked threads go before asserting, so a failure does not leave them behind.
+    drop(release_tx);
+    let (status, _, body) = regenerated.expect("regenerateKeys answered within 5 s");
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn an_unwritable_record_file_keeps_the_gateway_serving_and_counts_errors() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing");
+    let path = missing.join("records.jsonl");
+    let gw = GatewayBuilder::new()
+        .service("open", OPEN, &upstream.url())
+        .record_output(
+            RecordOutput::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                keep: 2,
+            },
+            1024,
+        )
+        .start()
+        .await;
+    let url = gw.url("/api/v1/service/open/echo");
+    for _ in 0..5 {
+        let (status, _, _) = send_json(gw.client().post(&url).body("{}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    wait_until("record write errors to be counted", || async {
+        count(&gw, "scoregate_request_record_write_errors_total") >= 1
+    })
+    .await;
+    assert!(!path.exists());
+
+    // When the directory appears, writing resumes (the file is reopened at most once a second).
+    std::fs::create_dir(&missing).expect("create the directory");
+    wait_until("records to be written to the file again", || async {
+        let (status, _, _) = send_json(gw.client().post(&url).body("{}")).await;
+        assert_eq!(status, StatusCode::OK);
+        std::fs::read_to_string(&path).is_ok_and(|t| !t.is_empty())
+    })
+    .await;
+    let text = std::fs::read_to_string(&path).expect("read records");
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).expect("each line is JSON");
+        assert_eq!(record["type"], "request");
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: line is not JSON ({e}): {l}", path.display()))
+        })
+        .collect()
+}
+
+/// The `i` query parameter of a record's URL.
+fn index_of(record: &Value) -> u64 {
+    record["RequestUrl"]
+        .as_str()
+        .and_then(|u| u.rsplit_once("i="))
+        .and_then(|(_, i)| i.parse().ok())
+        .unwrap_or_else(|| panic!("no index in {record}"))
+}
+
+#[tokio::test]
+async fn file_output_rotates_and_keeps_the_configured_number_of_files() {
+    const REQUESTS: u64 = 60;
+    let upstream = MockUpstream::start().await;
+    let out = tempfile::tempdir().expect("records dir");
+    let path = out.path().join("records.jsonl");
+    let builder = GatewayBuilder::new()
+        .service("open", OPEN, &upstream.url())
+        .telemetry("output = \"file\"")
+        .telemetry(&format!("file = \"{}\"", path.display()))
+        .telemetry("file_max_bytes = 4096")
+        .telemetry("file_keep = 2");
+    let mut gw = GatewayProcess::start(builder);
+    gw.wait_ready().await;
+    let client = gw.client();
+    let third = rotated_name(&path, 3);
+    for i in 0..REQUESTS {
+        let resp = within(
+            "request",
+            client
+                .post(gw.url(&format!("/api/v1/service/open/echo?i={i}")))
+                .body("{}")
+                .send(),
+        )
+        .await
+        .expect("gateway answered");
+        assert_eq!(resp.status(), StatusCode::OK);
+        within("body", resp.bytes()).await.expect("body");
+        assert!(!third.exists(), "a third rotated file after request {i}");
+    }
+    let last = REQUESTS - 1;
+    wait_until("the last request's record in the current file", || async {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&format!("i={last}\"")))
+    })
+    .await;
+    gw.signal("TERM");
+    assert!(gw.wait_exit().await.success(), "{}", gw.stderr());
+
+    let files = [rotated_name(&path, 2), rotated_name(&path, 1), path.clone()];
+    let mut indices = Vec::new();
+    for file in &files {
+        let lines = read_lines(file);
+        assert!(!lines.is_empty(), "{} is empty", file.display());
+        for record in &lines {
+            assert_eq!(record["type"], "request", "{record}");
+            indices.push(index_of(record));
+        }
+    }
+    assert!(!third.exists(), "file_keep = 2 keeps two rotated files");
+    assert!(
+        indices.windows(2).all(|w| w[0] + 1 == w[1]),
+        "oldest file first, no gaps within what is kept: {indices:?}"
+    );
+    assert_eq!(indices.last(), Some(&last));
+    assert!(indices[0] > 0, "the oldest records were rotated away");
+}
