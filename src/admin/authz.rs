@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::digest::{SHA256, digest};
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
@@ -190,7 +189,7 @@ impl AdminCredentials {
             return Err(CredentialError::TooShort { path });
         }
         Ok(Self {
-            bootstrap: sha256(secret.expose().as_bytes()),
+            bootstrap: crate::auth::sha256(&[secret.expose().as_bytes()]),
             path,
         })
     }
@@ -206,7 +205,7 @@ impl AdminCredentials {
         identity: Option<&Identity>,
     ) -> Result<AdminPrincipal, AuthFailure> {
         let presented = bearer(headers)?;
-        if bool::from(sha256(presented).ct_eq(&self.bootstrap)) {
+        if bool::from(crate::auth::sha256(&[presented]).ct_eq(&self.bootstrap)) {
             return Ok(AdminPrincipal {
                 id: "bootstrap-admin".to_owned(),
                 owner: true,
@@ -220,8 +219,3 @@ impl AdminCredentials {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
-    out
-}

@@ -19,7 +19,6 @@ pub mod trusted;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::digest::{SHA256, digest};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use prometheus::IntCounter;
@@ -195,8 +194,7 @@ impl TokenAuthority {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthFailure::TokenTooLarge);
         }
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest(&SHA256, token).as_ref());
+        let key = crate::auth::sha256(&[token]);
         let now = unix_now();
         let leeway = self.config.leeway.as_secs();
         if let Some(hit) = self.cache.get(&key) {

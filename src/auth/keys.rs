@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::digest::{Context, SHA256};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
@@ -142,12 +141,7 @@ fn new_salt() -> Result<[u8; 16], KeyError> {
 }
 
 fn salted_digest(salt: &[u8; 16], key: &[u8]) -> [u8; 32] {
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(salt);
-    ctx.update(key);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    super::sha256(&[salt, key])
 }
 
 fn unix_now() -> u64 {
@@ -694,9 +688,7 @@ fn clone_set(set: &KeySet) -> KeySet {
 }
 
 fn digest_of(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&SHA256, bytes).as_ref());
-    out
+    super::sha256(&[bytes])
 }
 
 fn persist(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
