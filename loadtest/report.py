@@ -8,7 +8,9 @@
 
 Environment for `table`: TARGET_RATIO (0.5) and TARGET_RSS_MIB (40): the issue's targets, judged
 for every row that runs a proxy process (x direct >= TARGET_RATIO in the median, and peak RSS
-below TARGET_RSS_MIB in every run).
+below TARGET_RSS_MIB in every run). NOISE_PCT (25): a verdict is marked NOISY when, in any
+round, the machine spent more than this much CPU on other work during the row's run or the
+direct run it is compared with.
 """
 import csv
 import json
@@ -66,10 +68,13 @@ def table(path, checks_path=None):
                 # keep the first failure per config, else the last pass
                 if name not in checks or not checks[name].startswith("FAIL"):
                     checks[name] = result
+    noise_pct = float(os.environ.get("NOISE_PCT", "25"))
     ratio_target = float(os.environ.get("TARGET_RATIO", "0.5"))
     rss_target = float(os.environ.get("TARGET_RSS_MIB", "40"))
     direct = {r["round"]: float(r["rps"]) for r in rows
               if r["name"] == "direct" and r["status"] == "ok" and r["rps"]}
+    direct_other = {r["round"]: num(r, "other_cpu_pct") for r in rows
+                    if r["name"] == "direct" and r["status"] == "ok"}
     order, by = [], {}
     for r in rows:
         if r["name"] not in by:
@@ -108,6 +113,12 @@ def table(path, checks_path=None):
             target = ("met" if ok_ratio and ok_rss else "NOT met") + \
                 f" (x{fmt(med(ratios), '.2f')} vs >={ratio_target:g}; " \
                 f"{max(rss):.1f} vs <{rss_target:g} MiB)"
+            # A busy machine distorts req/s, and so x direct: say so next to the verdict.
+            noisy = [r["round"] for r in rs
+                     if max(num(r, "other_cpu_pct") or 0,
+                            direct_other.get(r["round"]) or 0) > noise_pct]
+            if noisy:
+                target += f"; NOISY: other CPU > {noise_pct:g}% in round(s) {','.join(noisy)}"
             verdicts.append(f"{name}: {target}")
         skipped = len(all_runs) - len(rs)
         print(f"| {name} | {first['proto']} | {first['auth']} "
@@ -136,7 +147,9 @@ def table(path, checks_path=None):
           "records = request-record lines the proxy wrote during the measured windows.")
     if verdicts:
         print()
-        print("targets: " + "; ".join(verdicts))
+        print("targets:")
+        for v in verdicts:
+            print(f"- {v}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ fi
 : "${ONLY:=}"                           # ERE on config names ("direct" is always kept)
 : "${CONFIGS_FILE:=$HERE/configs.txt}"
 : "${EXTRA_CONFIGS:=}"                  # more lines in the configs.txt format
+: "${QUIET_WAIT:=30}"                    # before each run, wait up to this many seconds ...
+: "${QUIET_PCT:=15}"                    # ... for a 1-s window where the machine is < this % busy
 : "${BUILD:=1}"                         # 0: use the existing release binary
 : "${BUILD_TIMEOUT:=1800}"              # seconds for cargo build / cargo install oha
 : "${RUN:=$(mktemp -d /tmp/scoregate-loadtest.XXXXXX)}"
@@ -65,6 +67,9 @@ T0=$(date +%s)
 log() { printf '[%s +%4ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T0 ))" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 case "$CERT_TYPE" in ec | rsa) ;; *) die "CERT_TYPE must be ec or rsa" ;; esac
+for v in QUIET_WAIT QUIET_PCT; do
+  if ! [[ "${!v}" =~ ^[0-9]+$ ]]; then die "$v must be a non-negative integer (got '${!v}')"; fi
+done
 for v in REPS DUR WARM CONC H2_CONNS H2_STREAMS UPPORT PORT ADMIN_PORT; do
   if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then die "$v must be a positive integer (got '${!v}')"; fi
 done
@@ -189,14 +194,14 @@ NC=${#NAMES[@]}
 
 PER_RUN=$(( WARM + DUR + 6 ))           # start, checks, warm-up, measure, stop
 EST=$(( REPS * NC * PER_RUN ))
-: "${MAX_SECONDS:=$(( EST * 2 + 60 ))}"
+: "${MAX_SECONDS:=$(( EST * 2 + 60 + REPS * NC * QUIET_WAIT ))}"
 
 {
   echo "date: $(date -Is)"
   echo "command: $0 $*"
   echo "host: $(uname -srm); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "cpu: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "knobs: REPS=$REPS DUR=${DUR}s WARM=${WARM}s CONC=$CONC H2=${H2_CONNS}x${H2_STREAMS} CERT_TYPE=$CERT_TYPE MAX_SECONDS=$MAX_SECONDS"
+  echo "knobs: REPS=$REPS DUR=${DUR}s WARM=${WARM}s CONC=$CONC H2=${H2_CONNS}x${H2_STREAMS} CERT_TYPE=$CERT_TYPE QUIET_WAIT=${QUIET_WAIT}s QUIET_PCT=$QUIET_PCT MAX_SECONDS=$MAX_SECONDS"
   echo "body: $BODY"
   echo "configs: ${NAMES[*]}"
   echo "scoregate: $("$SCOREGATE" --version 2>&1) ($SCOREGATE)"
@@ -312,6 +317,21 @@ oha_args() {       # idx seconds -> NUL-separated oha arguments
   printf '%s\0' "${a[@]}" "$(url_of "$i")"
 }
 
+wait_quiet() {     # on a shared machine, start a run only when other work pauses (bounded)
+  [ "$QUIET_WAIT" -gt 0 ] || return 0
+  local t0 a b pct tck
+  t0=$(date +%s); tck=$(getconf CLK_TCK)
+  while :; do
+    a=$(sys_busy_ticks); sleep 1; b=$(sys_busy_ticks)
+    pct=$(( (b - a) * 100 / tck ))
+    [ "$pct" -lt "$QUIET_PCT" ] && return 0
+    if (( $(date +%s) - t0 >= QUIET_WAIT )); then
+      log "machine still ${pct}% busy after ${QUIET_WAIT}s of waiting; measuring anyway"
+      return 0
+    fi
+  done
+}
+
 one_run() {        # round idx -> appends one row to runs.csv
   local r=$1 i=$2 name=${NAMES[$2]} js status=ok
   js="$OUT/raw/r$r-$name.json"
@@ -319,6 +339,7 @@ one_run() {        # round idx -> appends one row to runs.csv
   local c0=0 c1=0 u0 u1 l0 l1 s0 s1 hw="" rec0="" rec1="" recs="" proxied=0
   rm -f "$RUN/logs/records-$name.jsonl"
   export RECORDS="$RUN/logs/records-$name.jsonl"
+  wait_quiet
   if ! start_peer "$i"; then
     printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,nostart" >> "$OUT/runs.csv"
     return
