@@ -14,6 +14,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 
 # ---------------------------------------------------------------- knobs
+# The knobs the caller set, to write the exact command into env.txt.
+SET_KNOBS=""
+for v in QUICK REPS DUR WARM CONC H2_CONNS H2_STREAMS CERT_TYPE UPPORT PORT ADMIN_PORT ONLY \
+  CONFIGS_FILE EXTRA_CONFIGS QUIET_WAIT QUIET_PCT BUILD BUILD_TIMEOUT RUN OUT OHA SCOREGATE \
+  MAX_SECONDS NOISE_PCT TARGET_RATIO TARGET_RSS_MIB; do
+  if [ -n "${!v+x}" ]; then SET_KNOBS+="$v=$(printf '%q' "${!v}") "; fi
+done
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   : "${REPS:=1}" "${DUR:=2}" "${WARM:=1}"
@@ -198,9 +205,10 @@ EST=$(( REPS * NC * PER_RUN ))
 
 {
   echo "date: $(date -Is)"
-  echo "command: $0 $*"
+  echo "command: $SET_KNOBS$0 $*"
   echo "host: $(uname -srm); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
-  echo "cpu: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "cpu: $(awk -F': ' '/^model name/ {m = $2} /^cpu family/ {f = $2} /^model\t/ {d = $2} /^cpu MHz/ {z = $2}
+    END {printf "%s (family %s model %s, %.0f MHz)", m, f, d, z}' /proc/cpuinfo)$(grep -qw hypervisor /proc/cpuinfo && echo ', virtual machine')"
   echo "knobs: REPS=$REPS DUR=${DUR}s WARM=${WARM}s CONC=$CONC H2=${H2_CONNS}x${H2_STREAMS} CERT_TYPE=$CERT_TYPE QUIET_WAIT=${QUIET_WAIT}s QUIET_PCT=$QUIET_PCT MAX_SECONDS=$MAX_SECONDS"
   echo "body: $BODY"
   echo "configs: ${NAMES[*]}"
