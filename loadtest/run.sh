@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# End-to-end load test: the upstream alone ("direct", plain HTTP) against scoregate in front of it
+# (TLS), interleaved round by round. See loadtest/README.md.
+#
+#   loadtest/run.sh                       # REPS=3 rounds x configs.txt x DUR=5s
+#   QUICK=1 loadtest/run.sh               # 1 round x 2s
+#   ONLY='^scoregate$' loadtest/run.sh    # a subset ("direct" is always kept)
+#   EXTRA_CONFIGS='scoregate-h2 h2 none /api/v1/service/iris/score $HERE/peers/scoregate.sh none -' loadtest/run.sh
+#
+# Everything listens on 127.0.0.1 only. Every process is started by this script in its own
+# process group and stopped by that PID / group only (also on errors and Ctrl-C).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+
+# ---------------------------------------------------------------- knobs
+# The knobs the caller set, to write the exact command into env.txt.
+SET_KNOBS=""
+for v in QUICK REPS DUR WARM CONC H2_CONNS H2_STREAMS CERT_TYPE UPPORT PORT ADMIN_PORT ONLY \
+  CONFIGS_FILE EXTRA_CONFIGS QUIET_WAIT QUIET_PCT BUILD BUILD_TIMEOUT RUN OUT OHA SCOREGATE \
+  MAX_SECONDS NOISE_PCT TARGET_RATIO TARGET_RSS_MIB; do
+  if [ -n "${!v+x}" ]; then SET_KNOBS+="$v=$(printf '%q' "${!v}") "; fi
+done
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  : "${REPS:=1}" "${DUR:=2}" "${WARM:=1}"
+else
+  : "${REPS:=3}" "${DUR:=5}" "${WARM:=1}"
+fi
+: "${CONC:=50}"                         # HTTP/1.1 connections (= requests in flight)
+: "${H2_CONNS:=10}" "${H2_STREAMS:=5}"  # HTTP/2 rows: connections x streams in flight
+: "${CERT_TYPE:=ec}"                    # ec (P-256) | rsa (2048)
+: "${UPPORT:=}" "${PORT:=}" "${ADMIN_PORT:=}" # default: three free ports picked at random
+: "${ONLY:=}"                           # ERE on config names ("direct" is always kept)
+: "${CONFIGS_FILE:=$HERE/configs.txt}"
+: "${EXTRA_CONFIGS:=}"                  # more lines in the configs.txt format
+: "${QUIET_WAIT:=30}"                    # before each run, wait up to this many seconds ...
+: "${QUIET_PCT:=15}"                    # ... for a 1-s window where the machine is < this % busy
+: "${BUILD:=1}"                         # 0: use the existing release binary
+: "${BUILD_TIMEOUT:=1800}"              # seconds for cargo build / cargo install oha
+: "${RUN:=$(mktemp -d /tmp/scoregate-loadtest.XXXXXX)}"
+: "${OUT:=$RUN/results}"
+: "${OHA:=}"
+: "${ANCHORS:=$ROOT/../shared/anchors-bench}"
+: "${TARGET_DIR:=${CARGO_TARGET_DIR:-$ROOT/target}}"
+: "${SCOREGATE:=$TARGET_DIR/release/scoregate}"
+BODY='{"data":[[5.1,3.5,1.4,0.2]]}'
+EXPECT='"result":["setosa"]'            # the sample model's answer for BODY
+ROUTE=/api/v1/service/iris
+# Test credentials for future key/token rows (not secrets; fixed so configs and load agree).
+KEY1=${KEY1:-sk_primary_loadtest_7Q2mX9vL4pR8tK1wZ6nB}
+KEY2=${KEY2:-sk_secondary_loadtest_H4jD8sA2gL6yU1oE9i}
+TOKEN=${TOKEN:-}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [ -z "$UPPORT$PORT$ADMIN_PORT" ]; then
+  # Random free ports, not fixed ones: other programs on a shared machine (or another run of
+  # this script) must never end up receiving this load, or serving it in our place.
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    b=$(( 20000 + RANDOM % 12000 ))   # below the kernel's ephemeral range (32768+)
+    if ! port_open "$b" && ! port_open $((b + 1)) && ! port_open $((b + 2)); then
+      UPPORT=$b; PORT=$((b + 1)); ADMIN_PORT=$((b + 2)); break
+    fi
+  done
+fi
+if [ -z "$UPPORT" ] || [ -z "$PORT" ] || [ -z "$ADMIN_PORT" ]; then
+  echo "run.sh: set all of UPPORT PORT ADMIN_PORT, or none of them" >&2; exit 1
+fi
+CERTS="$RUN/certs"
+CERT="$CERTS/server.crt"; CERTKEY="$CERTS/server.key"; CA="$CERTS/ca.crt"; PEM="$CERTS/server.pem"
+UP="127.0.0.1:$UPPORT"
+export SCOREGATE PORT ADMIN_PORT UP ROUTE CERT CERTKEY PEM CA RUN KEY1 KEY2 TOKEN HERE ANCHORS
+
+T0=$(date +%s)
+log() { printf '[%s +%4ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T0 ))" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+case "$CERT_TYPE" in ec | rsa) ;; *) die "CERT_TYPE must be ec or rsa" ;; esac
+for v in QUIET_WAIT QUIET_PCT; do
+  if ! [[ "${!v}" =~ ^[0-9]+$ ]]; then die "$v must be a non-negative integer (got '${!v}')"; fi
+done
+for v in REPS DUR WARM CONC H2_CONNS H2_STREAMS UPPORT PORT ADMIN_PORT; do
+  if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then die "$v must be a positive integer (got '${!v}')"; fi
+done
+
+# ---------------------------------------------------------------- process helpers
+PEER_PID=""; UP_PID=""
+alive() {          # pid -> 0 while it exists and is not a zombie
+  local s
+  { read -r s < "/proc/$1/stat"; } 2>/dev/null || return 1
+  s=${s##*) }; [ "${s:0:1}" != Z ]
+}
+wait_port() {      # port timeout_s [pid] -> 0 once something listens
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do
+    port_open "$1" && return 0
+    if [ -n "${3:-}" ] && ! alive "$3"; then return 1; fi
+    sleep 0.05
+  done
+  return 1
+}
+wait_port_free() { local i; for ((i = 0; i < $2 * 20; i++)); do port_open "$1" || return 0; sleep 0.05; done; return 1; }
+group_pids() { ps -e -o pid=,pgid= | awk -v g="$1" '$2 == g { print $1 }'; }
+owns_port() {      # port pgid -> 0 when a process of that group listens on 127.0.0.1:port
+  # (1 also when ss cannot tell; callers treat that as "not ours")
+  local p
+  for p in $(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2); do
+    [ "$(ps -o pgid= -p "$p" 2>/dev/null | tr -d ' ')" = "$2" ] && return 0
+  done
+  return 1
+}
+proc_field() {     # pid index -> field of /proc/pid/stat counted from the state field (index 0)
+  local line a
+  { read -r line < "/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
+  read -ra a <<< "${line##*) }"
+  echo "${a[$2]}"
+}
+cpu_ticks() {      # pids... -> utime+stime of all their threads, in clock ticks
+  local t=0 p
+  for p in "$@"; do t=$(( t + $(proc_field "$p" 11) + $(proc_field "$p" 12) )); done
+  echo "$t"
+}
+child_ticks() {    # -> cutime+cstime of this shell: CPU of every child it has waited for
+  echo $(( $(proc_field $$ 13) + $(proc_field $$ 14) ))
+}
+sys_busy_ticks() { # -> non-idle CPU ticks of the whole machine (all CPUs), from /proc/stat
+  local us ni sy irq sirq st
+  # fields: cpu user nice system idle iowait irq softirq steal guest guest_nice
+  read -r _ us ni sy _ _ irq sirq st _ < /proc/stat
+  echo $(( us + ni + sy + irq + sirq + st ))
+}
+hwm_kib() {        # pids... -> VmHWM summed over them, in KiB
+  local s=0 p k v u
+  for p in "$@"; do
+    while read -r k v u; do
+      if [ "$k" = "VmHWM:" ]; then s=$((s + v)); fi
+    done 2>/dev/null < "/proc/$p/status"
+  done
+  echo "$s"
+}
+start_bg() {       # name logfile cmd... ; sets STARTED_PID, the leader of a new session/group
+  local name=$1 lf=$2; shift 2
+  # In a non-interactive shell a background job is not a group leader, so setsid execs
+  # directly and $! is the program's PID as well as its process group id.
+  PEER_NAME=$name setsid "$@" > "$lf" 2>&1 < /dev/null &
+  STARTED_PID=$!
+}
+stop_pid() {       # pid: SIGTERM its group, wait up to 5 s, then SIGKILL the group
+  local pid=$1 i
+  [ -n "$pid" ] || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.05; done
+  if alive "$pid"; then log "pid $pid ignored SIGTERM for 5 s; killing its group"; fi
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  if [ -n "$PEER_PID" ]; then stop_pid "$PEER_PID"; PEER_PID=""; fi
+  if [ -n "$UP_PID" ]; then stop_pid "$UP_PID"; UP_PID=""; fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ---------------------------------------------------------------- setup: tools, binary, certs
+for b in curl python3 openssl setsid timeout ps awk ss; do
+  command -v "$b" >/dev/null || die "$b not found"
+done
+if [ -z "$OHA" ]; then
+  if command -v oha >/dev/null; then OHA=$(command -v oha)
+  elif [ -x "$HOME/.cargo/bin/oha" ]; then OHA=$HOME/.cargo/bin/oha
+  else
+    log "oha not found; installing it with 'cargo install oha --locked' (a few minutes)"
+    timeout "$BUILD_TIMEOUT" cargo install oha --locked >&2 || die "cargo install oha failed"
+    OHA=$HOME/.cargo/bin/oha
+  fi
+fi
+"$OHA" --version >/dev/null 2>&1 || die "oha at '$OHA' does not run"
+if [ "$BUILD" = 1 ]; then
+  log "cargo build --release"
+  (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release >&2) || die "release build failed"
+fi
+[ -x "$SCOREGATE" ] || die "no scoregate binary at $SCOREGATE (BUILD=1 builds it)"
+
+mkdir -p "$RUN/logs" "$OUT/raw" || die "cannot create $RUN / $OUT"
+T0=$(date +%s)     # the time budget covers the measurements, not the build
+"$ROOT/certs/gen-dev-certs.sh" "--$CERT_TYPE" "$CERTS" > "$RUN/logs/certs.txt" || die "cert generation failed"
+# HAProxy-style peers want the certificate and key in one file.
+( umask 077; cat "$CERT" "$CERTKEY" > "$PEM" )
+
+# ---------------------------------------------------------------- configs
+NAMES=(); PROTOS=(); AUTHS=(); PATHS=(); CMDS=()
+while read -r n p a u c; do
+  if [ -z "${n:-}" ] || [ "${n:0:1}" = "#" ]; then continue; fi
+  if [ -n "$ONLY" ] && [ "$n" != direct ] && ! [[ "$n" =~ $ONLY ]]; then continue; fi
+  case "$p" in plain | h1 | h2 | h1new) ;; *) die "config $n: unknown PROTO '$p'" ;; esac
+  case "$a" in none | key | token) ;; *) die "config $n: unknown AUTH '$a'" ;; esac
+  [ -n "${c:-}" ] || die "config $n: no COMMAND (use - for none)"
+  NAMES+=("$n"); PROTOS+=("$p"); AUTHS+=("$a"); PATHS+=("$u"); CMDS+=("$c")
+done < <(cat "$CONFIGS_FILE"; printf '%s\n' "$EXTRA_CONFIGS")
+NC=${#NAMES[@]}
+[ "$NC" -gt 0 ] || die "no configs selected"
+[ "${NAMES[0]}" = direct ] || log "warning: the first config is not 'direct'; 'x direct' needs it"
+
+PER_RUN=$(( WARM + DUR + 6 ))           # start, checks, warm-up, measure, stop
+EST=$(( REPS * NC * PER_RUN ))
+: "${MAX_SECONDS:=$(( EST * 2 + 60 + REPS * NC * QUIET_WAIT ))}"
+
+{
+  echo "date: $(date -Is)"
+  echo "command: $SET_KNOBS$0 $*"
+  echo "host: $(uname -srm); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "cpu: $(awk -F': ' '/^model name/ {m = $2} /^cpu family/ {f = $2} /^model\t/ {d = $2} /^cpu MHz/ {z = $2}
+    END {printf "%s (family %s model %s, %.0f MHz)", m, f, d, z}' /proc/cpuinfo)$(grep -qw hypervisor /proc/cpuinfo && echo ', virtual machine')"
+  echo "knobs: REPS=$REPS DUR=${DUR}s WARM=${WARM}s CONC=$CONC H2=${H2_CONNS}x${H2_STREAMS} CERT_TYPE=$CERT_TYPE QUIET_WAIT=${QUIET_WAIT}s QUIET_PCT=$QUIET_PCT MAX_SECONDS=$MAX_SECONDS"
+  echo "body: $BODY"
+  echo "configs: ${NAMES[*]}"
+  echo "scoregate: $("$SCOREGATE" --version 2>&1) ($SCOREGATE)"
+  echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (src modified)')"
+  echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
+  echo "oha: $("$OHA" --version 2>&1 | head -1)"
+  echo "curl: $(curl --version | head -1)"
+  echo "openssl: $(openssl version)"
+  echo "kernel clock ticks: $(getconf CLK_TCK)/s"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} > "$OUT/env.txt"
+log "run dir $RUN; results -> $OUT"
+read -r LOAD1 _ < /proc/loadavg
+if awk -v l="$LOAD1" 'BEGIN {exit !(l > 1.0)}'; then
+  log "warning: load average is $LOAD1 before the run; other work on this machine will skew the numbers (see 'other CPU %')"
+fi
+sed 's/^/    /' "$OUT/env.txt" >&2
+
+# ---------------------------------------------------------------- upstream (up for the whole run)
+wait_port_free "$UPPORT" 3 || die "port $UPPORT is already in use (set UPPORT)"
+wait_port_free "$PORT" 3 || die "port $PORT is already in use (set PORT)"
+wait_port_free "$ADMIN_PORT" 3 || die "port $ADMIN_PORT is already in use (set ADMIN_PORT)"
+start_bg upstream "$RUN/logs/upstream.log" "$SCOREGATE" sample-model --listen "$UP"
+UP_PID=$STARTED_PID
+wait_port "$UPPORT" 10 "$UP_PID" || die "upstream did not start (see $RUN/logs/upstream.log)"
+owns_port "$UPPORT" "$UP_PID" || die "port $UPPORT is served by another process, not our upstream"
+
+# ---------------------------------------------------------------- per-run pieces
+start_peer() {     # idx -> sets PEER_PID; 1 on failure
+  local i=$1 name=${NAMES[$1]}
+  PEER_PID=""
+  [ "${CMDS[$i]}" = "-" ] && return 0
+  wait_port_free "$PORT" 5 || { log "port $PORT still busy"; return 1; }
+  wait_port_free "$ADMIN_PORT" 5 || { log "port $ADMIN_PORT still busy"; return 1; }
+  start_bg "$name" "$RUN/logs/$name.log" bash -c "exec ${CMDS[$i]}"
+  PEER_PID=$STARTED_PID
+  if ! wait_port "$PORT" 15 "$PEER_PID" || ! owns_port "$PORT" "$PEER_PID"; then
+    log "$name: did not start; tail of $RUN/logs/$name.log:"
+    tail -5 "$RUN/logs/$name.log" >&2 || true
+    stop_pid "$PEER_PID"; PEER_PID=""; return 1
+  fi
+}
+stop_peer() { stop_pid "$PEER_PID"; PEER_PID=""; }
+url_of() {
+  if [ "${PROTOS[$1]}" = plain ]; then echo "http://$UP${PATHS[$1]}"
+  else echo "https://127.0.0.1:$PORT${PATHS[$1]}"; fi
+}
+auth_header() {    # idx -> the Authorization value the load sends ("" for none)
+  case "${AUTHS[$1]}" in key) echo "Bearer $KEY1" ;; token) echo "Bearer $TOKEN" ;; *) echo "" ;; esac
+}
+records_lines() {  # name -> lines in its record file (scoregate) or access log (anchors peers)
+  local f
+  for f in "$RUN/logs/records-$1.jsonl" "$RUN/logs/access-$1.log"; do
+    if [ -f "$f" ]; then wc -l < "$f"; return; fi
+  done
+  echo ""
+}
+
+CHECK_FAILS=""
+check() {          # idx -> 0 when every correctness check passes; appends to checks.tsv
+  local i=$1 name=${NAMES[$1]} url proto bad="" n=0 cv=(--http1.1)
+  url=$(url_of "$i"); proto=${PROTOS[$i]}
+  [ "$proto" = h2 ] && cv=(--http2)
+  [ "$proto" = plain ] || cv+=(--cacert "$CA")
+  curl1() {        # auth_value -> "code version"; body in $RUN/check.body
+    local h=()
+    [ -n "$1" ] && h=(-H "Authorization: $1")
+    curl -sS -m 5 "${cv[@]}" -o "$RUN/check.body" -w '%{http_code} %{http_version}' \
+      -X POST -H 'Content-Type: application/json' -d "$BODY" "${h[@]}" "$url" 2>>"$RUN/logs/curl.err" \
+      || echo "000 -"
+  }
+  expect() {       # desc want_code auth_value [must_contain]
+    local got ver
+    read -r got ver <<< "$(curl1 "$3")"
+    n=$((n + 1))
+    if [ "$got" != "$2" ]; then bad+=" $1:got-$got"; return; fi
+    if [ -n "${4:-}" ] && ! grep -qF "$4" "$RUN/check.body"; then bad+=" $1:body"; fi
+    if [ "$proto" = h2 ] && [ "$ver" != 2 ]; then bad+=" $1:http$ver"; fi
+  }
+  # The listener is open; give the proxy up to 5 s to answer its first request.
+  local k code
+  for ((k = 0; k < 50; k++)); do
+    read -r code _ <<< "$(curl1 "$(auth_header "$i")")"
+    [ "$code" = 200 ] && break
+    sleep 0.1
+  done
+  case "${AUTHS[$i]}" in
+    none) expect ok 200 "" "$EXPECT" ;;
+    key) expect key1 200 "Bearer $KEY1" "$EXPECT"; expect key2 200 "Bearer $KEY2" "$EXPECT"
+         expect no-key 401 ""; expect wrong-key 401 "Bearer sk_wrong"
+         expect key1-suffix 401 "Bearer ${KEY1}x" ;;
+    token) expect token 200 "Bearer $TOKEN" "$EXPECT"; expect no-token 401 ""
+           expect garbage 401 "Bearer a.b.c" ;;
+  esac
+  local res
+  if [ -z "$bad" ]; then res="PASS ($n)"; else res="FAIL:$bad"; CHECK_FAILS+=" $name"; fi
+  printf '%s\t%s\n' "$name" "$res" >> "$OUT/checks.tsv"
+  [ -z "$bad" ] || log "check $name: $res (body: $(head -c 200 "$RUN/check.body" 2>/dev/null))"
+  [ -z "$bad" ]
+}
+
+oha_args() {       # idx seconds -> NUL-separated oha arguments
+  local i=$1 a auth
+  a=(--no-tui --output-format json -z "${2}s" -m POST -T application/json -d "$BODY")
+  auth=$(auth_header "$i")
+  [ -z "$auth" ] || a+=(-H "Authorization: $auth")
+  [ "${PROTOS[$i]}" = plain ] || a+=(--cacert "$CA")   # verify against the dev CA
+  case "${PROTOS[$i]}" in
+    h2) a+=(--http2 -c "$H2_CONNS" -p "$H2_STREAMS") ;;
+    h1new) a+=(--disable-keepalive -c "$CONC" -w) ;;
+    *) a+=(-c "$CONC" -w) ;;   # -w: finish in-flight requests at the deadline instead of aborting
+  esac
+  printf '%s\0' "${a[@]}" "$(url_of "$i")"
+}
+
+wait_quiet() {     # on a shared machine, start a run only when other work pauses (bounded)
+  [ "$QUIET_WAIT" -gt 0 ] || return 0
+  local t0 a b pct tck
+  t0=$(date +%s); tck=$(getconf CLK_TCK)
+  while :; do
+    a=$(sys_busy_ticks); sleep 1; b=$(sys_busy_ticks)
+    pct=$(( (b - a) * 100 / tck ))
+    [ "$pct" -lt "$QUIET_PCT" ] && return 0
+    if (( $(date +%s) - t0 >= QUIET_WAIT )); then
+      log "machine still ${pct}% busy after ${QUIET_WAIT}s of waiting; measuring anyway"
+      return 0
+    fi
+  done
+}
+
+one_run() {        # round idx -> appends one row to runs.csv
+  local r=$1 i=$2 name=${NAMES[$2]} js status=ok
+  js="$OUT/raw/r$r-$name.json"
+  local -a args pids=()
+  local c0=0 c1=0 u0 u1 l0 l1 s0 s1 hw="" rec0="" rec1="" recs="" proxied=0
+  rm -f "$RUN/logs/records-$name.jsonl"
+  export RECORDS="$RUN/logs/records-$name.jsonl"
+  wait_quiet
+  if ! start_peer "$i"; then
+    printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,nostart" >> "$OUT/runs.csv"
+    return
+  fi
+  if ! check "$i"; then
+    stop_peer
+    printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,checkfail" >> "$OUT/runs.csv"
+    return
+  fi
+  mapfile -d '' args < <(oha_args "$i" "$WARM")
+  timeout $((WARM + 20)) "$OHA" "${args[@]}" > /dev/null 2>&1 || true     # warm-up, not recorded
+  mapfile -d '' args < <(oha_args "$i" "$DUR")
+  if [ -n "$PEER_PID" ]; then
+    proxied=1
+    mapfile -t pids < <(group_pids "$PEER_PID")
+    sleep 0.2                           # let the record writer catch up with the warm-up
+    rec0=$(records_lines "$name")
+    c0=$(cpu_ticks "${pids[@]}")
+  fi
+  u0=$(cpu_ticks "$UP_PID"); l0=$(child_ticks); s0=$(sys_busy_ticks)
+  timeout $((DUR + 30)) "$OHA" "${args[@]}" > "$js" 2> "$js.err" || status=ohafail
+  s1=$(sys_busy_ticks); l1=$(child_ticks); u1=$(cpu_ticks "$UP_PID")
+  if [ "$proxied" = 1 ]; then
+    c1=$(cpu_ticks "${pids[@]}")
+    hw=$(hwm_kib "${pids[@]}")
+    stop_peer                           # a clean stop flushes the record writer
+    rec1=$(records_lines "$name")
+    if [ -n "$rec0" ] && [ -n "$rec1" ]; then recs=$((rec1 - rec0)); fi
+  fi
+  local parsed
+  parsed=$(python3 "$HERE/report.py" row "$js" 2>>"$RUN/logs/report.err") \
+    || { [ "$status" = ok ] && status=parsefail; parsed=",,,0,0,0,0"; }
+  local rps p50 p99 total n2 nn er pcpu="" pus="" ppct="" upct lgpct opct rss=""
+  IFS=, read -r rps p50 p99 total n2 nn er <<< "$parsed"
+  local tck; tck=$(getconf CLK_TCK)
+  if [ "$proxied" = 1 ]; then
+    pcpu=$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN {printf "%.2f", (b - a) / t}')
+    pus=$(awk -v c="$pcpu" -v n="$total" 'BEGIN {if (n > 0) printf "%.1f", c * 1e6 / n}')
+    ppct=$(awk -v c="$pcpu" -v d="$DUR" 'BEGIN {printf "%.0f", c / d * 100}')
+    rss=$(awk -v k="$hw" 'BEGIN {printf "%.1f", k / 1024}')
+  fi
+  upct=$(awk -v a="$u0" -v b="$u1" -v t="$tck" -v d="$DUR" 'BEGIN {printf "%.0f", (b - a) / t / d * 100}')
+  lgpct=$(awk -v a="$l0" -v b="$l1" -v t="$tck" -v d="$DUR" 'BEGIN {printf "%.0f", (b - a) / t / d * 100}')
+  # Everything else the machine did meanwhile (other processes, unattributed softirq): a noise
+  # indicator. Runs with a high value were measured on a busy machine.
+  opct=$(awk -v a="$s0" -v b="$s1" -v p="$((c1 - c0))" -v u="$((u1 - u0))" -v l="$((l1 - l0))" -v t="$tck" -v d="$DUR" \
+    'BEGIN {x = (b - a - p - u - l) / t / d * 100; if (x < 0) x = 0; printf "%.0f", x}')
+  printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},$rps,$p50,$p99,$total,$n2,$nn,$er,$pcpu,$pus,$ppct,$upct,$lgpct,$opct,$rss,$recs,$status" >> "$OUT/runs.csv"
+  log "r$r $(printf '%-14s' "$name") rps=${rps%.*} p50=${p50}ms p99=${p99}ms non2xx=$nn err=$er proxy=${ppct:--}% ${pus:--}us/req up=${upct}% oha=${lgpct}% other=${opct}% rss=${rss:--}MiB records=${recs:--}/$total $status"
+}
+
+# ---------------------------------------------------------------- rounds
+python3 "$HERE/report.py" fields > "$OUT/runs.csv"
+: > "$OUT/checks.tsv"
+log "$NC configs x $REPS rounds x ${DUR}s (estimate ${EST}s, hard stop after ${MAX_SECONDS}s)"
+STOPPED=0
+for ((r = 1; r <= REPS && !STOPPED; r++)); do
+  for ((i = 0; i < NC; i++)); do
+    if (( $(date +%s) - T0 + PER_RUN > MAX_SECONDS )); then
+      log "time budget MAX_SECONDS=$MAX_SECONDS reached; stopping early"; STOPPED=1; break
+    fi
+    one_run "$r" "$i"
+  done
+done
+cleanup
+
+{
+  python3 "$HERE/report.py" table "$OUT/runs.csv" "$OUT/checks.tsv"
+  echo
+  echo "$(sed -n 's/^knobs: //p' "$OUT/env.txt"); $(sed -n 's/^date: //p' "$OUT/env.txt"); $(sed -n 's/^cpu: //p' "$OUT/env.txt"), $(nproc) CPUs"
+} > "$OUT/table.md"
+cat "$OUT/table.md"
+[ -z "$CHECK_FAILS" ] || log "correctness check failures:$CHECK_FAILS"
+log "done in $(( $(date +%s) - T0 ))s; results in $OUT (table.md runs.csv env.txt checks.tsv raw/)"
