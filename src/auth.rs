@@ -20,7 +20,7 @@ use jwt::TokenAuthority;
 use keys::KeyStore;
 
 /// SHA-256 over the concatenation of `parts`: the digest behind key comparison, the token cache
-/// key and the admin credential check. RustCrypto's implementation uses the CPU's SHA
+/// key and the admin credential check. The `sha2` crate uses the CPU's SHA
 /// extensions; for the one- or few-block inputs here it costs a fraction of a generic EVP call.
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     use sha2::Digest as _;

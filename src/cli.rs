@@ -1,5 +1,5 @@
 //! Offline operator commands that act on the state directory without a running gateway:
-//! `keys list`, `keys regen` and `token rotate-signing-key`. A running gateway picks their changes up through its file watch,
+//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`. A running gateway picks their changes up through its file watch,
 //! exactly as it would an operator editing the file.
 
 use std::path::Path;
@@ -82,4 +82,28 @@ pub fn rotate_signing_keys(config_path: &Path, service: Option<&str>) -> anyhow:
         None if rotated.is_empty() => bail!("no service uses auth = \"token\""),
         _ => Ok(serde_json::Value::Object(rotated).to_string()),
     }
+}
+
+/// `scoregate token issue`: signs a token with the service's current signing key, offline (as
+/// `POST /services/{name}/token` would), e.g. for scripts and load tests.
+pub fn issue_token(config_path: &Path, service: &str, subject: &str) -> anyhow::Result<String> {
+    use crate::auth::jwt::{CacheCounters, TokenAuthority};
+    let config = config::load_and_validate(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let svc = config
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .with_context(|| format!("no service named {service:?} in {}", config_path.display()))?;
+    let Some(token) = &svc.token else {
+        bail!(
+            "service {service:?} uses auth = {:?}, not \"token\"",
+            svc.auth.as_str()
+        );
+    };
+    crate::state::ensure_state_dir(&config.server.state_dir)?;
+    let metrics = crate::telemetry::metrics::Metrics::new();
+    let counters: CacheCounters =
+        crate::telemetry::metrics::ServiceMetrics::new(&metrics, service, "token").token_cache;
+    let authority = TokenAuthority::new(service, token.clone(), counters)?;
+    Ok(serde_json::to_string(&authority.issue(subject)?)?)
 }

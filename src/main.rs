@@ -283,10 +283,17 @@ fn block_on(
     threads: Option<usize>,
     fut: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        builder.worker_threads(n);
-    }
+    // One worker: tokio's current-thread scheduler, which has no work stealing and no cross-thread
+    // wake-ups (measured in loadtest/RESULTS.md); otherwise the multi-threaded one.
+    let mut builder = if threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = threads {
+            b.worker_threads(n);
+        }
+        b
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -31,6 +31,14 @@ conf="$RUN/conf/$name.toml"
   echo "route = \"$ROUTE\""
   echo "upstream = \"http://$UP\""
   echo "auth = \"$auth\""
+  # Azure ML's default of one request in the container at a time would measure the queue, not
+  # the proxy; every peer in the comparison forwards without a concurrency cap.
+  case " $* " in *max_concurrent_requests*) ;; *) echo "max_concurrent_requests = 4096" ;; esac
+  if [ "$auth" = key ]; then
+    # The two fixed test keys the load and the correctness checks use (run.sh: KEY1, KEY2).
+    printf '{"primaryKey": "%s", "secondaryKey": "%s"}\n' "$KEY1" "$KEY2" > "$RUN/keys-$name.json"
+    echo "keys_file = \"$RUN/keys-$name.json\""
+  fi
   for line in "$@"; do echo "$line"; done
 } > "$conf"
 exec "$SCOREGATE" run --config "$conf" >> "$RECORDS"
