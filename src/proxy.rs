@@ -146,7 +146,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let ctx = RequestCtx::new(&req, &conn);
-    let mut fin = Finish { gw, ctx };
+    // Boxed once: the context then moves from the handler into the response body as a pointer,
+    // not as ~400 bytes copied at every hand-over (measurable in profiles).
+    let mut fin = Box::new(Finish { gw, ctx });
     let response = match pipeline(&mut fin, &conn, req).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
@@ -441,7 +443,7 @@ fn set_refresh_after(ctx: &RequestCtx, h: &mut http::HeaderMap) {
 }
 
 /// The JSON error response; the error itself moves into the context for the record and log.
-fn error_response(mut fin: Finish, err: GatewayError) -> Response<ProxyBody> {
+fn error_response(mut fin: Box<Finish>, err: GatewayError) -> Response<ProxyBody> {
     let ctx = &mut fin.ctx;
     let status = err.status();
     let body = err.body(ctx.request_id.to_str().unwrap_or_default());

@@ -193,7 +193,7 @@ impl Body for RequestBody {
 pub struct ProxyBody {
     kind: Kind,
     /// Dropped (writing the record) as soon as the body ends, or with the body.
-    finish: Option<Finish>,
+    finish: Option<Box<Finish>>,
 }
 
 #[derive(Debug)]
@@ -212,14 +212,14 @@ pub enum ResponseBodyError {
 }
 
 impl ProxyBody {
-    pub fn full(bytes: Bytes, finish: Finish) -> Self {
+    pub fn full(bytes: Bytes, finish: Box<Finish>) -> Self {
         Self {
             kind: Kind::Full(Some(bytes)),
             finish: Some(finish),
         }
     }
 
-    pub fn upstream(body: Incoming, idle: Duration, finish: Finish) -> Self {
+    pub fn upstream(body: Incoming, idle: Duration, finish: Box<Finish>) -> Self {
         Self {
             kind: Kind::Upstream(body, IdleTimer::new(idle)),
             finish: Some(finish),
