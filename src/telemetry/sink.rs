@@ -27,8 +27,10 @@ use super::request_log::RequestRecord;
 /// One line of the record stream.
 #[derive(Debug)]
 pub enum Line {
+    // Both boxed: the queue's slots are then two words each, so a deep queue (allocated up front)
+    // costs little memory.
     Request(Box<RequestRecord>),
-    Activity(ActivityRecord),
+    Activity(Box<ActivityRecord>),
     /// Sent by [`RecordWriter::finish`]: write what came before, then stop.
     Stop,
 }
@@ -166,14 +168,14 @@ impl RecordSink {
     /// backlog that the writer drains after the queue (so a stalled sink cannot stall management
     /// calls, and a burst of entries is not lost).
     pub fn emit_activity(&self, record: ActivityRecord) {
-        match self.tx.try_send(Line::Activity(record)) {
+        match self.tx.try_send(Line::Activity(Box::new(record))) {
             Err(TrySendError::Full(Line::Activity(record))) => {
                 let mut backlog = self
                     .backlog
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if backlog.len() < BACKLOG_MAX {
-                    backlog.push_back(record);
+                    backlog.push_back(*record);
                 } else {
                     self.activity_dropped.inc();
                 }
@@ -227,7 +229,7 @@ fn write_loop(
             .drain(..)
             .collect();
         for entry in waiting {
-            append(&mut buf, &Line::Activity(entry));
+            append(&mut buf, &Line::Activity(Box::new(entry)));
         }
         if buf.is_empty() {
             continue;
