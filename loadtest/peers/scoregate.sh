@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # scoregate launcher for loadtest/run.sh.
 #   Usage: scoregate.sh AUTH [WORKERS] [EXTRA_SERVICE_LINE...]
-#     AUTH     none | key | token: the service's auth mode
+#     AUTH     none | key | token | token:ALG (ALG = ES256 or RS256: the operator signing key
+#              $RUN/jwt/<alg>.key that run.sh generates and mints $TOKEN_ES256 / $TOKEN_RS256
+#              with, so the load's token verifies and keeps its kid)
 #     WORKERS  server.worker_threads, or "-" (default) to let tokio pick one per CPU
-#     EXTRA_SERVICE_LINE  TOML lines appended to the [[service]] table as is, e.g. the key or
-#              token settings once the gateway has them
-# Needs env from run.sh: SCOREGATE PEER_NAME PORT ADMIN_PORT UP CERT CERTKEY RUN RECORDS ROUTE.
+#              (1 = tokio's current-thread scheduler)
+#     EXTRA_SERVICE_LINE  TOML lines appended to the [[service]] table as is
+# Environment (besides run.sh's SCOREGATE PEER_NAME PORT ADMIN_PORT UP CERT CERTKEY RUN RECORDS
+# ROUTE KEY1 KEY2):
+#     SG_RECORDS=off       [telemetry] request_records = false (default: on, to $RECORDS)
+#     SG_SERVER_EXTRA      more TOML lines for [server], newline-separated
+#     TOKEN_LIFETIME_S     token lifetime (default 86400: the load reuses one token all run)
+#     SG_CONFIG_ONLY=1     only write the config and print its path (run.sh mints tokens with it)
 # Writes $RUN/conf/$PEER_NAME.toml, then execs `scoregate run` in the foreground with request
 # records (stdout) appended to $RECORDS and diagnostics (stderr) left to the caller.
 set -euo pipefail
 auth=${1:-none}; workers=${2:--}
 shift $(( $# < 2 ? $# : 2 ))
 name=${PEER_NAME:-scoregate}
+alg=""
+case "$auth" in
+  none | key | token) ;;
+  token:ES256 | token:RS256) alg=${auth#token:}; auth=token ;;
+  *) echo "scoregate.sh: unknown AUTH '$auth'" >&2; exit 2 ;;
+esac
+lifetime=${TOKEN_LIFETIME_S:-86400}
 mkdir -p "$RUN/conf"
 conf="$RUN/conf/$name.toml"
 {
@@ -23,6 +37,7 @@ conf="$RUN/conf/$name.toml"
   echo "compute_type = \"loadtest\""
   echo "drain_timeout_ms = 2000"
   [ "$workers" = "-" ] || echo "worker_threads = $workers"
+  [ -z "${SG_SERVER_EXTRA:-}" ] || printf '%s\n' "$SG_SERVER_EXTRA"
   echo "[server.tls]"
   echo "cert = \"$CERT\""
   echo "key = \"$CERTKEY\""
@@ -40,5 +55,18 @@ conf="$RUN/conf/$name.toml"
     echo "keys_file = \"$RUN/keys-$name.json\""
   fi
   for line in "$@"; do echo "$line"; done
+  if [ -n "$alg" ]; then
+    # An operator signing key (stable kid); the token the load sends was issued with it.
+    echo "[service.token]"
+    echo "algorithm = \"$alg\""
+    echo "signing_key_file = \"$RUN/jwt/${alg,,}.key\""
+    echo "lifetime_s = $lifetime"
+    echo "refresh_after_s = $(( lifetime / 2 ))"
+  fi
+  if [ "${SG_RECORDS:-on}" = off ]; then
+    echo "[telemetry]"
+    echo "request_records = false"
+  fi
 } > "$conf"
+if [ "${SG_CONFIG_ONLY:-0}" = 1 ]; then echo "$conf"; exit 0; fi
 exec "$SCOREGATE" run --config "$conf" >> "$RECORDS"
