@@ -105,6 +105,16 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
+    /// Sign a token for a token-mode service with its current signing key (offline), printing
+    /// the same JSON as `POST /services/{name}/token`.
+    Issue {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        service: String,
+        #[arg(long, default_value = "cli")]
+        subject: String,
+    },
     /// Make a new signing key the signer (all token-mode services, or --service); a running
     /// gateway picks it up within a second, and earlier keys verify until their tokens expire.
     RotateSigningKey {
@@ -149,6 +159,14 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    config,
+                    service,
+                    subject,
+                },
+        } => print_result(scoregate::cli::issue_token(&config, &service, &subject)),
         Command::Token {
             command: TokenCommand::RotateSigningKey { config, service },
         } => print_result(scoregate::cli::rotate_signing_keys(

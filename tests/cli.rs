@@ -298,3 +298,68 @@ async fn demo_runs_self_checks_prints_working_urls_and_stops_by_itself() {
         "the demo removes its temporary directory"
     );
 }
+
+/// `token issue` signs offline with the service's signing key: the printed token is accepted by
+/// a gateway started afterwards on the same state directory, and refused by another service.
+#[tokio::test]
+async fn token_issue_prints_a_token_the_gateway_accepts() {
+    let upstream = support::MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .service_with("iris", support::IRIS, &upstream.url(), "auth = \"token\"")
+        .start()
+        .await;
+    gw.wait_ready().await;
+    let path = gw.dir().join("scoregate.toml");
+    let out = process::run(
+        &[
+            "token",
+            "issue",
+            "--config",
+            path.to_str().expect("UTF-8 path"),
+            "--service",
+            "iris",
+            "--subject",
+            "batch-job",
+        ],
+        QUICK,
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let issued: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("JSON on stdout");
+    assert_eq!(issued["tokenType"], "Bearer");
+    assert!(
+        issued["refreshAfter"].as_u64() < issued["expiryOn"].as_u64(),
+        "{issued}"
+    );
+    let token = issued["accessToken"].as_str().expect("accessToken");
+    let resp = within(
+        "scoring call with the offline token",
+        gw.client()
+            .post(gw.url(&format!("{}/echo", support::IRIS)))
+            .bearer_auth(token)
+            .body("{}")
+            .send(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+
+    let refused = process::run(
+        &[
+            "token",
+            "issue",
+            "--config",
+            path.to_str().expect("UTF-8 path"),
+            "--service",
+            "nope",
+        ],
+        QUICK,
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("no service named \"nope\""),
+        "{refused:?}"
+    );
+}
