@@ -24,11 +24,12 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough idle connections for a burst of concurrent requests without reconnecting.
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
+/// The client of one service. Plain `http://` upstreams get a client without the TLS connector
+/// layer: its futures are smaller and cheaper to move, which shows on the request path.
 #[derive(Debug, Clone)]
-pub struct UpstreamClient {
-    client: Client<Connector, RequestBody>,
+pub enum UpstreamClient {
+    Plain(Client<HttpConnector, RequestBody>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>),
 }
 
 impl UpstreamClient {
@@ -37,37 +38,33 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        // The https connector: plain http passes straight through it. Loading the system
-        // roots is only worth it for an https upstream.
-        let tls = if config.upstream.scheme == http::uri::Scheme::HTTPS {
-            crate::tls::client_config(config.upstream_ca.as_deref())?
-        } else {
-            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        };
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Ok(Self { client })
+            .timer(TokioTimer::new());
+        if config.upstream.scheme != http::uri::Scheme::HTTPS {
+            return Ok(Self::Plain(builder.build(http)));
+        }
+        let tls = crate::tls::client_config(config.upstream_ca.as_deref())?;
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Self::Tls(builder.build(connector)))
     }
 
     pub async fn send(
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+        match self {
+            Self::Plain(c) => c.request(req).await,
+            Self::Tls(c) => c.request(req).await,
+        }
     }
 
     /// `GET uri` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
@@ -76,7 +73,7 @@ impl UpstreamClient {
         let Ok(req) = Request::get(uri).body(RequestBody::Empty) else {
             return false;
         };
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.send(req)).await {
             Ok(Ok(resp)) => resp.status().is_success(),
             Ok(Err(_)) | Err(_) => false,
         }

@@ -29,16 +29,17 @@ pub struct RequestRecord {
     pub kind: &'static str,
     #[serde(serialize_with = "rfc3339")]
     pub timestamp: SystemTime,
-    #[serde(rename = "RequestId", serialize_with = "header_text")]
-    pub request_id: HeaderValue,
-    #[serde(rename = "ClientRequestId", serialize_with = "opt_header_text")]
-    pub client_request_id: Option<HeaderValue>,
+    #[serde(rename = "RequestId")]
+    pub request_id: Box<str>,
+    #[serde(rename = "ClientRequestId")]
+    pub client_request_id: Option<Box<str>>,
     #[serde(rename = "HTTPMethod", serialize_with = "method_text")]
     pub method: Method,
+    /// Path and query as received, sensitive query values redacted.
     #[serde(rename = "RequestUrl")]
-    pub url: RecordUrl,
-    #[serde(rename = "UserAgent", serialize_with = "opt_header_text")]
-    pub user_agent: Option<HeaderValue>,
+    pub url: Box<str>,
+    #[serde(rename = "UserAgent")]
+    pub user_agent: Option<Box<str>>,
     #[serde(rename = "StatusCode")]
     pub status: u16,
     #[serde(rename = "Success")]
@@ -75,51 +76,20 @@ fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_micros(*t))
 }
 
-fn header_text<S: Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(v.as_bytes()))
-}
-
-#[allow(clippy::ref_option)] // serde's `serialize_with` passes `&Option<T>`
-fn opt_header_text<S: Serializer>(v: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => header_text(v, s),
-        None => s.serialize_none(),
-    }
-}
-
 fn method_text<S: Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(m.as_str())
 }
 
-/// The request URL as recorded: the received one (shared, no copy) unless redaction changed it.
-#[derive(Debug)]
-pub enum RecordUrl {
-    Received(Option<PathAndQuery>),
-    Redacted(String),
+/// Request text copied out of hyper's buffers. Copying ~100 bytes here is cheaper than
+/// sharing: a shared `Bytes` would keep the connection's read buffer referenced until the
+/// writer thread serialized the record, forcing hyper to allocate a fresh buffer (and copy)
+/// for the next request, and the writer would drop the last reference from another thread.
+fn owned(v: &HeaderValue) -> Box<str> {
+    String::from_utf8_lossy(v.as_bytes()).into()
 }
 
-impl RecordUrl {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Received(pq) => pq.as_ref().map_or("/", PathAndQuery::as_str),
-            Self::Redacted(s) => s,
-        }
-    }
-
-    fn redacted(pq: Option<PathAndQuery>, rules: &super::redact::Redaction) -> Self {
-        if let Some(text) = pq.as_ref().map(PathAndQuery::as_str)
-            && let std::borrow::Cow::Owned(redacted) = rules.url(text)
-        {
-            return Self::Redacted(redacted);
-        }
-        Self::Received(pq)
-    }
-}
-
-impl Serialize for RecordUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
+fn recorded_url(pq: Option<&PathAndQuery>, rules: &super::redact::Redaction) -> Box<str> {
+    pq.map_or_else(|| "/".into(), |pq| rules.url(pq.as_str()).into())
 }
 
 /// Completes a request's telemetry: settles the outcome of a request that ended early, updates
@@ -166,11 +136,11 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     gw.records.emit(RequestRecord {
         kind: "request",
         timestamp: ctx.start_wall,
-        request_id: ctx.request_id.clone(),
-        client_request_id: ctx.client_request_id.take(),
+        request_id: owned(&ctx.request_id),
+        client_request_id: ctx.client_request_id.as_ref().map(owned),
         method: ctx.method.clone(),
-        url: RecordUrl::redacted(ctx.url.take(), &gw.redaction),
-        user_agent: ctx.user_agent.take(),
+        url: recorded_url(ctx.url.as_ref(), &gw.redaction),
+        user_agent: ctx.user_agent.as_ref().map(owned),
         status: ctx.status,
         success: ctx.status < 400,
         duration_ms: duration.as_secs_f64() * 1000.0,
