@@ -138,10 +138,6 @@ impl ConcurrencyLimit {
             }
         }
     }
-
-    pub fn max_concurrent(&self) -> usize {
-        self.settings().max_concurrent
-    }
 }
 
 /// Whose bucket a request draws from.

@@ -25,10 +25,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::auth::Principal;
@@ -468,15 +467,4 @@ fn error_response(mut fin: Box<Finish>, err: GatewayError) -> Response<ProxyBody
     ctx.error = Some(err);
     let (parts, ()) = resp.into_parts();
     Response::from_parts(parts, ProxyBody::full(body, fin))
-}
-
-/// A plain response outside the pipeline (e.g. the admin listener).
-pub fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::untracked(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }

@@ -7,6 +7,7 @@
 //! This module decides no request outcomes.
 
 pub mod activity;
+mod json_line;
 pub mod metrics;
 pub mod redact;
 pub mod request_log;

@@ -17,7 +17,7 @@ pub mod signing;
 pub mod trusted;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
@@ -326,10 +326,6 @@ impl TokenAuthority {
             }
             self.cache.retain_kids(&kids);
         }
-    }
-
-    pub fn lifetime(&self) -> Duration {
-        self.config.lifetime
     }
 }
 

@@ -129,7 +129,7 @@ impl Validator<'_> {
             scoring_timeout: self.millis(
                 &key("scoring_timeout_ms"),
                 raw.scoring_timeout_ms,
-                60_000,
+                u64::try_from(super::DEFAULT_SCORING_TIMEOUT.as_millis()).unwrap_or(60_000),
                 1,
             ),
             connect_timeout: self.millis(

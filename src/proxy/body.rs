@@ -226,14 +226,6 @@ impl ProxyBody {
         }
     }
 
-    /// A body without a request record (admin responses and other internal uses).
-    pub fn untracked(bytes: Bytes) -> Self {
-        Self {
-            kind: Kind::Full(Some(bytes)),
-            finish: None,
-        }
-    }
-
     fn count(&mut self, n: usize) {
         if let Some(f) = &mut self.finish {
             f.ctx.response_bytes += n as u64;

@@ -1,95 +1,79 @@
 //! Request records: the Application-Insights-style line written exactly once per request.
 //!
 //! [`finish`] (called from `proxy::Finish::drop`) settles the outcome, updates metrics, logs
-//! upstream and internal failures with their cause chain, and hands a [`RequestRecord`] to the
-//! non-blocking sink (`telemetry::sink`), which serializes it off the async workers. The record
-//! holds no credential: `Principal` is a key slot name or a token subject, and the URL passes
-//! through `redact` first.
+//! upstream and internal failures with their cause chain, writes the record line straight from
+//! the request context (`json_line`: no intermediate struct, no copies of request text) and hands
+//! it to the non-blocking sink (`telemetry::sink`), whose thread only batches lines into writes.
+//! The record holds no credential: `Principal` is a key slot name or a token subject, and the URL
+//! passes through `redact` first.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::borrow::Cow;
 
-use http::Method;
 use http::header::HeaderValue;
-use http::uri::PathAndQuery;
-use serde::{Serialize, Serializer};
+
+use super::json_line::JsonObject;
+use crate::auth::Principal;
 
 use crate::error::{GatewayError, Side};
 use crate::proxy::RequestCtx;
 use crate::runtime::Gateway;
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 
-/// One request, as written to the record stream. Field names are the documented ones. Values are
-/// kept in their `http` types (cheap reference-counted clones) and turned into text by the writer
-/// thread, off the request path.
-#[derive(Debug, Serialize)]
-pub struct RequestRecord {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    #[serde(serialize_with = "rfc3339")]
-    pub timestamp: SystemTime,
-    #[serde(rename = "RequestId")]
-    pub request_id: Box<str>,
-    #[serde(rename = "ClientRequestId")]
-    pub client_request_id: Option<Box<str>>,
-    #[serde(rename = "HTTPMethod", serialize_with = "method_text")]
-    pub method: Method,
-    /// Path and query as received, sensitive query values redacted.
-    #[serde(rename = "RequestUrl")]
-    pub url: Box<str>,
-    #[serde(rename = "UserAgent")]
-    pub user_agent: Option<Box<str>>,
-    #[serde(rename = "StatusCode")]
-    pub status: u16,
-    #[serde(rename = "Success")]
-    pub success: bool,
-    /// Milliseconds, fractional.
-    #[serde(rename = "Duration")]
-    pub duration_ms: f64,
-    #[serde(rename = "ComputeType")]
-    pub compute_type: Arc<str>,
-    #[serde(rename = "ServiceName")]
-    pub service: Option<Arc<str>>,
-    #[serde(rename = "AuthMode")]
-    pub auth_mode: Option<&'static str>,
-    #[serde(rename = "Principal")]
-    pub principal: Option<crate::auth::RecordName>,
-    #[serde(rename = "UpstreamStatusCode")]
-    pub upstream_status: Option<u16>,
-    #[serde(rename = "UpstreamDuration")]
-    pub upstream_duration_ms: Option<f64>,
-    /// Milliseconds waited for a free upstream slot (null if the request never queued).
-    #[serde(rename = "QueueWait")]
-    pub queue_wait_ms: Option<f64>,
-    #[serde(rename = "RequestBytes")]
-    pub request_bytes: u64,
-    #[serde(rename = "ResponseBytes")]
-    pub response_bytes: u64,
-    #[serde(rename = "ErrorCode")]
-    pub error_code: Option<&'static str>,
-    #[serde(rename = "ClientIp")]
-    pub client_ip: IpAddr,
-}
-
-fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_micros(*t))
-}
-
-fn method_text<S: Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(m.as_str())
-}
-
-/// Request text copied out of hyper's buffers. Copying ~100 bytes here is cheaper than
-/// sharing: a shared `Bytes` would keep the connection's read buffer referenced until the
-/// writer thread serialized the record, forcing hyper to allocate a fresh buffer (and copy)
-/// for the next request, and the writer would drop the last reference from another thread.
-fn owned(v: &HeaderValue) -> Box<str> {
-    String::from_utf8_lossy(v.as_bytes()).into()
-}
-
-fn recorded_url(pq: Option<&PathAndQuery>, rules: &super::redact::Redaction) -> Box<str> {
-    pq.map_or_else(|| "/".into(), |pq| rules.url(pq.as_str()).into())
+/// Writes the request record line (JSON and a newline). Field names are the documented ones;
+/// values come straight from the request context, so nothing is copied or allocated beyond the
+/// line itself. The URL passes through redaction; `Principal` is a slot name or a subject.
+fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration) -> Vec<u8> {
+    let service = ctx.service.as_deref();
+    let mut line = Vec::with_capacity(640);
+    let mut o = JsonObject::new(&mut line);
+    o.str("type", "request");
+    o.display(
+        "timestamp",
+        humantime::format_rfc3339_micros(ctx.start_wall),
+    );
+    o.opt_bytes("RequestId", Some(ctx.request_id.as_bytes()));
+    o.opt_bytes(
+        "ClientRequestId",
+        ctx.client_request_id.as_ref().map(HeaderValue::as_bytes),
+    );
+    o.str("HTTPMethod", ctx.method.as_str());
+    let url = ctx
+        .url
+        .as_ref()
+        .map_or(Cow::Borrowed("/"), |pq| gw.redaction.url(pq.as_str()));
+    o.str("RequestUrl", &url);
+    o.opt_bytes(
+        "UserAgent",
+        ctx.user_agent.as_ref().map(HeaderValue::as_bytes),
+    );
+    o.u64("StatusCode", u64::from(ctx.status));
+    o.bool("Success", ctx.status < 400);
+    o.f64("Duration", duration.as_secs_f64() * 1000.0);
+    o.str("ComputeType", &gw.compute_type);
+    o.opt_str("ServiceName", service.map(|s| &*s.name));
+    o.opt_str("AuthMode", service.map(|s| s.config.auth.as_str()));
+    let principal = match &ctx.principal {
+        Principal::Anonymous => None,
+        Principal::Key(slot) => Some(slot.as_str()),
+        Principal::Token { subject, .. } => Some(&**subject),
+    };
+    o.opt_str("Principal", principal);
+    o.opt_u64("UpstreamStatusCode", ctx.upstream_status.map(u64::from));
+    o.opt_f64(
+        "UpstreamDuration",
+        ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
+    );
+    o.opt_f64(
+        "QueueWait",
+        ctx.queue_wait.map(|d| d.as_secs_f64() * 1000.0),
+    );
+    o.u64("RequestBytes", ctx.request_bytes());
+    o.u64("ResponseBytes", ctx.response_bytes);
+    o.opt_str("ErrorCode", ctx.error.as_ref().map(GatewayError::code));
+    o.display("ClientIp", ctx.client_ip);
+    o.end();
+    line.push(b'\n');
+    line
 }
 
 /// Completes a request's telemetry: settles the outcome of a request that ended early, updates
@@ -120,7 +104,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     if service.is_some() {
         metrics.inflight.dec();
     }
-    if let crate::auth::Principal::Key(slot) = ctx.principal {
+    if let Principal::Key(slot) = ctx.principal {
         metrics.count_key_auth(slot);
     }
     if let Some(err) = &ctx.error {
@@ -133,29 +117,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
         );
     }
 
-    gw.records.emit(RequestRecord {
-        kind: "request",
-        timestamp: ctx.start_wall,
-        request_id: owned(&ctx.request_id),
-        client_request_id: ctx.client_request_id.as_ref().map(owned),
-        method: ctx.method.clone(),
-        url: recorded_url(ctx.url.as_ref(), &gw.redaction),
-        user_agent: ctx.user_agent.as_ref().map(owned),
-        status: ctx.status,
-        success: ctx.status < 400,
-        duration_ms: duration.as_secs_f64() * 1000.0,
-        compute_type: Arc::clone(&gw.compute_type),
-        service: service.map(|s| Arc::clone(&s.name)),
-        auth_mode: service.map(|s| s.config.auth.as_str()),
-        principal: ctx.principal.record_name(),
-        upstream_status: ctx.upstream_status,
-        upstream_duration_ms: ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
-        queue_wait_ms: ctx.queue_wait.map(|d| d.as_secs_f64() * 1000.0),
-        request_bytes: ctx.request_bytes(),
-        response_bytes: ctx.response_bytes,
-        error_code: ctx.error.as_ref().map(GatewayError::code),
-        client_ip: ctx.client_ip,
-    });
+    gw.records.emit(record_line(gw, ctx, duration));
 }
 
 /// Failure-side metrics and the diagnostic line with the full cause chain.

@@ -22,14 +22,14 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 
 use super::activity::ActivityRecord;
-use super::request_log::RequestRecord;
 
 /// One line of the record stream.
 #[derive(Debug)]
 pub enum Line {
     // Both boxed: the queue's slots are then two words each, so a deep queue (allocated up front)
     // costs little memory.
-    Request(Box<RequestRecord>),
+    /// A request record, already serialized (with its newline) on the request path.
+    Request(Vec<u8>),
     Activity(Box<ActivityRecord>),
     /// Sent by [`RecordWriter::finish`]: write what came before, then stop.
     Stop,
@@ -154,11 +154,11 @@ impl RecordSink {
     }
 
     /// Queues a request record, or counts it as dropped when the writer is behind.
-    pub fn emit(&self, record: RequestRecord) {
+    pub fn emit(&self, record: Vec<u8>) {
         if !self.requests {
             return;
         }
-        match self.tx.try_send(Line::Request(Box::new(record))) {
+        match self.tx.try_send(Line::Request(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
@@ -258,16 +258,17 @@ fn write_loop(
     }
 }
 
-/// Serializes one line into the batch; returns true for the stop marker.
+/// Adds one line to the batch; returns true for the stop marker.
 fn append(buf: &mut Vec<u8>, line: &Line) -> bool {
-    // Serializing plain owned data into a Vec cannot fail.
-    let ok = match line {
-        Line::Request(r) => serde_json::to_writer(&mut *buf, r).is_ok(),
-        Line::Activity(a) => serde_json::to_writer(&mut *buf, a).is_ok(),
+    match line {
+        Line::Request(serialized) => buf.extend_from_slice(serialized),
+        Line::Activity(a) => {
+            // Serializing plain owned data into a Vec cannot fail.
+            if serde_json::to_writer(&mut *buf, a).is_ok() {
+                buf.push(b'\n');
+            }
+        }
         Line::Stop => return true,
-    };
-    if ok {
-        buf.push(b'\n');
     }
     false
 }

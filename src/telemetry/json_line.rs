@@ -1,0 +1,147 @@
+//! A minimal JSON object writer for the request record, the one line written per request.
+//!
+//! The record's shape is fixed and its values are mostly short ASCII, so a direct writer (with
+//! `itoa`/`ryu` for numbers and a fast path for strings that need no escaping) costs a fraction
+//! of going through serde's data model. Strings that do need escaping are handed to
+//! `serde_json`, so the output is always valid JSON.
+
+use std::fmt::{Display, Write as _};
+
+/// Writes one JSON object into a byte buffer, field by field.
+pub struct JsonObject<'a> {
+    buf: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    pub fn new(buf: &'a mut Vec<u8>) -> Self {
+        buf.push(b'{');
+        Self { buf, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        string(self.buf, key);
+        self.buf.push(b':');
+    }
+
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        string(self.buf, value);
+    }
+
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        self.key(key);
+        match value {
+            Some(v) => string(self.buf, v),
+            None => self.buf.extend_from_slice(b"null"),
+        }
+    }
+
+    /// Header bytes as text (invalid UTF-8 replaced, as the rest of the gateway shows it).
+    pub fn opt_bytes(&mut self, key: &str, value: Option<&[u8]>) {
+        self.opt_str(key, value.map(String::from_utf8_lossy).as_deref());
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) {
+        match value {
+            Some(v) => self.u64(key, v),
+            None => self.null(key),
+        }
+    }
+
+    pub fn f64(&mut self, key: &str, value: f64) {
+        self.key(key);
+        if value.is_finite() {
+            self.buf
+                .extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
+        } else {
+            self.buf.extend_from_slice(b"null");
+        }
+    }
+
+    pub fn opt_f64(&mut self, key: &str, value: Option<f64>) {
+        match value {
+            Some(v) => self.f64(key, v),
+            None => self.null(key),
+        }
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    pub fn null(&mut self, key: &str) {
+        self.key(key);
+        self.buf.extend_from_slice(b"null");
+    }
+
+    /// A value whose `Display` output never needs escaping (timestamps, IP addresses).
+    pub fn display(&mut self, key: &str, value: impl Display) {
+        self.key(key);
+        let mut text = String::with_capacity(40);
+        let _ = write!(text, "{value}");
+        string(self.buf, &text);
+    }
+
+    pub fn end(self) {
+        self.buf.push(b'}');
+    }
+}
+
+/// A JSON string: copied as is when nothing needs escaping, else escaped by `serde_json`.
+fn string(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else if serde_json::to_writer(&mut *buf, s).is_err() {
+        // Writing a &str into a Vec cannot fail; keep the output valid regardless.
+        buf.extend_from_slice(b"\"\"");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_valid_json_for_awkward_values() {
+        let mut buf = Vec::new();
+        let mut o = JsonObject::new(&mut buf);
+        o.str("plain", "curl/8.0");
+        o.str("quote", "a \"quoted\" \\ back\nslash\u{1}");
+        o.str("unicode", "résumé ☃");
+        o.opt_str("none", None);
+        o.opt_bytes("bytes", Some(b"ok\xff"));
+        o.u64("n", 18_446_744_073_709_551_615);
+        o.f64("f", 0.125);
+        o.f64("nan", f64::NAN);
+        o.opt_f64("nof", None);
+        o.bool("yes", true);
+        o.display("ip", std::net::IpAddr::from([127, 0, 0, 1]));
+        o.end();
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
+        assert_eq!(v["plain"], "curl/8.0");
+        assert_eq!(v["quote"], "a \"quoted\" \\ back\nslash\u{1}");
+        assert_eq!(v["unicode"], "résumé ☃");
+        assert!(v["none"].is_null());
+        assert_eq!(v["bytes"], "ok\u{fffd}");
+        assert_eq!(v["n"], 18_446_744_073_709_551_615_u64);
+        assert_eq!(v["f"], 0.125);
+        assert!(v["nan"].is_null() && v["nof"].is_null());
+        assert_eq!(v["yes"], true);
+        assert_eq!(v["ip"], "127.0.0.1");
+    }
+}
