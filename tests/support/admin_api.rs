@@ -19,13 +19,7 @@ pub struct Admin {
     token: String,
 }
 
-/// The bootstrap credential the gateway wrote into `state_dir`.
-pub fn bootstrap_token(state_dir: &Path) -> String {
-    std::fs::read_to_string(state_dir.join("admin.token"))
-        .expect("read state_dir/admin.token")
-        .trim()
-        .to_owned()
-}
+pub use super::admin_http::read_admin_token as bootstrap_token;
 
 impl Admin {
     /// The client for an in-process gateway; waits until the gateway has written its
@@ -39,19 +33,13 @@ impl Admin {
     }
 
     async fn new(addr: SocketAddr, state_dir: &Path) -> Self {
-        let file = state_dir.join("admin.token");
-        wait_until("the gateway to write state_dir/admin.token", || {
-            let exists = file.exists();
-            async move { exists }
-        })
-        .await;
         Self {
             client: reqwest::Client::builder()
                 .no_proxy()
                 .build()
                 .expect("build admin client"),
             addr,
-            token: bootstrap_token(state_dir),
+            token: super::admin_http::wait_admin_token(state_dir).await,
         }
     }
 
@@ -62,20 +50,15 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .request(method.clone(), format!("http://{}{path}", self.addr))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = within(&format!("admin {method} {path}"), req.send())
-            .await
-            .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"));
-        let status = resp.status();
-        let bytes = within("admin response body", resp.bytes())
-            .await
-            .expect("admin response body");
+        let url = format!("http://{}{path}", self.addr);
+        let (status, _, bytes) = super::admin_http::send(
+            &self.client,
+            method.clone(),
+            &url,
+            Some(&self.token),
+            body.as_ref(),
+        )
+        .await;
         let json = if bytes.is_empty() {
             Value::Null
         } else {

@@ -42,16 +42,7 @@ impl Answer {
 
 /// The bootstrap credential (`state_dir/admin.token`), once the gateway has written it.
 pub async fn bootstrap_credential(gw: &TestGateway) -> String {
-    let path = gw.dir().join("state").join("admin.token");
-    wait_until("the gateway to write state/admin.token", || {
-        let path = path.clone();
-        async move { std::fs::read_to_string(&path).is_ok_and(|t| t.ends_with('\n')) }
-    })
-    .await;
-    std::fs::read_to_string(&path)
-        .expect("read admin.token")
-        .trim()
-        .to_owned()
+    super::admin_http::wait_admin_token(&gw.dir().join("state")).await
 }
 
 /// `method path` on the admin listener with an optional bearer credential and JSON body.
@@ -62,26 +53,12 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> Answer {
-    let mut req = gw
-        .admin_client()
-        .request(method.clone(), gw.admin_url(path));
-    if let Some(credential) = bearer {
-        req = req.bearer_auth(credential);
-    }
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    let resp = within(&format!("admin {method} {path}"), req.send())
-        .await
-        .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"));
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let text = within("admin response body", resp.text())
-        .await
-        .expect("admin response body");
+    let (status, headers, bytes) =
+        super::admin_http::send(gw.admin_client(), method, &gw.admin_url(path), bearer, body).await;
     Answer {
         status,
         headers,
-        text,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
 

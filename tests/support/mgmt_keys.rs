@@ -15,13 +15,7 @@ use serde_json::{Value, json};
 use super::check::header;
 use super::{TestGateway, wait_until, within};
 
-/// The bootstrap admin credential in `state_dir` (`admin.token`, trimmed).
-pub fn read_admin_token(state_dir: &Path) -> String {
-    std::fs::read_to_string(state_dir.join("admin.token"))
-        .expect("read state_dir/admin.token")
-        .trim()
-        .to_owned()
-}
+pub use super::admin_http::read_admin_token;
 
 /// One admin call: `method url` with `Authorization: Bearer <token>` when given and a JSON body
 /// when given. Returns status, headers and the body as JSON (`Null` when empty, a JSON string
@@ -33,20 +27,7 @@ pub async fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (StatusCode, HeaderMap, Value) {
-    let mut req = client.request(method.clone(), url);
-    if let Some(token) = token {
-        req = req.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        req = req.json(body);
-    }
-    let resp = within(&format!("admin {method} {url}"), req.send())
-        .await
-        .unwrap_or_else(|e| panic!("admin {method} {url}: {e}"));
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = within("admin response body", resp.bytes())
-        .await
-        .expect("admin response body");
+    let (status, headers, bytes) = super::admin_http::send(client, method, url, token, body).await;
     let value = if bytes.is_empty() {
         Value::Null
     } else {

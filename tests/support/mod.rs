@@ -16,6 +16,8 @@
 //! - [`check`]: reading responses and asserting the gateway's error envelope.
 //! - [`jwt`]: an independent JWS encoder (aws-lc-rs) for tokens the gateway must accept or refuse.
 //! - [`jwks`]: `JwksServer`, a trusted issuer's JWKS URL that can rotate, fail and count fetches.
+//! - [`admin_http`]: the shared transport and credential reading for the three management
+//!   helpers below (one per suite family).
 //! - [`mgmt`]: management API calls with the bootstrap credential or an identity token.
 //! - [`certs`]: extra CAs, server and client certificates, multi-CA TLS clients, atomic and
 //!   Kubernetes-style certificate file swaps.
@@ -36,6 +38,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod admin_api;
+pub mod admin_http;
 pub mod certs;
 pub mod check;
 pub mod gateway;
