@@ -6,13 +6,17 @@
 //! hyper drops the request (client gone) at whatever point it was. Phases, in order (see
 //! `docs/request-lifecycle.md`):
 //!
-//! 1. `early_reject`: size limit from `Content-Length` before any upstream contact.
-//! 2. `select_service`: longest matching route, or 404.
-//! 3. `authenticate`: the service's auth mode turns credentials into a `Principal` (401 otherwise).
-//! 4. `upstream_request`: strip hop-by-hop headers, add forwarding and request-id headers, rewrite
+//! 1. `select_service`: the client address (trusted proxies), unsafe paths (400), the longest
+//!    matching route (404).
+//! 2. `network_rules`: `allow_cidrs` (403), before anything about the caller is examined.
+//! 3. `early_reject`: size limit from `Content-Length` before any upstream contact (413).
+//! 4. `authenticate`: the service's auth mode turns credentials into a `Principal` (401).
+//! 5. `rate_limit`: the caller's token bucket (429).
+//! 6. admission: a slot in the upstream, waiting in the FIFO queue if needed (503).
+//! 7. `upstream_request`: strip hop-by-hop headers, add forwarding and request-id headers, rewrite
 //!    the URI to the upstream with the route prefix removed.
-//! 5. `forward`: the pooled client under the scoring timeout (504) with connect errors as 502.
-//! 6. `response_filter`: strip hop-by-hop headers, add request-id headers.
+//! 8. `forward`: the pooled client under the scoring timeout (504) with connect errors as 502.
+//! 9. `response_filter`: strip hop-by-hop headers, add request-id and refresh-after headers.
 //!
 //! This module never logs or counts: `finish` (in `telemetry::request_log`) does both.
 
