@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// the connection or the end of the previous response (so it is also the HTTP/1 keep-alive
     /// idle limit).
     pub header_read_timeout: Duration,
+    /// An HTTP/1.1 connection with no request for this long gives its HTTP buffers back (about
+    /// 16 KiB) until the client sends again; zero keeps them for the connection's life.
+    pub idle_release: Duration,
     /// Tokio worker threads; `None` lets tokio decide (one per core, or `TOKIO_WORKER_THREADS`).
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.

@@ -71,8 +71,15 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             n.max_header_bytes,
             n.max_headers,
             n.http2_max_concurrent_streams,
-        ) || (o.header_read_timeout, o.tls_handshake_timeout)
-            != (n.header_read_timeout, n.tls_handshake_timeout),
+        ) || (
+            o.header_read_timeout,
+            o.tls_handshake_timeout,
+            o.idle_release,
+        ) != (
+            n.header_read_timeout,
+            n.tls_handshake_timeout,
+            n.idle_release,
+        ),
     );
     check(
         "server.public_metrics",

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 
 mod first_byte;
+mod h1;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Gateway;
 use crate::telemetry::metrics::Metrics;
@@ -111,6 +112,10 @@ pub async fn run(
         http: HttpServers::new(&config),
         handshake_timeout: config.server.tls_handshake_timeout,
         header_read_timeout: config.server.header_read_timeout,
+        idle: h1::IdleLimits {
+            release: config.server.idle_release,
+            close: config.server.header_read_timeout,
+        },
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
     };
     tracing::info!(
@@ -240,6 +245,8 @@ struct ScoringListener {
     handshake_timeout: Duration,
     /// Bound on the wait for a connection's first request bytes.
     header_read_timeout: Duration,
+    /// When idle HTTP/1.1-over-TLS connections release their buffers, and are closed.
+    idle: h1::IdleLimits,
     /// One permit per open connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
 }
@@ -301,7 +308,8 @@ impl ScoringListener {
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ConnInfo::new(peer));
         let gw = Arc::clone(&self.gw);
-        let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&conn), req));
+        let info = Arc::clone(&conn);
+        let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&info), req));
         let result = match &self.acceptor {
             Some(acceptor) => {
                 let handshake = async {
@@ -311,19 +319,34 @@ impl ScoringListener {
                     if matches!(stream.peek(&mut first).await, Ok(0)) {
                         return None;
                     }
-                    Some(acceptor.accept(stream).await)
+                    // Boxed: the TLS state (about 1.2 KiB) is then never copied between phases.
+                    Some(acceptor.accept(stream).await.map(Box::new))
                 };
-                match tokio::time::timeout(self.handshake_timeout, handshake).await {
+                // Every phase is boxed: the connection's task then holds only the phase it is
+                // in (the handshake and each protocol's connection are kilobytes each, and an
+                // idle connection should cost as little as possible).
+                match Box::pin(tokio::time::timeout(self.handshake_timeout, handshake)).await {
                     Ok(None) => return,
                     Ok(Some(Ok(tls))) => {
                         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             // The HTTP/2 preface has no timer of its own.
                             let io = FirstByteTimeout::new(tls, self.header_read_timeout);
                             let conn = self.http.h2.serve_connection(TokioIo::new(io), service);
-                            watcher.watch(conn).await.map_err(Into::into)
+                            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
                         } else {
-                            let conn = self.http.h1.serve_connection(TokioIo::new(tls), service);
-                            watcher.watch(conn).await.map_err(Into::into)
+                            let ctx = h1::Ctx {
+                                builder: &self.http.h1,
+                                conn: &conn,
+                                limits: self.idle,
+                                parked: &self.gw.metrics.connections_parked,
+                                releases: &self.gw.metrics.connection_releases,
+                                draining: &self.gw.lifecycle.stop_accepting,
+                            };
+                            // The drain is signalled through `draining`; the watcher only has
+                            // to live as long as the connection.
+                            let served = Box::pin(h1::serve(ctx, tls, service)).await;
+                            drop(watcher);
+                            served.map_err(Into::into)
                         }
                     }
                     Ok(Some(Err(e))) => {
@@ -345,7 +368,7 @@ impl ScoringListener {
                     .auto
                     .serve_connection(TokioIo::new(io), service)
                     .into_owned();
-                watcher.watch(conn).await
+                Box::pin(watcher.watch(conn)).await
             }
         };
         if let Err(e) = result {

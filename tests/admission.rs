@@ -7,6 +7,7 @@ mod support;
 
 mod admission {
     pub mod bodies;
+    pub mod idle;
     pub mod listener;
     pub mod network;
     pub mod order;

@@ -137,6 +137,7 @@ impl Validator<'_> {
                 30_000,
                 1,
             ),
+            idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 1_000, 0),
             worker_threads: raw.worker_threads,
             health_interval: self.millis(
                 "server.health_interval_ms",

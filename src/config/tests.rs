@@ -52,6 +52,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.state_dir, d.dir.path().join("state"));
     assert_eq!(c.server.compute_type, "AKS");
     assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.idle_release, Duration::from_secs(1));
     assert!(c.server.tls.is_none());
     let s = &c.services[0];
     assert_eq!(s.route, "/api/v1/service/iris");
@@ -112,6 +113,7 @@ listen = "localhost:99999"
 admin_listen = "nowhere"
 drain_timeout_ms = 100000000000
 tls_handshake_timeout_ms = 0
+idle_release_ms = 100000000000
 
 [server.tls]
 cert = "missing.crt"
@@ -139,6 +141,7 @@ route = "/iris"
         r#"server.admin_listen: "nowhere" is not an IP address and port (e.g. "127.0.0.1:8443" or "[::1]:8443")"#,
         "server.drain_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
         "server.tls_handshake_timeout_ms: 0 is below the minimum of 1 ms",
+        "server.idle_release_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
         "service[0].name: \"bad name!\" must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_', starting with a letter or digit",
         "service[0].route: \"api\" must start with '/'",
         "service[0].upstream: \"htp://x\" is not an http(s) URL",

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     pub tls_handshake_errors: IntCounter,
     pub accept_errors: IntCounter,
+    pub connections_parked: IntGauge,
+    pub connection_releases: IntCounter,
     pub config_reloads: IntCounterVec,
     pub key_reloads: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
@@ -100,6 +102,14 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .register(Box::new(c.clone()))
         .expect("metric names are unique");
     c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -190,6 +200,16 @@ impl Metrics {
                 &r,
                 "scoregate_accept_errors_total",
                 "Errors accepting TCP connections (e.g. file descriptor exhaustion).",
+            ),
+            connections_parked: gauge(
+                &r,
+                "scoregate_connections_parked",
+                "Idle HTTP/1.1 connections holding no HTTP buffers until their next request (server.idle_release_ms).",
+            ),
+            connection_releases: counter(
+                &r,
+                "scoregate_connection_releases_total",
+                "Times an idle HTTP/1.1 connection gave its HTTP buffers back.",
             ),
             config_reloads: counter_vec(
                 &r,
