@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-request hot functions: the key check, token verification (cold
-//! and cached), route lookup and request-record serialization.
+//! and cached), and the request checks every request passes (path safety, request id).
 //!
 //! `cargo bench --bench hot_paths`. Numbers and the machine they came from are recorded in
 //! `loadtest/RESULTS.md`.
@@ -102,9 +102,33 @@ fn tokens(c: &mut Criterion) {
     g.finish();
 }
 
+fn request(c: &mut Criterion) {
+    use scoregate::proxy::headers::{new_request_id, path_is_safe, request_id};
+    let mut g = c.benchmark_group("request");
+    g.bench_function("path_is_safe", |b| {
+        b.iter(|| path_is_safe(black_box("/api/v1/service/iris/score")));
+    });
+    let mut with_id = HeaderMap::new();
+    with_id.insert(
+        "x-request-id",
+        HeaderValue::from_static("3f2c1e9a-5b7d-4c8e-9a1b-2d3e4f5a6b7c"),
+    );
+    g.bench_function("request_id_kept", |b| {
+        b.iter(|| request_id(black_box(&with_id)));
+    });
+    // A new id, then the two clones every request makes (upstream request, response).
+    g.bench_function("request_id_new_and_cloned", |b| {
+        b.iter(|| {
+            let id = new_request_id();
+            (id.clone(), id.clone(), id)
+        });
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = keys, tokens
+    targets = keys, tokens, request
 }
 criterion_main!(benches);

@@ -55,13 +55,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// encoded `/` or `\`. Such paths could reach outside the route prefix or the upstream's base
 /// path once the scoring container normalises them, so they are refused rather than rewritten.
 pub fn path_is_safe(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+    let b = path.as_bytes();
+    // Most paths have none of the bytes an unsafe path needs; they are done in one scan.
+    if !b.iter().any(|&c| matches!(c, b'.' | b'%' | b'\\')) {
+        return true;
+    }
+    // Case-insensitive matching in place, without a lowercased copy.
+    let has = |pat: &[u8]| b.windows(pat.len()).any(|w| w.eq_ignore_ascii_case(pat));
+    if b.contains(&b'\\') || has(b"%2f") || has(b"%5c") {
         return false;
     }
-    !lower
-        .split('/')
-        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+    !path.split('/').any(|seg| {
+        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
+            .iter()
+            .any(|dot| seg.eq_ignore_ascii_case(dot))
+    })
 }
 
 /// Keeps a client's `x-request-id` if it is 1 to 100 visible ASCII characters (the scoring
@@ -176,6 +184,8 @@ mod tests {
             "/a/%2E",
             "/a/..%2Fb",
             "/a%5cb",
+            "/a%5Cb",
+            "/a\\b",
             "/..",
         ] {
             assert!(!path_is_safe(bad), "{bad}");

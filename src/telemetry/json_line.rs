@@ -5,7 +5,7 @@
 //! of going through serde's data model. Strings that do need escaping are handed to
 //! `serde_json`, so the output is always valid JSON.
 
-use std::fmt::{Display, Write as _};
+use std::fmt::Display;
 
 /// Writes one JSON object into a byte buffer, field by field.
 pub struct JsonObject<'a> {
@@ -90,9 +90,21 @@ impl<'a> JsonObject<'a> {
     /// A value whose `Display` output never needs escaping (timestamps, IP addresses).
     pub fn display(&mut self, key: &str, value: impl Display) {
         self.key(key);
-        let mut text = String::with_capacity(40);
-        let _ = write!(text, "{value}");
-        string(self.buf, &text);
+        // Formatted straight into the line (no temporary string), then checked.
+        let start = self.buf.len();
+        self.buf.push(b'"');
+        let _ = std::io::Write::write_fmt(&mut *self.buf, format_args!("{value}"));
+        if self.buf[start + 1..]
+            .iter()
+            .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+        {
+            self.buf.push(b'"');
+        } else {
+            // Not expected for the values used here; keep the line valid JSON regardless.
+            let text = String::from_utf8_lossy(&self.buf[start + 1..]).into_owned();
+            self.buf.truncate(start);
+            string(self.buf, &text);
+        }
     }
 
     pub fn end(self) {
@@ -131,6 +143,8 @@ mod tests {
         o.opt_f64("nof", None);
         o.bool("yes", true);
         o.display("ip", std::net::IpAddr::from([127, 0, 0, 1]));
+        o.display("awkward", "say \"hi\"\n");
+        o.u64("after", 1);
         o.end();
         let v: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
         assert_eq!(v["plain"], "curl/8.0");
@@ -143,5 +157,7 @@ mod tests {
         assert!(v["nan"].is_null() && v["nof"].is_null());
         assert_eq!(v["yes"], true);
         assert_eq!(v["ip"], "127.0.0.1");
+        assert_eq!(v["awkward"], "say \"hi\"\n");
+        assert_eq!(v["after"], 1);
     }
 }
