@@ -24,6 +24,16 @@ pub fn free_port() -> SocketAddr {
         .expect("find a free port")
 }
 
+/// `N` distinct free ports: every listener stays bound until all are, so the kernel cannot hand
+/// out the same port twice (two separate [`free_port`] calls can, and then the gateway refuses a
+/// config whose two listeners share an address).
+pub fn free_ports<const N: usize>() -> [SocketAddr; N] {
+    let held: [std::net::TcpListener; N] = std::array::from_fn(|_| {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("find a free port")
+    });
+    held.map(|l| l.local_addr().expect("bound address"))
+}
+
 /// `scoregate` with null stdin, killed if dropped while running.
 pub fn command() -> Command {
     let mut cmd = Command::new(BIN);
@@ -79,7 +89,7 @@ impl GatewayProcess {
     /// Like [`Self::start`], with extra environment variables (e.g. `SCOREGATE_LOG`).
     pub fn start_with_env(builder: GatewayBuilder, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("create process temp dir");
-        let (scoring_addr, admin_addr) = (free_port(), free_port());
+        let [scoring_addr, admin_addr] = free_ports();
         let (pki, config) = builder.listen(scoring_addr, admin_addr).write(dir.path());
         let file = |name: &str| {
             std::fs::File::create(dir.path().join(name)).expect("create child output file")
