@@ -4,10 +4,12 @@
 //! tests bind `127.0.0.1:0`. An accept error is logged, counted and briefly backed off; it never
 //! ends the loop. A failed TLS handshake is counted and ends only its own connection. This module
 //! does not authenticate and does not build request records; it hands each request to
-//! `proxy::handle` (scoring) or `admin::handle` (admin).
+//! `proxy::handle` (scoring) or `admin::handle` (admin). HTTP/1.1 over TLS is served by `h1`,
+//! which lets idle connections give their HTTP buffers back (`idle_release_ms`).
 //!
-//! Shutdown order (STYLE §5): readiness turns 503 → pre-drain delay → stop accepting → hyper-util
-//! graceful shutdown of every connection, bounded by `drain_timeout` → stop background tasks.
+//! Shutdown order (STYLE §5): readiness turns 503 → pre-drain delay → stop accepting → graceful
+//! shutdown of every connection (hyper-util's watcher; `h1` watches the stop-accepting token and
+//! closes parked connections at once), bounded by `drain_timeout` → stop background tasks.
 
 use std::future::Future;
 use std::net::SocketAddr;
