@@ -52,6 +52,25 @@ def num(r, k):
         return None
 
 
+def direct_by_round(rows, key):
+    """The `direct` baseline's value of `key` (None if unparsable) in each round that ran ok."""
+    return {r["round"]: num(r, key) for r in rows
+            if r["name"] == "direct" and r["status"] == "ok"}
+
+
+def direct_rps_by_round(rows):
+    """The baseline's req/s per round, only where it is usable as a divisor."""
+    return {k: v for k, v in direct_by_round(rows, "rps").items() if v}
+
+
+def by_name(rows):
+    """Rows grouped by config name, in the order the names first appear."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["name"], []).append(r)
+    return by
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -75,23 +94,16 @@ def table(path, checks_path=None):
     noise_pct = float(os.environ.get("NOISE_PCT", "25"))
     ratio_target = float(os.environ.get("TARGET_RATIO", "0.5"))
     rss_target = float(os.environ.get("TARGET_RSS_MIB", "40"))
-    direct = {r["round"]: float(r["rps"]) for r in rows
-              if r["name"] == "direct" and r["status"] == "ok" and r["rps"]}
-    direct_other = {r["round"]: num(r, "other_cpu_pct") for r in rows
-                    if r["name"] == "direct" and r["status"] == "ok"}
-    order, by = [], {}
-    for r in rows:
-        if r["name"] not in by:
-            order.append(r["name"])
-            by[r["name"]] = []
-        by[r["name"]].append(r)
+    direct = direct_rps_by_round(rows)
+    direct_other = direct_by_round(rows, "other_cpu_pct")
+    by = by_name(rows)
 
     print("| config | proto | auth | req/s median (min-max) | x direct | p50 ms | p99 ms "
           "| proxy CPU us/req | proxy CPU % | upstream CPU % | oha CPU % | other CPU % | peak RSS MiB "
           "| non-2xx / errors (of requests) | records (of requests) | check | targets |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
-    for name in order:
+    for name in by:
         all_runs = by[name]
         rs = [r for r in all_runs if r["status"] == "ok"]
         first = all_runs[0]
@@ -183,14 +195,9 @@ IDLE_NOTE = ("RSS = VmRSS summed over the proxy's processes (for nginx: master +
 
 
 def idle_summary(rows):
-    order, by = [], {}
-    for r in rows:
-        if r["name"] not in by:
-            order.append(r["name"])
-            by[r["name"]] = []
-        by[r["name"]].append(r)
+    by = by_name(rows)
     out = []
-    for name in order:
+    for name in by:
         rs = [r for r in by[name] if r["status"] in ("ok", "incomplete")]
         out.append({
             "name": name, "proto": by[name][0].get("proto", "idle"),
@@ -235,20 +242,12 @@ def idle(path, checks_path=None):
 
 def summarize(rows):
     """Per config: medians over ok rounds, per-round values, in file order."""
-    direct = {r["round"]: num(r, "rps") for r in rows
-              if r["name"] == "direct" and r["status"] == "ok" and num(r, "rps")}
-    direct_p99 = {r["round"]: num(r, "p99_ms") for r in rows
-                  if r["name"] == "direct" and r["status"] == "ok"}
-    direct_other = {r["round"]: num(r, "other_cpu_pct") for r in rows
-                    if r["name"] == "direct" and r["status"] == "ok"}
-    order, by = [], {}
-    for r in rows:
-        if r["name"] not in by:
-            order.append(r["name"])
-            by[r["name"]] = []
-        by[r["name"]].append(r)
+    direct = direct_rps_by_round(rows)
+    direct_p99 = direct_by_round(rows, "p99_ms")
+    direct_other = direct_by_round(rows, "other_cpu_pct")
+    by = by_name(rows)
     out = {}
-    for name in order:
+    for name in by:
         rs = [r for r in by[name] if r["status"] == "ok"]
         rss = [num(r, "peak_rss_mib") for r in rs if num(r, "peak_rss_mib") is not None]
         rps = [num(r, "rps") for r in rs]
