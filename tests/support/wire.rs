@@ -88,6 +88,23 @@ where
     read_to_close(stream).await
 }
 
+/// Writes `bytes`, then asserts the peer closes without answering; returns how long that took
+/// (e.g. a partial request head cut off at the header read timeout).
+pub async fn closed_unanswered<S>(stream: &mut S, bytes: &[u8]) -> std::time::Duration
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = std::time::Instant::now();
+    let answered = exchange(stream, bytes).await;
+    let took = started.elapsed();
+    assert!(
+        answered.is_empty(),
+        "closed without an answer: {:?}",
+        String::from_utf8_lossy(&answered)
+    );
+    took
+}
+
 /// Reads until EOF or a read error (a reset counts as closing); fails after the deadline.
 pub async fn read_to_close<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut out = Vec::new();
