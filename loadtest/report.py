@@ -83,14 +83,7 @@ def fmt(x, spec):
 def table(path, checks_path=None):
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    checks = {}
-    if checks_path and os.path.exists(checks_path):
-        with open(checks_path) as f:
-            for line in f:
-                name, _, result = line.rstrip("\n").partition("\t")
-                # keep the first failure per config, else the last pass
-                if name not in checks or not checks[name].startswith("FAIL"):
-                    checks[name] = result
+    checks = read_checks(checks_path)
     noise_pct = float(os.environ.get("NOISE_PCT", "25"))
     ratio_target = float(os.environ.get("TARGET_RATIO", "0.5"))
     rss_target = float(os.environ.get("TARGET_RSS_MIB", "40"))
@@ -169,6 +162,7 @@ def table(path, checks_path=None):
 
 
 def read_checks(checks_path):
+    """Correctness-check result per config: the first failure, else the last pass."""
     checks = {}
     if checks_path and os.path.exists(checks_path):
         with open(checks_path) as f:

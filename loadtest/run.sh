@@ -141,15 +141,6 @@ sys_busy_ticks() { # -> non-idle CPU ticks of the whole machine (all CPUs), from
   read -r _ us ni sy _ _ irq sirq st _ < /proc/stat
   echo $(( us + ni + sy + irq + sirq + st ))
 }
-hwm_kib() {        # pids... -> VmHWM summed over them, in KiB
-  local s=0 p k v u
-  for p in "$@"; do
-    while read -r k v u; do
-      if [ "$k" = "VmHWM:" ]; then s=$((s + v)); fi
-    done 2>/dev/null < "/proc/$p/status"
-  done
-  echo "$s"
-}
 start_bg() {       # name logfile cmd... ; sets STARTED_PID, the leader of a new session/group
   local name=$1 lf=$2; shift 2
   # In a non-interactive shell a background job is not a group leader, so setsid execs
@@ -593,7 +584,7 @@ one_run() {        # round idx -> appends one row to runs.csv
   fi
   if [ "$proxied" = 1 ]; then
     c1=$(cpu_ticks "${pids[@]}")
-    hw=$(hwm_kib "${pids[@]}")
+    read -r hw _ <<< "$(mem_kib VmHWM "${pids[@]}")"
     stop_peer                           # a clean stop flushes the record writer
     rec1=$(records_lines "$name")
     if [ -n "$rec0" ] && [ -n "$rec1" ]; then recs=$((rec1 - rec0)); fi
