@@ -164,9 +164,9 @@ pub enum GatewayError {
 
     // ---- upstream ----
     #[error("could not connect to the scoring container")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] crate::proxy::upstream::BoxError),
     #[error("the scoring container failed while answering")]
-    UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    UpstreamProtocol(#[source] hyper::Error),
     #[error("the scoring container sent no response headers within {} ms", .after.as_millis())]
     UpstreamTimeout { after: Duration },
     /// The response had started, so the client saw the upstream's status; only records see this.

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
-
 use crate::runtime::{Gateway, Service};
 
 /// Re-probe interval while some upstream is not (yet) healthy.
@@ -40,15 +38,11 @@ pub async fn probe_loop(gw: Arc<Gateway>, interval: Duration) {
 
 async fn probe(gw: &Gateway, service: &Service) -> bool {
     let up = &service.config.upstream;
-    let uri = Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(format!("{}{}", up.base_path, service.config.health_path))
-        .build();
-    let healthy = match uri {
-        Ok(uri) => service.upstream.probe(uri, PROBE_TIMEOUT).await,
-        Err(_) => false,
-    };
+    let path = format!("{}{}", up.base_path, service.config.health_path);
+    let healthy = service
+        .upstream
+        .probe(&path, service.host_header.clone(), PROBE_TIMEOUT)
+        .await;
     let was = service.is_healthy();
     if healthy != was {
         if healthy {

@@ -40,6 +40,7 @@ use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::runtime::{Gateway, Service};
 use body::{BodyFault, Progress, ProxyBody, RequestBody};
+use upstream::{Lease, UpstreamError};
 
 /// Facts about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -196,7 +197,7 @@ pub async fn handle(
         conn: OpenRequest::new(conn),
     });
     let response = match pipeline(&mut fin, req).await {
-        Ok(resp) => {
+        Ok((resp, lease)) => {
             let (parts, body) = resp.into_parts();
             fin.ctx.status = parts.status.as_u16();
             fin.ctx.response_started = true;
@@ -205,7 +206,7 @@ pub async fn handle(
                 .service
                 .as_ref()
                 .map_or(Duration::from_secs(60), |s| s.config.body_idle_timeout);
-            Response::from_parts(parts, ProxyBody::upstream(body, idle, fin))
+            Response::from_parts(parts, ProxyBody::upstream(body, lease, idle, fin))
         }
         Err(err) => error_response(fin, err),
     };
@@ -215,7 +216,7 @@ pub async fn handle(
 async fn pipeline(
     fin: &mut Finish,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<(Response<Incoming>, Lease), GatewayError> {
     let Finish { gw, ctx, conn } = fin;
     let conn: &ConnInfo = &conn.0;
     let (service, strip) = select_service(gw, ctx, &req)?;
@@ -233,9 +234,9 @@ async fn pipeline(
     ctx.queue_wait = Some(waited);
     ctx.permit = Some(permit);
     let upstream_req = upstream_request(gw, &service, ctx, conn, req, strip)?;
-    let mut resp = forward(&service, ctx, upstream_req).await?;
+    let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
-    Ok(resp)
+    Ok((resp, lease))
 }
 
 /// Settles who the client is, then finds the longest matching route; returns the service and the
@@ -387,28 +388,27 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The upstream URI: scheme and authority of the upstream, its base path, then the request path
-/// with the first `strip` bytes (the route prefix) removed, then the query.
+/// The upstream request target (origin-form: the connection already names the upstream): its
+/// base path, then the request path with the first `strip` bytes (the route prefix) removed,
+/// then the query.
 fn upstream_uri(
     upstream: &crate::config::Upstream,
     uri: &Uri,
     strip: usize,
 ) -> Result<Uri, GatewayError> {
+    if strip == 0
+        && upstream.base_path.is_empty()
+        && let Some(pq) = uri.path_and_query()
+    {
+        // Sidecar route "/": the path and query go through unchanged, without a copy.
+        return Ok(Uri::from(pq.clone()));
+    }
     let path = uri.path();
     let rest = match path.get(strip..) {
         Some("") | None => "/",
         Some(rest) => rest,
     };
     let query = uri.query();
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(upstream.scheme.clone());
-    parts.authority = Some(upstream.authority.clone());
-    if strip == 0 && upstream.base_path.is_empty() {
-        // Sidecar route "/": the path and query go through unchanged, without a copy.
-        parts.path_and_query = uri.path_and_query().cloned();
-        return Uri::from_parts(parts)
-            .map_err(|_| GatewayError::BadRequest("path cannot be forwarded"));
-    }
     let mut pq = String::with_capacity(
         upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len),
     );
@@ -418,11 +418,8 @@ fn upstream_uri(
         pq.push('?');
         pq.push_str(q);
     }
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
+    PathAndQuery::try_from(pq)
+        .map(Uri::from)
         .map_err(|_| GatewayError::BadRequest("path cannot be forwarded"))
 }
 
@@ -432,17 +429,17 @@ async fn forward(
     service: &Service,
     ctx: &mut RequestCtx,
     req: Request<RequestBody>,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<(Response<Incoming>, Lease), GatewayError> {
     let started = Instant::now();
     let timeout = service.config.scoring_timeout;
     let result = tokio::time::timeout(timeout, service.upstream.send(req)).await;
     let elapsed = started.elapsed();
     let fault = ctx.request_progress.as_ref().and_then(|p| p.fault());
     match result {
-        Ok(Ok(resp)) => {
+        Ok(Ok((resp, lease))) => {
             ctx.upstream_duration = Some(elapsed);
             ctx.upstream_status = Some(resp.status().as_u16());
-            Ok(resp)
+            Ok((resp, lease))
         }
         // A failure caused by the client's own body belongs to the client, whatever the
         // upstream client reports.
@@ -455,8 +452,8 @@ async fn forward(
         Ok(Err(_)) if fault == Some(BodyFault::Idle) => Err(GatewayError::ClientBodyTimeout {
             after: service.config.body_idle_timeout,
         }),
-        Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(e)),
-        Ok(Err(e)) => {
+        Ok(Err(UpstreamError::Connect(e))) => Err(GatewayError::UpstreamConnect(e)),
+        Ok(Err(UpstreamError::Http(e))) => {
             ctx.upstream_duration = Some(elapsed);
             Err(GatewayError::UpstreamProtocol(e))
         }

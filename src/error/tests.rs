@@ -1,18 +1,36 @@
 use super::*;
 
-/// A real connect error from hyper-util's client, produced against a closed loopback port.
-async fn connect_error() -> hyper_util::client::legacy::Error {
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
+/// A real connect error, produced against a closed loopback port.
+async fn connect_error() -> crate::proxy::upstream::BoxError {
     // Bind and drop a listener so the port is very likely closed right now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
         .expect("bind");
-    let client: Client<_, http_body_util::Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("http://127.0.0.1:{port}/").parse().expect("uri");
-    client.get(uri).await.expect_err("port is closed")
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect_err("port is closed")
+        .into()
+}
+
+/// A real HTTP/1.1 client error: the peer goes away before answering.
+async fn protocol_error() -> hyper::Error {
+    let (client, server) = tokio::io::duplex(64);
+    drop(server);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(
+            hyper_util::rt::TokioIo::new(client),
+        )
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header(http::header::HOST, "x")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    sender
+        .send_request(req)
+        .await
+        .expect_err("the peer is gone")
 }
 
 #[tokio::test]
@@ -101,7 +119,7 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             "upstream_unreachable",
         ),
         (
-            GatewayError::UpstreamProtocol(connect_error().await),
+            GatewayError::UpstreamProtocol(protocol_error().await),
             502,
             Side::Upstream,
             "upstream_error",

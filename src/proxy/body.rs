@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::Finish;
+use super::upstream::Lease;
 use crate::error::GatewayError;
 
 /// What the request body wrapper observed; read by the handler after forwarding.
@@ -199,7 +200,13 @@ pub struct ProxyBody {
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming, IdleTimer),
+    Upstream {
+        body: Incoming,
+        idle: IdleTimer,
+        /// Back to the pool once the body has ended; dropped (closing the connection) if the
+        /// body is abandoned or fails.
+        conn: Option<Lease>,
+    },
 }
 
 /// Why the response stream to the client was cut.
@@ -219,9 +226,13 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: Incoming, idle: Duration, finish: Box<Finish>) -> Self {
+    pub fn upstream(body: Incoming, conn: Lease, idle: Duration, finish: Box<Finish>) -> Self {
         Self {
-            kind: Kind::Upstream(body, IdleTimer::new(idle)),
+            kind: Kind::Upstream {
+                body,
+                idle: IdleTimer::new(idle),
+                conn: Some(conn),
+            },
             finish: Some(finish),
         }
     }
@@ -232,8 +243,14 @@ impl ProxyBody {
         }
     }
 
-    /// Marks the response complete and writes the record now, not whenever hyper drops us.
+    /// Marks the response complete and writes the record now, not whenever hyper drops us; the
+    /// upstream connection is free for the next request.
     fn complete(&mut self) {
+        if let Kind::Upstream { conn, .. } = &mut self.kind
+            && let Some(conn) = conn.take()
+        {
+            conn.release();
+        }
         if let Some(mut f) = self.finish.take() {
             f.ctx.response_complete = true;
         }
@@ -275,7 +292,9 @@ impl Body for ProxyBody {
                     }
                 }
             }
-            Kind::Upstream(inner, idle) => {
+            Kind::Upstream {
+                body: inner, idle, ..
+            } => {
                 let polled = match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Ready(polled) => polled,
                     Poll::Pending => {
@@ -320,7 +339,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(inner, _) => inner.is_end_stream(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -328,7 +347,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(inner, _) => inner.size_hint(),
+            Kind::Upstream { body, .. } => body.size_hint(),
         }
     }
 }

@@ -2,34 +2,110 @@
 //! `/readyz`.
 //!
 //! One client per service, so each service's connect timeout and TLS trust apply to its own
-//! upstream; the pool keeps idle HTTP/1.1 connections per host. An `https://` upstream is
-//! verified against the system roots plus an optional `upstream_ca`. Response-header timeouts
-//! are applied by the caller (`proxy::forward`) because they are a per-request policy, not a
-//! transport setting.
+//! upstream. An `https://` upstream is verified against the system roots plus an optional
+//! `upstream_ca`. Response-header timeouts are applied by the caller (`proxy::forward`) because
+//! they are a per-request policy, not a transport setting.
+//!
+//! # The pool
+//!
+//! A service has exactly one upstream, so the pool is one stack of idle HTTP/1.1 connections,
+//! not a map keyed by host. A request takes the most recently used idle connection (or dials a
+//! new one) and gets it as a [`Lease`]; the response body gives the lease back when its last
+//! byte has passed ([`Lease::release`]), which is when hyper's connection task has already
+//! turned to wait for the next request. A body that is abandoned drops the lease instead, and
+//! with it the connection, which cannot be reused with unread bytes on it.
+//!
+//! This replaces hyper-util's general-purpose client, which on every request builds a connect
+//! future it rarely needs, clones a pool key, and spawns a task that waits for the connection
+//! to become idle again; on the proxy's hot path those were measurable (`loadtest/RESULTS.md`).
 
-use std::time::Duration;
+use std::error::Error as StdError;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::rt::{Read, Write};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
 
 use super::body::RequestBody;
 use crate::config::ServiceConfig;
 
-/// Idle upstream connections are kept this long; scoring containers (gunicorn) commonly close
-/// idle keep-alive connections after a few seconds, so a stale one is retried by hyper-util.
+/// Idle upstream connections older than this are not reused; scoring containers (gunicorn)
+/// commonly close idle keep-alive connections after a few seconds anyway.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough idle connections for a burst of concurrent requests without reconnecting.
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
+const POOL_MAX_IDLE: usize = 256;
+/// A health answer longer than this is not read to its end (the connection is then dropped).
+const PROBE_MAX_BODY: usize = 64 * 1024;
 
-/// The client of one service. Plain `http://` upstreams get a client without the TLS connector
-/// layer: its futures are smaller and cheaper to move, which shows on the request path.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why an upstream exchange produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: refused, unreachable, DNS, connect timeout, TLS handshake.
+    #[error("connect: {0}")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or the response head was awaited.
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+/// The client of one service; clones share the pool.
 #[derive(Debug, Clone)]
-pub enum UpstreamClient {
-    Plain(Client<HttpConnector, RequestBody>),
-    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>),
+pub struct UpstreamClient(Arc<Pool>);
+
+#[derive(Debug)]
+struct Pool {
+    connector: Connector,
+    /// `scheme://authority/`: what the connector dials.
+    target: Uri,
+    /// Most recently used last.
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// Plain `http://` upstreams get no TLS layer at all.
+#[derive(Debug, Clone)]
+enum Connector {
+    Plain(HttpConnector),
+    Tls(hyper_rustls::HttpsConnector<HttpConnector>),
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// One upstream connection lent to one request.
+#[derive(Debug)]
+pub struct Lease {
+    sender: SendRequest<RequestBody>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// The response has ended: the connection goes back to the pool for the next request.
+    pub fn release(self) {
+        let Self { sender, pool } = self;
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // The stack is ordered by `since`: connections at the bottom that busy traffic never
+        // reaches are closed once they have idled too long.
+        let expired = idle.partition_point(|c| now.duration_since(c.since) > POOL_IDLE_TIMEOUT);
+        idle.drain(..expired);
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(Idle { sender, since: now });
+        }
+    }
 }
 
 impl UpstreamClient {
@@ -38,44 +114,140 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if config.upstream.scheme != http::uri::Scheme::HTTPS {
-            return Ok(Self::Plain(builder.build(http)));
-        }
-        let tls = crate::tls::client_config(config.upstream_ca.as_deref())?;
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        Ok(Self::Tls(builder.build(connector)))
+        let upstream = &config.upstream;
+        let target = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("invalid upstream address: {e}"))?;
+        let connector = if upstream.scheme == http::uri::Scheme::HTTPS {
+            let tls = crate::tls::client_config(config.upstream_ca.as_deref())?;
+            http.enforce_http(false);
+            Connector::Tls(
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+            )
+        } else {
+            Connector::Plain(http)
+        };
+        Ok(Self(Arc::new(Pool {
+            connector,
+            target,
+            idle: Mutex::new(Vec::new()),
+        })))
     }
 
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one. A pooled
+    /// connection the upstream closed while it sat idle fails before the request is written;
+    /// the request then goes out once more on a new connection, as hyper-util's client does.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        match self {
-            Self::Plain(c) => c.request(req).await,
-            Self::Tls(c) => c.request(req).await,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        if let Some(mut sender) = poll_fn(|cx| Poll::Ready(self.0.checkout(cx))).await {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.0.connect().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok((resp, self.lease(sender)))
+    }
+
+    fn lease(&self, sender: SendRequest<RequestBody>) -> Lease {
+        Lease {
+            sender,
+            pool: Arc::clone(&self.0),
         }
     }
 
-    /// `GET uri` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
-    /// 200 `Healthy` (AZUREML-CONTRACT B.3).
-    pub async fn probe(&self, uri: Uri, timeout: Duration) -> bool {
-        let Ok(req) = Request::get(uri).body(RequestBody::Empty) else {
+    /// `GET path` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
+    /// 200 `Healthy` (AZUREML-CONTRACT B.3). The (small) body is read so the connection can be
+    /// reused by the next probe or request.
+    pub async fn probe(&self, path: &str, host: http::HeaderValue, timeout: Duration) -> bool {
+        let Ok(req) = Request::get(path)
+            .header(http::header::HOST, host)
+            .body(RequestBody::Empty)
+        else {
             return false;
         };
-        match tokio::time::timeout(timeout, self.send(req)).await {
-            Ok(Ok(resp)) => resp.status().is_success(),
-            Ok(Err(_)) | Err(_) => false,
+        let exchange = async {
+            let (resp, lease) = self.send(req).await.ok()?;
+            let healthy = resp.status().is_success();
+            let body = http_body_util::Limited::new(resp.into_body(), PROBE_MAX_BODY);
+            http_body_util::BodyExt::collect(body).await.ok()?;
+            lease.release();
+            Some(healthy)
+        };
+        matches!(
+            tokio::time::timeout(timeout, exchange).await,
+            Ok(Some(true))
+        )
+    }
+}
+
+impl Pool {
+    /// The most recently used idle connection that is ready for a request. Connections the
+    /// upstream closed, or that are still busy (a request body the upstream did not wait for),
+    /// are dropped on the way.
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while let Some(mut conn) = idle.pop() {
+            if now.duration_since(conn.since) > POOL_IDLE_TIMEOUT {
+                // Everything below is older still.
+                idle.clear();
+                return None;
+            }
+            if let Poll::Ready(Ok(())) = conn.sender.poll_ready(cx) {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        let target = self.target.clone();
+        match self.connector.clone() {
+            Connector::Plain(mut c) => {
+                let io = c
+                    .call(target)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(e.into()))?;
+                handshake(io).await
+            }
+            Connector::Tls(mut c) => {
+                let io = c.call(target).await.map_err(UpstreamError::Connect)?;
+                handshake(io).await
+            }
         }
     }
+}
+
+/// Starts HTTP/1.1 on a new connection; its I/O runs in a task of its own until the connection
+/// closes or every handle to it is gone.
+async fn handshake<T>(io: T) -> Result<SendRequest<RequestBody>, UpstreamError>
+where
+    T: Read + Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

@@ -20,6 +20,7 @@
 //! | `hop` | answers with hop-by-hop headers (`Connection: x-upstream-hop`, `x-upstream-hop`, `Keep-Alive`, `Proxy-Authenticate`, `Proxy-Connection`) plus `x-normal: yes` |
 //! | `gate?bytes=N` | waits until the test calls [`MockUpstream::open_gate`], then streams `N` (default 1024) pattern bytes |
 //! | `status?code=N` | answers like `echo` with status `N` |
+//! | `close` | answers like `echo` with `Connection: close`, then closes the connection |
 //!
 //! Health probes (`GET /` without `x-request-id`, which the gateway adds to every forwarded
 //! request) are counted separately so they never disturb assertions on proxied traffic.
@@ -52,6 +53,9 @@ type MockBody = BoxBody<Bytes, BoxError>;
 /// One request as the upstream received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// Which TCP connection it arrived on: 0 for the mock's first accepted connection, 1 for
+    /// the next, and so on.
+    pub conn: u64,
     pub method: Method,
     pub path: String,
     pub query: Option<String>,
@@ -216,7 +220,7 @@ impl MockUpstream {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
+    for conn in 0.. {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -225,7 +229,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+            let service = service_fn(move |req| handle(Arc::clone(&shared), conn, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -238,10 +242,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 
 async fn handle(
     shared: Arc<Shared>,
+    conn: u64,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, BoxError> {
     let (parts, incoming) = req.into_parts();
     let seen = Seen {
+        conn,
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -282,6 +288,14 @@ async fn handle(
         "hang" => std::future::pending().await,
         "reset" => Err("closing the connection without an answer (/reset)".into()),
         "hop" => Ok(hop_response()),
+        "close" => {
+            let mut resp = echo(&seen, body, StatusCode::OK).await?;
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Ok(resp)
+        }
         "gate" => {
             let mut open = shared.gate_open.subscribe();
             open.wait_for(|open| *open)
