@@ -103,17 +103,15 @@ impl ActivityLog {
     }
 
     pub fn record(&self, entry: ActivityRecord) {
-        {
-            let mut ring = self
-                .ring
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if ring.len() == RING_CAPACITY {
-                ring.pop_front();
-            }
-            ring.push_back(entry.clone());
+        self.sink.emit_activity(&entry);
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ring.len() == RING_CAPACITY {
+            ring.pop_front();
         }
-        self.sink.emit_activity(entry);
+        ring.push_back(entry);
     }
 
     /// The newest `limit` entries, oldest first.

@@ -22,10 +22,9 @@ use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 /// Writes the request record line (JSON and a newline). Field names are the documented ones;
 /// values come straight from the request context, so nothing is copied or allocated beyond the
 /// line itself. The URL passes through redaction; `Principal` is a slot name or a subject.
-fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration) -> Vec<u8> {
+fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration, line: &mut Vec<u8>) {
     let service = ctx.service.as_deref();
-    let mut line = Vec::with_capacity(640);
-    let mut o = JsonObject::new(&mut line);
+    let mut o = JsonObject::new(line);
     o.str("type", "request");
     o.display(
         "timestamp",
@@ -73,7 +72,6 @@ fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration) ->
     o.display("ClientIp", ctx.client_ip);
     o.end();
     line.push(b'\n');
-    line
 }
 
 /// Completes a request's telemetry: settles the outcome of a request that ended early, updates
@@ -117,7 +115,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
         );
     }
 
-    gw.records.emit(record_line(gw, ctx, duration));
+    gw.records.emit(|line| record_line(gw, ctx, duration, line));
 }
 
 /// Failure-side metrics and the diagnostic line with the full cause chain.

@@ -1,39 +1,31 @@
-//! The record stream's writer: a bounded queue drained by one OS thread that serializes request
-//! records and activity entries as JSON lines and writes each batch with a single call.
+//! The record stream's writer: lines are serialized on the request path into a shared buffer,
+//! and one OS thread takes the whole buffer every few milliseconds and writes it with a single
+//! call.
 //!
-//! Request records use a non-blocking `try_send`: when the writer is behind they are dropped and
-//! counted (`scoregate_request_records_dropped_total`), so a slow sink never slows or blocks a
-//! request and never queues without bound. Activity entries are an audit trail and are never
-//! dropped: if the queue is full they are handed over from a blocking thread instead.
+//! A request record is formatted into a per-thread scratch line (no allocation), then copied
+//! into the shared buffer under a lock held only for that copy; the writer swaps the buffer for
+//! an empty one, so the request path never waits for I/O, and no record is allocated, sent
+//! through a channel or freed on another thread. When the writer is behind (`queue_capacity`
+//! lines waiting), records are dropped and counted (`scoregate_request_records_dropped_total`),
+//! so a slow sink never slows or blocks a request and never queues without bound. Activity
+//! entries are an audit trail and are not dropped while there is room for a further
+//! `BACKLOG_MAX` lines beyond the queue (then they are counted as dropped too).
 //!
 //! Outputs: stdout (diagnostics go to stderr so stdout stays machine-readable), a file with
 //! size-based rotation and a retention count, or any writer (tests). A failing output keeps the
 //! gateway serving; failures are counted and reported once per episode in diagnostics.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 
 use super::activity::ActivityRecord;
-
-/// One line of the record stream.
-#[derive(Debug)]
-pub enum Line {
-    // Both boxed: the queue's slots are then two words each, so a deep queue (allocated up front)
-    // costs little memory.
-    /// A request record, already serialized (with its newline) on the request path.
-    Request(Vec<u8>),
-    Activity(Box<ActivityRecord>),
-    /// Sent by [`RecordWriter::finish`]: write what came before, then stop.
-    Stop,
-}
 
 /// Where the record stream goes.
 pub enum RecordOutput {
@@ -71,31 +63,75 @@ impl std::fmt::Debug for RecordOutput {
 /// The handle the request path and admin API hold: cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RecordSink {
-    tx: SyncSender<Line>,
+    shared: Arc<Shared>,
     /// Whether request records are written at all (`[telemetry] request_records`).
     requests: bool,
     dropped: IntCounter,
-    /// Activity entries that found the queue full, waiting for the writer (bounded).
-    backlog: Arc<Mutex<VecDeque<ActivityRecord>>>,
     activity_dropped: IntCounter,
 }
 
-/// Activity entries kept while the queue is full. Far beyond any real management traffic; only
-/// a flood of refused calls against a stalled sink can fill it, and then the excess is counted.
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Signalled when the first line arrives while the writer waits, and on stop.
+    wake: Condvar,
+    /// Lines that may wait for the writer.
+    capacity: usize,
+}
+
+/// Lines not yet taken by the writer.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: usize,
+    /// The writer is blocked on `wake` (it waits only when `buf` is empty).
+    writer_waiting: bool,
+    /// Write what is here, then stop; later lines are ignored.
+    stopping: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends one line if fewer than `limit` are waiting; false if it did not fit.
+    fn push(&self, line: &[u8], limit: usize) -> bool {
+        let mut p = self.lock();
+        if p.stopping {
+            return true;
+        }
+        if p.lines >= limit {
+            return false;
+        }
+        p.buf.extend_from_slice(line);
+        p.lines += 1;
+        if p.writer_waiting {
+            p.writer_waiting = false;
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
+/// Activity entries that may wait beyond the queue's capacity. Far beyond any real management
+/// traffic; only a flood of refused calls against a stalled sink can fill it, and then the
+/// excess is counted.
 const BACKLOG_MAX: usize = 20_000;
 
 /// Stops the writer thread at the end of shutdown.
 #[derive(Debug)]
 pub struct RecordWriter {
     thread: Option<JoinHandle<()>>,
-    stop: SyncSender<Line>,
+    shared: Arc<Shared>,
 }
 
 impl RecordWriter {
     /// Writes everything queued so far, then stops the writer. Does not wait for other holders of
     /// a `RecordSink` (connections a timed-out drain left behind); their later lines are dropped.
     pub fn join(mut self) {
-        let _ = self.stop.send(Line::Stop);
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -110,6 +146,12 @@ pub struct SinkCounters {
     pub activity_dropped: IntCounter,
 }
 
+thread_local! {
+    /// The line a request record is formatted into before it is copied to the shared buffer;
+    /// reused, so formatting allocates nothing once it has grown to a record's size.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
 impl RecordSink {
     /// Starts the writer thread. `capacity` bounds the lines waiting to be written.
     pub fn spawn(
@@ -118,10 +160,13 @@ impl RecordSink {
         requests: bool,
         counters: SinkCounters,
     ) -> io::Result<(Self, RecordWriter)> {
-        let (tx, rx) = sync_channel(capacity);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            capacity,
+        });
         let write_errors = counters.write_errors.clone();
-        let backlog = Arc::new(Mutex::new(VecDeque::new()));
-        let writer_backlog = Arc::clone(&backlog);
+        let writer_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("scoregate-records".into())
             .spawn(move || {
@@ -136,141 +181,110 @@ impl RecordSink {
                     } => Box::new(RotatingFile::new(path, max_bytes, keep)),
                     RecordOutput::Writer(w) => w,
                 };
-                write_loop(&rx, &writer_backlog, out, &write_errors);
+                write_loop(&writer_shared, out, &write_errors);
             })?;
         Ok((
             Self {
-                tx: tx.clone(),
+                shared: Arc::clone(&shared),
                 requests,
                 dropped: counters.dropped,
-                backlog,
                 activity_dropped: counters.activity_dropped,
             },
             RecordWriter {
                 thread: Some(thread),
-                stop: tx,
+                shared,
             },
         ))
     }
 
-    /// Queues a request record, or counts it as dropped when the writer is behind.
-    pub fn emit(&self, record: Vec<u8>) {
+    /// Queues a request record that `write` formats (one line, newline included), or counts it
+    /// as dropped when the writer is behind. Nothing is formatted when records are off.
+    pub fn emit(&self, write: impl FnOnce(&mut Vec<u8>)) {
         if !self.requests {
             return;
         }
-        match self.tx.try_send(Line::Request(record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
-        }
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            write(line);
+            if !self.shared.push(line, self.shared.capacity) {
+                self.dropped.inc();
+            }
+            // A freak record (a huge URL) does not keep its memory in every thread.
+            if line.capacity() > 64 * 1024 {
+                *line = Vec::with_capacity(1024);
+            }
+        });
     }
 
-    /// Queues an activity entry without blocking: when the queue is full it waits in a bounded
-    /// backlog that the writer drains after the queue (so a stalled sink cannot stall management
-    /// calls, and a burst of entries is not lost).
-    pub fn emit_activity(&self, record: ActivityRecord) {
-        match self.tx.try_send(Line::Activity(Box::new(record))) {
-            Err(TrySendError::Full(Line::Activity(record))) => {
-                let mut backlog = self
-                    .backlog
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if backlog.len() < BACKLOG_MAX {
-                    backlog.push_back(*record);
-                } else {
-                    self.activity_dropped.inc();
-                }
-            }
-            // Sent, or the writer is gone (shutdown); a full queue never hands back another kind.
-            Ok(()) | Err(TrySendError::Disconnected(_) | TrySendError::Full(_)) => {}
+    /// Queues an activity entry without blocking; when the queue is full it still waits (up to
+    /// `BACKLOG_MAX` more lines), so a stalled sink cannot stall management calls and a burst of
+    /// entries is not lost.
+    pub fn emit_activity(&self, record: &ActivityRecord) {
+        let mut line = Vec::with_capacity(512);
+        // Serializing plain owned data into a Vec cannot fail.
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        if !self.shared.push(&line, self.shared.capacity + BACKLOG_MAX) {
+            self.activity_dropped.inc();
         }
     }
 }
 
-/// Most lines written per `write` call; bounds the batch buffer under sustained load.
-const MAX_BATCH: usize = 1024;
-
-/// How often the writer looks at the activity backlog when the queue is quiet.
-const BACKLOG_CHECK: Duration = Duration::from_millis(200);
-/// After each batch the writer pauses this long before draining again. A sender wakes the
-/// writer only when it is blocked waiting (its queue was empty); under load the writer is asleep
-/// in this pause instead, so records accumulate and are written in batches without a futex
-/// wake-up and a context switch per record. Records reach the sink at most this much later.
+/// After each write the writer pauses this long before taking the next batch. A line wakes the
+/// writer only when it is waiting on an empty buffer; under load the writer is in this pause
+/// instead, so lines accumulate and are written in batches without a futex wake-up and a context
+/// switch per record. Records reach the sink at most this much later.
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
 
-fn write_loop(
-    rx: &Receiver<Line>,
-    backlog: &Mutex<VecDeque<ActivityRecord>>,
-    mut out: Box<dyn Write>,
-    write_errors: &IntCounter,
-) {
-    let mut buf = Vec::with_capacity(64 * 1024);
+/// A batch buffer grown beyond this (a burst) is not kept for the next batch.
+const KEEP_BATCH_BYTES: usize = 1 << 20;
+
+fn write_loop(shared: &Shared, mut out: Box<dyn Write>, write_errors: &IntCounter) {
+    let mut batch = Vec::with_capacity(64 * 1024);
     let mut failing = false;
-    let mut stopping = false;
-    while !stopping {
-        buf.clear();
-        match rx.recv_timeout(BACKLOG_CHECK) {
-            Ok(first) => {
-                stopping = append(&mut buf, &first);
-                if !stopping {
-                    for line in rx.try_iter().take(MAX_BATCH - 1) {
-                        if append(&mut buf, &line) {
-                            stopping = true;
-                            break;
-                        }
+    loop {
+        let stopping = {
+            let mut p = shared.lock();
+            while p.buf.is_empty() && !p.stopping {
+                p.writer_waiting = true;
+                p = shared.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
+            }
+            p.writer_waiting = false;
+            std::mem::swap(&mut p.buf, &mut batch);
+            p.lines = 0;
+            p.stopping
+        };
+        if !batch.is_empty() {
+            match out.write_all(&batch).and_then(|()| out.flush()) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("the record stream is being written again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    write_errors.inc();
+                    // Report the first failure of an episode only: a full disk must not flood
+                    // stderr.
+                    if !failing {
+                        tracing::error!(error = %e, "writing the record stream failed; records are being lost");
+                        failing = true;
                     }
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => stopping = true,
-        }
-        let waiting: Vec<ActivityRecord> = backlog
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain(..)
-            .collect();
-        for entry in waiting {
-            append(&mut buf, &Line::Activity(Box::new(entry)));
-        }
-        if buf.is_empty() {
-            continue;
-        }
-        // Let the next batch gather (see BATCH_PAUSE) unless this one ended the stream.
-        let pause = !stopping;
-        match out.write_all(&buf).and_then(|()| out.flush()) {
-            Ok(()) => {
-                if failing {
-                    tracing::info!("the record stream is being written again");
-                    failing = false;
-                }
-            }
-            Err(e) => {
-                write_errors.inc();
-                // Report the first failure of an episode only: a full disk must not flood stderr.
-                if !failing {
-                    tracing::error!(error = %e, "writing the record stream failed; records are being lost");
-                    failing = true;
-                }
+            batch.clear();
+            if batch.capacity() > KEEP_BATCH_BYTES {
+                batch = Vec::with_capacity(64 * 1024);
             }
         }
-        if pause {
-            std::thread::sleep(BATCH_PAUSE);
+        if stopping {
+            return;
         }
+        // Let the next batch gather.
+        std::thread::sleep(BATCH_PAUSE);
     }
-}
-
-/// Adds one line to the batch; returns true for the stop marker.
-fn append(buf: &mut Vec<u8>, line: &Line) -> bool {
-    match line {
-        Line::Request(serialized) => buf.extend_from_slice(serialized),
-        Line::Activity(a) => {
-            // Serializing plain owned data into a Vec cannot fail.
-            if serde_json::to_writer(&mut *buf, a).is_ok() {
-                buf.push(b'\n');
-            }
-        }
-        Line::Stop => return true,
-    }
-    false
 }
 
 /// A file that rotates by size. Opening is retried at most once a second while it fails, so an
