@@ -143,7 +143,13 @@ impl Service {
         });
         let upstream = match same_upstream {
             Some(p) => p.upstream.clone(),
-            None => UpstreamClient::new(&config).map_err(|reason| BuildError::Upstream {
+            None => UpstreamClient::new(
+                &config,
+                metrics
+                    .upstream_connections
+                    .with_label_values(&[config.name.as_str()]),
+            )
+            .map_err(|reason| BuildError::Upstream {
                 service: config.name.clone(),
                 reason,
             })?,

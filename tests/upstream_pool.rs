@@ -27,6 +27,8 @@ async fn gateway(upstream: &str) -> TestGateway {
     gw
 }
 
+const OPENED: &str = r#"scoregate_upstream_connections_total{service="iris"}"#;
+
 async fn post_ok(gw: &TestGateway, path: &str) -> Bytes {
     let resp = within(
         "POST through the gateway",
@@ -52,6 +54,8 @@ async fn sequential_requests_reuse_one_upstream_connection() {
         conns.iter().all(|c| *c == conns[0]),
         "every request on one upstream connection: {conns:?}"
     );
+    // The health probe's connection, reused by every request since.
+    assert_eq!(gw.counter(OPENED), 1);
 }
 
 #[tokio::test]
@@ -66,6 +70,8 @@ async fn connections_the_upstream_closes_are_not_reused() {
     let mut conns: Vec<u64> = upstream.requests().iter().map(|s| s.conn).collect();
     conns.dedup();
     assert_eq!(conns.len(), 3, "a new connection for each request");
+    // The first request went on the health probe's connection, each later one on a new one.
+    assert_eq!(gw.counter(OPENED), 3);
 }
 
 /// An HTTP/1.1 upstream that answers one request per connection and then closes it without
@@ -127,6 +133,7 @@ async fn an_idle_connection_the_upstream_closed_silently_is_replaced() {
         5,
         "one new connection per request"
     );
+    assert_eq!(gw.counter(OPENED), 1 + 5, "the probe's and one per request");
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::rt::{Read, Write};
 use hyper_util::client::legacy::connect::HttpConnector;
+use prometheus::IntCounter;
 use tower_service::Service;
 
 use super::body::RequestBody;
@@ -67,6 +68,8 @@ struct Pool {
     target: Uri,
     /// Most recently used last.
     idle: Mutex<Vec<Idle>>,
+    /// Counts connections opened (`scoregate_upstream_connections_total`).
+    opened: IntCounter,
 }
 
 /// Plain `http://` upstreams get no TLS layer at all.
@@ -109,7 +112,7 @@ impl Lease {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &ServiceConfig) -> Result<Self, String> {
+    pub fn new(config: &ServiceConfig, opened: IntCounter) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
@@ -138,6 +141,7 @@ impl UpstreamClient {
             connector,
             target,
             idle: Mutex::new(Vec::new()),
+            opened,
         })))
     }
 
@@ -219,6 +223,7 @@ impl Pool {
 
     async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let target = self.target.clone();
+        self.opened.inc();
         match self.connector.clone() {
             Connector::Plain(mut c) => {
                 let io = c

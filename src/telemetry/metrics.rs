@@ -64,6 +64,7 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     pub upstream_errors: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
+    pub upstream_connections: IntCounterVec,
     pub tls_handshake_errors: IntCounter,
     pub accept_errors: IntCounter,
     pub connections_parked: IntGauge,
@@ -189,6 +190,12 @@ impl Metrics {
                 &r,
                 "scoregate_upstream_healthy",
                 "1 when the service's last health probe succeeded.",
+                &["service"],
+            ),
+            upstream_connections: counter_vec(
+                &r,
+                "scoregate_upstream_connections_total",
+                "Connections opened to the scoring container (a keep-alive pool reuses them; a fast-growing count means the container closes them).",
                 &["service"],
             ),
             tls_handshake_errors: counter(
