@@ -95,7 +95,8 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends one line if fewer than `limit` are waiting; false if it did not fit.
+    /// Appends one line if fewer than `limit` are waiting; false if it did not fit. After a stop
+    /// the line is ignored.
     fn push(&self, line: &[u8], limit: usize) -> bool {
         let mut p = self.lock();
         if p.stopping {
@@ -238,18 +239,30 @@ impl RecordSink {
 /// switch per record. Records reach the sink at most this much later.
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
 
+/// How often an idle writer checks whether anything can still send it lines.
+const ORPHAN_CHECK: Duration = Duration::from_secs(1);
+
 /// A batch buffer grown beyond this (a burst) is not kept for the next batch.
 const KEEP_BATCH_BYTES: usize = 1 << 20;
 
-fn write_loop(shared: &Shared, mut out: Box<dyn Write>, write_errors: &IntCounter) {
+fn write_loop(shared: &Arc<Shared>, mut out: Box<dyn Write>, write_errors: &IntCounter) {
     let mut batch = Vec::with_capacity(64 * 1024);
     let mut failing = false;
     loop {
         let stopping = {
             let mut p = shared.lock();
             while p.buf.is_empty() && !p.stopping {
+                // Every sink and the writer's handle are gone (never joined): nobody can add a
+                // line any more.
+                if Arc::strong_count(shared) == 1 {
+                    return;
+                }
                 p.writer_waiting = true;
-                p = shared.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
+                p = shared
+                    .wake
+                    .wait_timeout(p, ORPHAN_CHECK)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
             p.writer_waiting = false;
             std::mem::swap(&mut p.buf, &mut batch);
@@ -409,6 +422,59 @@ mod tests {
         assert_eq!(read(&rotated_name(&path, 1)), format!("{:059}\n", 8));
         assert_eq!(read(&rotated_name(&path, 2)), format!("{:059}\n", 7));
         assert!(!rotated_name(&path, 3).exists());
+    }
+
+    /// A test output that keeps what is written and says when the writer thread dropped it.
+    struct Watched {
+        lines: Arc<Mutex<Vec<u8>>>,
+        dropped: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Write for Watched {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.lines
+                .lock()
+                .expect("lines lock")
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            let _ = self.dropped.send(());
+        }
+    }
+
+    #[test]
+    fn the_writer_writes_every_line_and_ends_when_nothing_can_send_any_more() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+        let out = Watched {
+            lines: Arc::clone(&lines),
+            dropped: dropped_tx,
+        };
+        let counters = SinkCounters {
+            dropped: IntCounter::new("d", "d").expect("counter"),
+            write_errors: IntCounter::new("w", "w").expect("counter"),
+            activity_dropped: IntCounter::new("a", "a").expect("counter"),
+        };
+        let (sink, writer) =
+            RecordSink::spawn(RecordOutput::Writer(Box::new(out)), 16, true, counters)
+                .expect("spawn");
+        for i in 0..3 {
+            sink.emit(|line| line.extend_from_slice(format!("{i}\n").as_bytes()));
+        }
+        // Neither joined nor stopped: the writer still writes what was sent, then ends.
+        drop((sink, writer));
+        dropped_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer thread ended");
+        assert_eq!(&*lines.lock().expect("lines lock"), b"0\n1\n2\n");
     }
 
     #[test]
