@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request hot functions: the key check, token verification (cold
-//! and cached), and the request checks every request passes (path safety, request id).
+//! and cached), the request checks every request passes (path safety, request id), and handing
+//! a request record to the record writer.
 //!
 //! `cargo bench --bench hot_paths`. Numbers and the machine they came from are recorded in
 //! `loadtest/RESULTS.md`.
@@ -126,9 +127,60 @@ fn request(c: &mut Criterion) {
     g.finish();
 }
 
+/// `RecordSink::emit` with a record-sized line: the per-thread scratch line, the lock and the
+/// copy into the shared buffer. Timed in bursts of 150 lines with a 5 ms pause between them (not
+/// timed), in which the writer thread takes the batch, as under 30,000 requests/s; without the
+/// pauses the buffer would grow to megabytes between the writer's turns, which real traffic
+/// does not do.
+fn records(c: &mut Criterion) {
+    use prometheus::IntCounter;
+    use scoregate::telemetry::sink::{RecordOutput, RecordSink, SinkCounters};
+    const BURST: u64 = 150;
+    let counters = SinkCounters {
+        dropped: IntCounter::new("dropped", "dropped").expect("counter"),
+        write_errors: IntCounter::new("write_errors", "write errors").expect("counter"),
+        activity_dropped: IntCounter::new("activity_dropped", "activity").expect("counter"),
+    };
+    let (sink, writer) = RecordSink::spawn(
+        RecordOutput::Writer(Box::new(std::io::sink())),
+        16_384,
+        true,
+        counters,
+    )
+    .expect("record writer");
+    let line = [b'x'; 450];
+    let mut g = c.benchmark_group("records");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(50))
+        .measurement_time(Duration::from_millis(300));
+    g.bench_function("emit_450_bytes", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(BURST);
+                let start = std::time::Instant::now();
+                for _ in 0..n {
+                    sink.emit(|buf| {
+                        buf.extend_from_slice(black_box(&line));
+                        buf.push(b'\n');
+                    });
+                }
+                timed += start.elapsed();
+                left -= n;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            timed
+        });
+    });
+    g.finish();
+    drop(sink);
+    writer.join();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = keys, tokens, request
+    targets = keys, tokens, request, records
 }
 criterion_main!(benches);
