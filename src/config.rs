@@ -201,6 +201,10 @@ pub struct ServiceConfig {
     pub auth: AuthMode,
     pub scoring_timeout: Duration,
     pub connect_timeout: Duration,
+    /// An idle pooled upstream connection is not reused after this long (zero: connections are
+    /// never reused). Kept below the container's own keep-alive timeout, the gateway never sends
+    /// a request on a connection the container is closing.
+    pub upstream_keepalive: Duration,
     /// Probed with `GET` for readiness; Azure ML containers answer `GET /` with 200.
     pub health_path: String,
     /// Largest request body forwarded (Azure ML's front end allows 100 MB).

@@ -139,6 +139,7 @@ impl Service {
         let same_upstream = same(&|p| {
             p.upstream == config.upstream
                 && p.connect_timeout == config.connect_timeout
+                && p.upstream_keepalive == config.upstream_keepalive
                 && p.upstream_ca == config.upstream_ca
         });
         let upstream = match same_upstream {
@@ -406,6 +407,7 @@ mod tests {
             auth: AuthMode::None,
             scoring_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            upstream_keepalive: Duration::from_secs(1),
             health_path: "/".into(),
             max_body_bytes: 1,
             keys: None,

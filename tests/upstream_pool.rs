@@ -74,6 +74,51 @@ async fn connections_the_upstream_closes_are_not_reused() {
     assert_eq!(gw.counter(OPENED), 3);
 }
 
+#[tokio::test]
+async fn an_idle_connection_is_not_reused_after_upstream_keepalive() {
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .server("health_interval_ms = 600000")
+        .service_with("iris", IRIS, &upstream.url(), "upstream_keepalive_ms = 100")
+        .start()
+        .await;
+    gw.wait_ready().await;
+
+    post_ok(&gw, "/api/v1/service/iris/first").await;
+    let opened = gw.counter(OPENED);
+    // What is under test is the passing of time itself: the connection idles past its limit.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    post_ok(&gw, "/api/v1/service/iris/second").await;
+
+    let first = upstream
+        .wait_for("first", |s| s.path.ends_with("/first"))
+        .await;
+    let second = upstream
+        .wait_for("second", |s| s.path.ends_with("/second"))
+        .await;
+    assert_ne!(first.conn, second.conn, "an expired connection was reused");
+    assert_eq!(gw.counter(OPENED), opened + 1);
+}
+
+#[tokio::test]
+async fn upstream_keepalive_zero_never_reuses_a_connection() {
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .server("health_interval_ms = 600000")
+        .service_with("iris", IRIS, &upstream.url(), "upstream_keepalive_ms = 0")
+        .start()
+        .await;
+    gw.wait_ready().await;
+
+    for _ in 0..3 {
+        post_ok(&gw, "/api/v1/service/iris/score").await;
+    }
+    let mut conns: Vec<u64> = upstream.requests().iter().map(|s| s.conn).collect();
+    conns.dedup();
+    assert_eq!(conns.len(), 3, "a new connection for each request");
+    assert_eq!(gw.counter(OPENED), 1 + 3, "the probe's and one per request");
+}
+
 /// An HTTP/1.1 upstream that answers one request per connection and then closes it without
 /// saying so (no `Connection: close`), like a container whose keep-alive timeout is shorter
 /// than the gateway's pool timeout. Returns its address and the connections it accepted.

@@ -115,6 +115,7 @@ pub struct RawService {
     pub auth: Option<String>,
     pub scoring_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
+    pub upstream_keepalive_ms: Option<u64>,
     pub health_path: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub keys_file: Option<String>,

@@ -138,6 +138,12 @@ impl Validator<'_> {
                 5_000,
                 1,
             ),
+            upstream_keepalive: self.millis(
+                &key("upstream_keepalive_ms"),
+                raw.upstream_keepalive_ms,
+                4_000,
+                0,
+            ),
             max_concurrent_requests: self.count(
                 &key("max_concurrent_requests"),
                 raw.max_concurrent_requests,

@@ -59,6 +59,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.auth, AuthMode::None);
     assert_eq!(s.scoring_timeout, DEFAULT_SCORING_TIMEOUT);
     assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(s.upstream_keepalive, Duration::from_secs(4));
     assert_eq!(s.upstream.to_string(), "http://127.0.0.1:5001");
 }
 
@@ -130,6 +131,7 @@ name = "iris"
 route = "/a/../b"
 upstream = "http://user:pw@host:1"
 health_path = "nope"
+upstream_keepalive_ms = 100000000000
 
 [[service]]
 name = "iris"
@@ -149,6 +151,7 @@ route = "/iris"
         "service[1].route: \"/a/../b\" must not contain empty, '.' or '..' segments",
         "service[1].upstream: \"http://user:pw@host:1\" must not carry credentials",
         "service[1].health_path: \"nope\" is not an absolute path",
+        "service[1].upstream_keepalive_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
         "service[2].upstream: is required",
         "service[2].name: \"iris\" is used by an earlier service",
     ];

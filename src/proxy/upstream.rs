@@ -15,6 +15,11 @@
 //! turned to wait for the next request. A body that is abandoned drops the lease instead, and
 //! with it the connection, which cannot be reused with unread bytes on it.
 //!
+//! An idle connection is reused for `upstream_keepalive_ms` (default 4 s), less than the idle
+//! timeout of common container servers (uvicorn and Node.js: 5 s), so the gateway does not send a
+//! request on a connection the container is closing at that moment; such a request could not be
+//! sent again safely.
+//!
 //! This replaces hyper-util's general-purpose client, which on every request builds a connect
 //! future it rarely needs, clones a pool key, and spawns a task that waits for the connection
 //! to become idle again; on the proxy's hot path those were measurable (`loadtest/RESULTS.md`).
@@ -36,9 +41,6 @@ use tower_service::Service;
 use super::body::RequestBody;
 use crate::config::ServiceConfig;
 
-/// Idle upstream connections older than this are not reused; scoring containers (gunicorn)
-/// commonly close idle keep-alive connections after a few seconds anyway.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough idle connections for a burst of concurrent requests without reconnecting.
 const POOL_MAX_IDLE: usize = 256;
 /// A health answer longer than this is not read to its end (the connection is then dropped).
@@ -68,6 +70,8 @@ struct Pool {
     target: Uri,
     /// Most recently used last.
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections older than this are not reused (`upstream_keepalive_ms`; zero: none).
+    keepalive: Duration,
     /// Counts connections opened (`scoregate_upstream_connections_total`).
     opened: IntCounter,
 }
@@ -96,14 +100,14 @@ impl Lease {
     /// The response has ended: the connection goes back to the pool for the next request.
     pub fn release(self) {
         let Self { sender, pool } = self;
-        if sender.is_closed() {
+        if sender.is_closed() || pool.keepalive.is_zero() {
             return;
         }
         let now = Instant::now();
         let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // The stack is ordered by `since`: connections at the bottom that busy traffic never
         // reaches are closed once they have idled too long.
-        let expired = idle.partition_point(|c| now.duration_since(c.since) > POOL_IDLE_TIMEOUT);
+        let expired = idle.partition_point(|c| now.duration_since(c.since) > pool.keepalive);
         idle.drain(..expired);
         if idle.len() < POOL_MAX_IDLE {
             idle.push(Idle { sender, since: now });
@@ -141,6 +145,7 @@ impl UpstreamClient {
             connector,
             target,
             idle: Mutex::new(Vec::new()),
+            keepalive: config.upstream_keepalive,
             opened,
         })))
     }
@@ -209,7 +214,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some(mut conn) = idle.pop() {
-            if now.duration_since(conn.since) > POOL_IDLE_TIMEOUT {
+            if now.duration_since(conn.since) > self.keepalive {
                 // Everything below is older still.
                 idle.clear();
                 return None;
