@@ -18,9 +18,14 @@ use tokio::net::TcpListener;
 /// A gateway in front of `upstream` that probes its health once at start and then not again
 /// during a test, so only the test's own requests use the pool.
 async fn gateway(upstream: &str) -> TestGateway {
+    gateway_with(upstream, "").await
+}
+
+/// [`gateway`] with extra `[[service]]` settings.
+async fn gateway_with(upstream: &str, service: &str) -> TestGateway {
     let gw = GatewayBuilder::new()
         .server("health_interval_ms = 600000")
-        .service("iris", IRIS, upstream)
+        .service_with("iris", IRIS, upstream, service)
         .start()
         .await;
     gw.wait_ready().await;
@@ -77,12 +82,7 @@ async fn connections_the_upstream_closes_are_not_reused() {
 #[tokio::test]
 async fn an_idle_connection_is_not_reused_after_upstream_keepalive() {
     let upstream = MockUpstream::start().await;
-    let gw = GatewayBuilder::new()
-        .server("health_interval_ms = 600000")
-        .service_with("iris", IRIS, &upstream.url(), "upstream_keepalive_ms = 100")
-        .start()
-        .await;
-    gw.wait_ready().await;
+    let gw = gateway_with(&upstream.url(), "upstream_keepalive_ms = 100").await;
 
     post_ok(&gw, "/api/v1/service/iris/first").await;
     let opened = gw.counter(OPENED);
@@ -103,12 +103,7 @@ async fn an_idle_connection_is_not_reused_after_upstream_keepalive() {
 #[tokio::test]
 async fn upstream_keepalive_zero_never_reuses_a_connection() {
     let upstream = MockUpstream::start().await;
-    let gw = GatewayBuilder::new()
-        .server("health_interval_ms = 600000")
-        .service_with("iris", IRIS, &upstream.url(), "upstream_keepalive_ms = 0")
-        .start()
-        .await;
-    gw.wait_ready().await;
+    let gw = gateway_with(&upstream.url(), "upstream_keepalive_ms = 0").await;
 
     for _ in 0..3 {
         post_ok(&gw, "/api/v1/service/iris/score").await;

@@ -94,10 +94,7 @@ impl<'a> JsonObject<'a> {
         let start = self.buf.len();
         self.buf.push(b'"');
         let _ = std::io::Write::write_fmt(&mut *self.buf, format_args!("{value}"));
-        if self.buf[start + 1..]
-            .iter()
-            .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
-        {
+        if needs_no_escape(&self.buf[start + 1..]) {
             self.buf.push(b'"');
         } else {
             // Not expected for the values used here; keep the line valid JSON regardless.
@@ -112,9 +109,14 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// No control character, quote or backslash: the bytes can go between quotes as they are.
+fn needs_no_escape(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// A JSON string: copied as is when nothing needs escaping, else escaped by `serde_json`.
 fn string(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if needs_no_escape(s.as_bytes()) {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
