@@ -10,17 +10,22 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
+use std::sync::Arc;
+
 use scoregate::auth::ServiceAuth;
+use scoregate::auth::jwt::cache::TokenCache;
+use scoregate::auth::jwt::signing::SigningFile;
 use scoregate::auth::jwt::{CacheCounters, TokenAuthority};
-use scoregate::auth::keys::{KeySource, KeyStorage, KeyStore};
+use scoregate::auth::keys::{KeyFile, KeySet, KeySource, KeyStorage};
 use scoregate::config::{SigningSource, TokenConfig};
 
-fn key_store(dir: &std::path::Path) -> KeyStore {
-    KeyStore::open(KeySource::State {
+/// A service's two keys, as the runtime state holds them.
+fn key_store(dir: &std::path::Path) -> Arc<KeySet> {
+    let file = KeyFile::new(KeySource::State {
         path: dir.join("keys/iris.json"),
         storage: KeyStorage::Plain,
-    })
-    .expect("key store")
+    });
+    Arc::new(file.generate().expect("keys").0)
 }
 
 fn keys(c: &mut Criterion) {
@@ -36,7 +41,7 @@ fn keys(c: &mut Criterion) {
     g.bench_function("verify_miss", |b| {
         b.iter(|| store.verify(black_box(wrong.as_bytes())));
     });
-    let auth = ServiceAuth::Key(std::sync::Arc::new(key_store(dir.path())));
+    let auth = ServiceAuth::Key(Arc::clone(&store));
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::AUTHORIZATION,
@@ -53,26 +58,40 @@ fn keys(c: &mut Criterion) {
 
 fn authority(dir: &std::path::Path, algorithm: jsonwebtoken::Algorithm) -> TokenAuthority {
     let m = scoregate::telemetry::metrics::Metrics::new();
-    let counters: CacheCounters =
-        scoregate::telemetry::metrics::ServiceMetrics::new(&m, "iris", "token").token_cache;
+    let service = scoregate::telemetry::metrics::ServiceMetrics::new(&m, "iris", "token");
+    let counters = CacheCounters {
+        hit: service.token_cache_hit,
+        miss: service.token_cache_miss,
+    };
+    let config = TokenConfig {
+        algorithm,
+        issuer: "scoregate".into(),
+        lifetime: Duration::from_secs(3600),
+        refresh_after: Duration::from_secs(1800),
+        leeway: Duration::from_secs(60),
+        signing: SigningSource::State {
+            path: dir.join(format!("signing-{algorithm:?}.json")),
+        },
+        subject_header: None,
+        cache_entries: 100_000,
+        trusted: Vec::new(),
+    };
+    let signing = SigningFile::new(
+        config.signing.clone(),
+        algorithm,
+        TokenAuthority::overlap(&config),
+    )
+    .generate()
+    .expect("signing key")
+    .0;
     TokenAuthority::new(
         "iris",
-        TokenConfig {
-            algorithm,
-            issuer: "scoregate".into(),
-            lifetime: Duration::from_secs(3600),
-            refresh_after: Duration::from_secs(1800),
-            leeway: Duration::from_secs(60),
-            signing: SigningSource::State {
-                path: dir.join(format!("signing-{algorithm:?}.json")),
-            },
-            subject_header: None,
-            cache_entries: 100_000,
-            trusted: Vec::new(),
-        },
+        config,
+        Arc::new(signing),
+        Vec::new(),
+        Arc::new(TokenCache::new(100_000)),
         counters,
     )
-    .expect("authority")
 }
 
 fn tokens(c: &mut Criterion) {

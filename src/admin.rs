@@ -83,7 +83,7 @@ async fn handle(gw: &Arc<Gateway>, peer: IpAddr, req: Request<Incoming>) -> Admi
     let rid = request_id.to_str().unwrap_or_default().to_owned();
     let path = req.uri().path().to_owned();
     // Network rules come before anything else, probes included.
-    let admitted = crate::admission::allowed(peer, gw.routes.load().admin_allow_cidrs.as_deref());
+    let admitted = crate::admission::allowed(peer, gw.state().admin_allow_cidrs());
     let parsed = if admitted {
         Route::parse(req.method(), &path)
     } else {
@@ -177,7 +177,9 @@ impl<'p> Route<'p> {
     fn action(self, gw: &Gateway) -> Option<Action> {
         match self {
             Self::Healthz | Self::Readyz => None,
-            Self::Metrics => (!gw.public_metrics).then_some(Action::MetricsRead),
+            Self::Metrics => {
+                (!gw.state().config.server.public_metrics).then_some(Action::MetricsRead)
+            }
             Self::Activity => Some(Action::ActivityRead),
             Self::Reload => Some(Action::ConfigReload),
             Self::Services => Some(Action::ServicesRead),
@@ -242,10 +244,10 @@ async fn dispatch(
         }
         e
     };
-    let routes = gw.routes.load_full();
-    let principal = match gw
+    let state = gw.state_full();
+    let principal = match state
         .admin
-        .authenticate(req.headers(), routes.identity.as_deref())
+        .authenticate(req.headers(), state.identity.as_ref())
         .await
     {
         Ok(p) => p,
@@ -259,8 +261,8 @@ async fn dispatch(
         &principal,
         action,
         route.service(),
-        &routes.policy,
-        &gw.assignments,
+        state.policy(),
+        &state.assignments,
     ) {
         gw.activity.record(
             entry(&principal.id, Outcome::Denied)
@@ -274,11 +276,11 @@ async fn dispatch(
         Route::Services => Ok(services(gw)),
         Route::Roles => Ok(json(
             StatusCode::OK,
-            serde_json::to_vec(&routes.policy.roles).unwrap_or_default(),
+            serde_json::to_vec(&state.policy().roles).unwrap_or_default(),
         )),
         Route::Assignments => {
-            let mut all = routes.policy.assignments.clone();
-            all.extend(gw.assignments.list());
+            let mut all = state.policy().assignments.clone();
+            all.extend(state.assignments.iter().cloned());
             Ok(json(
                 StatusCode::OK,
                 serde_json::to_vec(&all).unwrap_or_default(),
@@ -286,23 +288,25 @@ async fn dispatch(
         }
         Route::Assign => {
             let body = read_body(req).await?;
-            management::assign_role(gw, &routes, &body)
+            management::assign_role(gw, &state, &body).await
         }
-        Route::Unassign { id } => management::remove_assignment(gw, &routes, id),
-        // `reload` writes its own activity entry (it also runs for signals and file changes).
-        Route::Reload => crate::reload::reload(
-            gw,
-            &principal.id,
-            Some((caller.ip, caller.request_id.clone())),
-        )
-        .await
-        .map(|summary| {
-            json(
-                StatusCode::OK,
-                serde_json::to_vec(&summary).unwrap_or_default(),
+        Route::Unassign { id } => management::remove_assignment(gw, &state, id).await,
+        // A reload writes its own activity entry (it also runs for signals and file changes).
+        Route::Reload => gw
+            .applier
+            .reload(
+                gw,
+                &principal.id,
+                Some((caller.ip, caller.request_id.clone())),
             )
-        })
-        .map_err(|e| ApiError::ReloadRejected(e.to_string())),
+            .await
+            .map(|summary| {
+                json(
+                    StatusCode::OK,
+                    serde_json::to_vec(&summary).unwrap_or_default(),
+                )
+            })
+            .map_err(|e| ApiError::ReloadRejected(e.to_string())),
         Route::Service { name, op } => {
             let body = read_body(req).await?;
             management::service_op(gw, &principal, name, op, body).await
@@ -339,8 +343,8 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 
 /// `GET /services`: what is configured and how it is doing (no secrets).
 fn services(gw: &Gateway) -> AdminResponse {
-    let routes = gw.routes.load();
-    let list: Vec<serde_json::Value> = routes
+    let state = gw.state();
+    let list: Vec<serde_json::Value> = state
         .services()
         .iter()
         .map(|s| {
@@ -399,13 +403,13 @@ fn readyz(gw: &Gateway) -> AdminResponse {
         name: &'a str,
         healthy: bool,
     }
-    let routes = gw.routes.load();
+    let state = gw.state();
     let ready = gw.is_ready();
     let body = Ready {
         status: if ready { "ready" } else { "not_ready" },
         listening: gw.lifecycle.is_listening(),
         draining: gw.lifecycle.is_draining(),
-        services: routes
+        services: state
             .services()
             .iter()
             .map(|s| ServiceHealth {

@@ -17,7 +17,7 @@ use http::header::AUTHORIZATION;
 
 use crate::error::AuthFailure;
 use jwt::TokenAuthority;
-use keys::KeyStore;
+use keys::KeySet;
 
 /// SHA-256 over the concatenation of `parts`: the digest behind key comparison, the token cache
 /// key and the admin credential check. The `sha2` crate uses the CPU's SHA
@@ -38,7 +38,7 @@ pub const MAX_BEARER_LEN: usize = 8 * 1024;
 #[derive(Debug)]
 pub enum ServiceAuth {
     None,
-    Key(Arc<KeyStore>),
+    Key(Arc<KeySet>),
     Token(Arc<TokenAuthority>),
 }
 
@@ -63,7 +63,7 @@ impl ServiceAuth {
                     subject: token.subject,
                 })
             }
-            Self::Key(store) => {
+            Self::Key(set) => {
                 let presented = bearer(headers).map_err(|f| match f {
                     AuthFailure::TokenTooLarge => AuthFailure::Invalid,
                     other => other,
@@ -71,8 +71,7 @@ impl ServiceAuth {
                 if presented.len() > keys::MAX_KEY_LEN {
                     return Err(AuthFailure::Invalid);
                 }
-                store
-                    .verify(presented)
+                set.verify(presented)
                     .map(Principal::Key)
                     .ok_or(AuthFailure::Invalid)
             }

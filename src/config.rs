@@ -28,10 +28,9 @@ use std::time::Duration;
 use http::Uri;
 use rustls::sign::CertifiedKey;
 
-use crate::auth::keys::KeySource;
+use crate::fingerprint::Fingerprint;
 use crate::telemetry::LogFormat;
 use crate::telemetry::redact::Redaction;
-use crate::watch::Fingerprint;
 
 pub use raw::RawConfig;
 
@@ -253,6 +252,38 @@ pub struct TokenConfig {
     /// Verified tokens cached (bounded).
     pub cache_entries: usize,
     pub trusted: Vec<TrustedIssuer>,
+}
+
+/// How generated keys are kept at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyStorage {
+    /// Plain text in the 0600 state file; `listkeys` can show them.
+    #[default]
+    Plain,
+    /// Salted SHA-256 digests only; a key is shown once, when it is generated.
+    Hashed,
+}
+
+/// Where a service's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Generated and managed by scoregate in the state directory.
+    State { path: PathBuf, storage: KeyStorage },
+    /// Provided by the operator; scoregate only reads it.
+    OperatorFile { path: PathBuf },
+}
+
+impl KeySource {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::State { path, .. } | Self::OperatorFile { path } => path,
+        }
+    }
+
+    /// The state-directory file for a service.
+    pub fn state_path(state_dir: &Path, service: &str) -> PathBuf {
+        state_dir.join("keys").join(format!("{service}.json"))
+    }
 }
 
 /// Where a token-mode service's signing keys live.

@@ -13,9 +13,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::keys::KeyStore;
+use crate::app::{self, Listeners, Telemetry};
 use crate::config::{self, Config};
-use crate::server::{self, Listeners, Telemetry};
 use crate::telemetry::metrics::Metrics;
 
 /// Options of the `demo` command.
@@ -127,12 +126,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     crate::state::write_atomic(&config_path, text.as_bytes(), 0o600)?;
     let config = config::load_and_validate(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Generate the service's keys now (the gateway then loads the same file) to show the key.
-    let primary = match config.services.first().and_then(|s| s.keys.clone()) {
-        Some(source) => {
-            crate::state::ensure_state_dir(&config.server.state_dir)?;
-            KeyStore::open(source)?.list()?.primary
+    let primary = match config.services.first() {
+        Some(service) => {
+            crate::cli::open_keys(&config_path, &service.name)?
+                .1
+                .list()?
+                .primary
         }
-        None => anyhow::bail!("the demo service has no key store"),
+        None => anyhow::bail!("the demo configuration has no service"),
     };
     let listeners = Listeners::bind(&config).await.with_context(|| {
         format!(
@@ -150,7 +151,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let telemetry = Telemetry { metrics, records };
 
     let stop = CancellationToken::new();
-    let gateway = tokio::spawn(server::run(config.clone(), listeners, telemetry, {
+    let gateway = tokio::spawn(app::run(config.clone(), listeners, telemetry, {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     }));

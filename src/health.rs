@@ -3,7 +3,8 @@
 //! One background task probes every service's health path with `GET` (Azure ML scoring
 //! containers answer `GET /` with 200). Unhealthy services are re-probed quickly so readiness
 //! follows a container's cold start closely; healthy ones at the configured interval. Transitions
-//! are logged once, and `scoregate_upstream_healthy{service}` shows the current state.
+//! are logged once, and `scoregate_upstream_healthy{service}` shows the current state. The probe
+//! interval is the current state's (`health_interval_ms` is reloadable).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +16,16 @@ const UNHEALTHY_INTERVAL: Duration = Duration::from_millis(250);
 /// Upper bound on one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn probe_loop(gw: Arc<Gateway>, interval: Duration) {
+pub async fn probe_loop(gw: Arc<Gateway>) {
     let stop = gw.lifecycle.stop_background.clone();
     loop {
-        let routes = gw.routes.load_full();
+        let state = gw.state_full();
+        let interval = state.config.server.health_interval;
         let mut all_healthy = true;
-        for service in routes.services() {
+        for service in state.services() {
             all_healthy &= probe(&gw, service).await;
         }
+        drop(state);
         let wait = if all_healthy {
             interval
         } else {

@@ -28,11 +28,13 @@
 
 pub mod admin;
 pub mod admission;
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fingerprint;
 pub mod health;
 pub mod proxy;
 pub mod reload;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use scoregate::app::{self, Listeners, Telemetry};
 use scoregate::config::{self, Config};
-use scoregate::server::{self, Listeners, Telemetry};
 use scoregate::telemetry::metrics::Metrics;
 use scoregate::telemetry::{self as tele, LogFormat};
 
@@ -274,7 +274,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (records, writer) = tele::start_records(&config.telemetry, &metrics)?;
     let telemetry = Telemetry { metrics, records };
-    let drained = server::run(config, listeners, telemetry, scoregate::shutdown::signal()).await?;
+    let drained = app::run(config, listeners, telemetry, scoregate::shutdown::signal()).await?;
     writer.join();
     tracing::info!(?drained, "scoregate stopped");
     Ok(())

@@ -48,6 +48,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The peer address as a header value, for `X-Forwarded-For`.
     pub peer_header: HeaderValue,
+    /// The connection is TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
     /// Requests begun on this connection.
     begun: AtomicU64,
     /// Requests whose response has not ended yet.
@@ -55,9 +57,10 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr) -> Self {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
         let ip = peer.ip().to_canonical();
         Self {
+            tls,
             peer: SocketAddr::new(ip, peer.port()),
             peer_header: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
@@ -233,7 +236,7 @@ async fn pipeline(
     })?;
     ctx.queue_wait = Some(waited);
     ctx.permit = Some(permit);
-    let upstream_req = upstream_request(gw, &service, ctx, conn, req, strip)?;
+    let upstream_req = upstream_request(&service, ctx, conn, req, strip)?;
     let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
     Ok((resp, lease))
@@ -247,14 +250,15 @@ fn select_service(
     ctx: &mut RequestCtx,
     req: &Request<Incoming>,
 ) -> Result<(Arc<Service>, usize), GatewayError> {
-    let routes = gw.routes.load();
-    if !routes.trusted_proxies.is_empty() {
+    let state = gw.state();
+    let trusted = state.trusted_proxies();
+    if !trusted.is_empty() {
         let peer = ctx.client_ip;
-        ctx.peer_trusted = routes.trusted_proxies.iter().any(|n| n.contains(&peer));
+        ctx.peer_trusted = trusted.iter().any(|n| n.contains(&peer));
         ctx.client_ip = crate::admission::client_ip(
             peer,
             headers::forwarded_for(req.headers()).as_deref(),
-            &routes.trusted_proxies,
+            trusted,
         );
     }
     let path = req.uri().path();
@@ -263,7 +267,7 @@ fn select_service(
             "the path must not contain dot segments or encoded slashes",
         ));
     }
-    let (service, _) = routes.route(path).ok_or(GatewayError::RouteNotFound)?;
+    let (service, _) = state.route(path).ok_or(GatewayError::RouteNotFound)?;
     Ok((Arc::clone(service), service.config.route.len()))
 }
 
@@ -320,7 +324,6 @@ async fn authenticate(
 /// gateway consumed), forwarding headers, the request id, and the URI rewritten to the upstream
 /// with the route prefix removed.
 fn upstream_request(
-    gw: &Gateway,
     service: &Service,
     ctx: &mut RequestCtx,
     conn: &ConnInfo,
@@ -363,7 +366,7 @@ fn upstream_request(
         }
         _ => conn.peer_header.clone(),
     };
-    headers::set_forwarded(&mut parts.headers, forwarded_for, gw.tls, host);
+    headers::set_forwarded(&mut parts.headers, forwarded_for, conn.tls, host);
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());

@@ -1,23 +1,53 @@
-//! Live reconfiguration: SIGHUP, `POST /reload`, or a change of the config file rebuilds the
-//! runtime state from the file and swaps it in; certificate and key files are watched and swapped
-//! the same way.
+//! The one reload mechanism: every source of the runtime state goes observe → fingerprint →
+//! parse → validate, the builder makes a complete candidate state, and the [`Applier`] publishes
+//! it with one swap, or keeps the running state and the last good value of every source.
 //!
-//! A reload runs the same `config::load_and_validate` as startup, then builds the complete new
-//! route table (sharing every unchanged part with the running one, see `runtime::Service::new`)
-//! and only then stores it: requests that started keep the services they hold, the next request
-//! sees the new table. Listeners are never rebound. On any failure the running state stays and
-//! the reason is logged, counted (`scoregate_config_reloads_total{result="error"}`) and written
-//! to the activity log. Settings that need a restart are listed in `config`'s module docs; a
-//! reload that changes them applies everything else and warns about those.
+//! Sources (`sources`): the config file; the certificate pair, key files, signing-key files and
+//! JWKS files it points at; key sets fetched from JWKS URLs; the role assignments and the
+//! bootstrap admin credential in the state directory. Triggers: the watch loop's poll every
+//! 500 ms (`watch`), SIGHUP and `POST /reload` (which re-read the config file even when it looks
+//! unchanged), fetched JWKS documents, retired signing keys, and management writes.
+//!
+//! One cycle, serialised by the applier's lock:
+//! 1. poll a *copy* of every source but the config file (a bad new file keeps its last good value
+//!    and is reported once);
+//! 2. poll (or, for a reload, re-read) the config file; a new config brings its own certificate
+//!    pair and the key, signing and JWKS sources it names;
+//! 3. build the candidate; if the new config is what fails, build again with the old one, so a
+//!    certificate or key change in the same poll still applies;
+//! 4. write what the builder generated (first keys, first signing key, the admin credential);
+//!    only now does anything reach the disk;
+//! 5. publish the state, keep the copied sources, and report every change (logs, metrics, the
+//!    activity log).
+//!
+//! A management write (`regenerateKeys`, `rotateSigningKey`, role assignments) never changes the
+//! state directly: under the same lock it writes the source file and runs a cycle, so the change
+//! arrives through the same observe path as an operator's edit, and the call answers once it is
+//! applied. Settings that need a restart (listen addresses, `worker_threads`, `state_dir`, the
+//! telemetry output) are compared with the configuration the process started with; a reload that
+//! changes them applies everything else and warns about those.
 
-use std::sync::Arc;
+mod files;
+mod report;
+pub mod source;
+mod sources;
+mod writes;
 
-use crate::config::{self, Config, FileFingerprints};
-use crate::runtime::{Gateway, Routes};
-use crate::telemetry::activity::{ActivityRecord, Outcome};
-use crate::tls;
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// What a successful reload did.
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::auth::jwt::trusted::{Fetched, FetchedTx};
+use crate::config::{self, Config};
+use crate::runtime::build::{self, Candidate, Context, PendingWrite};
+use crate::runtime::{BuildError, Gateway, RuntimeState, StateCert};
+use crate::telemetry::metrics::Metrics;
+use source::Change;
+use sources::{Event, Sources};
+
+pub use writes::WriteError;
+
+/// What a successful configuration reload did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadSummary {
     pub services: usize,
@@ -31,9 +61,292 @@ pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
-    Build(#[from] crate::runtime::BuildError),
+    Build(#[from] BuildError),
+    #[error("writing generated state failed: {0}")]
+    Write(String),
     #[error("reload task failed")]
     Task,
+}
+
+impl ReloadError {
+    /// One line for the activity log: every configuration problem, or the error.
+    fn summary(&self) -> String {
+        match self {
+            Self::Config(c) => {
+                format!("{} problem(s): {}", c.issues().len(), c.issues().join("; "))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Why a cycle runs.
+#[derive(Debug)]
+pub enum Trigger {
+    /// The watch loop's periodic look at every source.
+    Poll,
+    /// SIGHUP or `POST /reload`: the config file is re-read even if it looks unchanged.
+    Reload {
+        initiator: String,
+        /// The caller's address and request id, for an API reload.
+        source: Option<(std::net::IpAddr, String)>,
+    },
+    /// A JWKS URL was fetched.
+    Fetched(Fetched),
+    /// Signing keys may have retired (unix seconds now).
+    Prune(u64),
+    /// A management write just wrote this source; its change is the write's own and is not
+    /// reported as an outside edit.
+    OwnWrite(Own),
+}
+
+/// The source a management write wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Own {
+    Keys(String),
+    Signing(String),
+    Assignments,
+}
+
+/// Builds and publishes every runtime state; see the module docs.
+#[derive(Debug)]
+pub struct Applier {
+    /// Serialises cycles (held across the blocking part).
+    serial: tokio::sync::Mutex<()>,
+    sources: Mutex<Sources>,
+    /// The configuration the process started with: what restart-only settings really are.
+    startup: Arc<Config>,
+    fetched_tx: FetchedTx,
+    fetched_rx: Mutex<Option<UnboundedReceiver<Fetched>>>,
+}
+
+/// Everything `start` produces.
+#[derive(Debug)]
+pub struct Started {
+    pub applier: Applier,
+    pub state: RuntimeState,
+    pub resolver: Arc<StateCert>,
+}
+
+impl Applier {
+    /// Reads every source of `config`, builds the first state and writes what it generated
+    /// (blocking: run it off the async workers).
+    pub fn start(config: Config, metrics: &Metrics) -> Result<Started, ReloadError> {
+        let startup = Arc::new(config.clone());
+        let mut sources = Sources::open(config)?;
+        let (fetched_tx, fetched_rx) = tokio::sync::mpsc::unbounded_channel();
+        let resolver = Arc::new(StateCert::default());
+        let ctx = Context {
+            metrics,
+            resolver: &resolver,
+            fetched: &fetched_tx,
+            previous: None,
+        };
+        let Candidate { state, writes } = build::build(&ctx, &sources.inputs())?;
+        commit_writes(&mut sources, writes)?;
+        Ok(Started {
+            applier: Self {
+                serial: tokio::sync::Mutex::new(()),
+                sources: Mutex::new(sources),
+                startup,
+                fetched_tx,
+                fetched_rx: Mutex::new(Some(fetched_rx)),
+            },
+            state,
+            resolver,
+        })
+    }
+
+    /// The receiver of fetched JWKS documents (taken once, by the watch loop).
+    pub fn take_fetched(&self) -> Option<UnboundedReceiver<Fetched>> {
+        self.fetched_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The configuration the process started with.
+    pub fn startup_config(&self) -> &Arc<Config> {
+        &self.startup
+    }
+
+    /// Runs one cycle for `trigger`; returns the configuration's outcome when the config file
+    /// was read (changed, or reloaded on request).
+    pub async fn run(
+        &self,
+        gw: &Arc<Gateway>,
+        trigger: Trigger,
+    ) -> Option<Result<ReloadSummary, ReloadError>> {
+        let _serial = self.serial.lock().await;
+        let gw = Arc::clone(gw);
+        // Reading files, parsing certificates, generating keys and fsync block.
+        tokio::task::spawn_blocking(move || {
+            let mut sources = gw
+                .applier
+                .sources
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            gw.applier.cycle(&gw, &mut sources, &trigger)
+        })
+        .await
+        .unwrap_or(Some(Err(ReloadError::Task)))
+    }
+
+    /// Re-reads the configuration (SIGHUP, `POST /reload`): the outcome of that reload.
+    pub async fn reload(
+        &self,
+        gw: &Arc<Gateway>,
+        initiator: &str,
+        source: Option<(std::net::IpAddr, String)>,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let trigger = Trigger::Reload {
+            initiator: initiator.to_owned(),
+            source,
+        };
+        self.run(gw, trigger)
+            .await
+            .unwrap_or(Err(ReloadError::Task))
+    }
+
+    /// One cycle over `sources` (see the module docs). Blocking; called with the lock held.
+    fn cycle(
+        &self,
+        gw: &Gateway,
+        sources: &mut Sources,
+        trigger: &Trigger,
+    ) -> Option<Result<ReloadSummary, ReloadError>> {
+        let mut work = sources.clone();
+        let mut events = Vec::new();
+        work.poll_all(&mut events);
+        let mut changed = events.iter().any(Event::applied);
+        changed |= match trigger {
+            Trigger::Fetched(f) => work.fetched(f.id.clone(), Arc::clone(&f.keys)),
+            Trigger::Prune(now) => work.prune(*now),
+            Trigger::Poll | Trigger::Reload { .. } | Trigger::OwnWrite(_) => false,
+        };
+        let mut fallback = work.clone();
+        let config_change = match trigger {
+            Trigger::Reload { .. } => Some(work.config.reload()),
+            _ => match work.config.poll() {
+                Change::None => None,
+                other => Some(other),
+            },
+        };
+        fallback.config.mark_seen(work.config.seen().clone());
+        let mut config_result = match config_change {
+            Some(Change::Applied) => {
+                let config = Arc::clone(work.config.value());
+                Some(work.follow(&config).map_err(ReloadError::from))
+            }
+            Some(Change::Rejected(e)) => Some(Err(ReloadError::Config(e))),
+            Some(Change::None) | None => None,
+        };
+        if matches!(config_result, Some(Err(_))) {
+            work = fallback.clone();
+        }
+        let config_applied = matches!(config_result, Some(Ok(())));
+        let mut outcome = None;
+        if changed || config_applied {
+            match self.build_and_publish(gw, work, fallback, config_applied) {
+                Ok((published, config_error)) => {
+                    *sources = published;
+                    if let Some(e) = config_error {
+                        config_result = Some(Err(e));
+                    }
+                }
+                Err(e) => {
+                    // Nothing was published; sources stay as they were (and are re-read).
+                    tracing::error!(error = %e, "building the runtime state failed; the running state stays");
+                    config_result = Some(Err(e));
+                }
+            }
+        } else {
+            // Keep the versions seen (rejected files are not re-read until they change).
+            *sources = work;
+        }
+        if let Some(result) = config_result {
+            let result = result.map(|()| self.summary(&gw.state()));
+            report::config(gw, trigger, &result);
+            outcome = Some(result);
+        }
+        report::events(gw, trigger, &events);
+        outcome
+    }
+
+    /// Builds from `work`, falling back to `fallback` (the old config with every other change)
+    /// when the new config is what fails; writes what the builder generated; publishes. Returns
+    /// the sources of the published state and the config's error if it fell back.
+    fn build_and_publish(
+        &self,
+        gw: &Gateway,
+        work: Sources,
+        fallback: Sources,
+        config_applied: bool,
+    ) -> Result<(Sources, Option<ReloadError>), ReloadError> {
+        let previous = gw.state_full();
+        let ctx = Context {
+            metrics: &gw.metrics,
+            resolver: gw.cert_resolver(),
+            fetched: &self.fetched_tx,
+            previous: Some(&previous),
+        };
+        let (mut work, candidate, config_error) = match build::build(&ctx, &work.inputs()) {
+            Ok(c) => (work, c, None),
+            Err(e) if config_applied => {
+                let c = build::build(&ctx, &fallback.inputs())?;
+                (fallback, c, Some(ReloadError::Build(e)))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        commit_writes(&mut work, candidate.writes)?;
+        publish(gw, candidate.state);
+        Ok((work, config_error))
+    }
+
+    fn summary(&self, state: &RuntimeState) -> ReloadSummary {
+        ReloadSummary {
+            services: state.config.services.len(),
+            restart_required: restart_only(&self.startup, &state.config),
+        }
+    }
+}
+
+/// Writes what the builder generated, then lets the sources hold those values. On a failed
+/// write, files created by this commit are removed again and nothing is published.
+fn commit_writes(sources: &mut Sources, writes: Vec<PendingWrite>) -> Result<(), ReloadError> {
+    let mut created = Vec::new();
+    let mut adopted = Vec::with_capacity(writes.len());
+    for w in writes {
+        let existed = w.path.exists();
+        let written = match w.path.parent() {
+            Some(dir) => crate::state::ensure_state_dir(dir),
+            None => Ok(()),
+        }
+        .and_then(|()| crate::state::write_atomic(&w.path, &w.bytes, 0o600));
+        if let Err(e) = written {
+            for path in &created {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(ReloadError::Write(format!("{}: {e}", w.path.display())));
+        }
+        if !existed {
+            created.push(w.path.clone());
+        }
+        adopted.push(w.generated);
+    }
+    for generated in adopted {
+        sources.adopt(generated);
+    }
+    Ok(())
+}
+
+/// Publishes `state` and brings shared parts (concurrency limits, the health prober) to it.
+fn publish(gw: &Gateway, state: RuntimeState) {
+    for service in state.services() {
+        service.apply_limit();
+    }
+    gw.publish(state);
+    gw.health_wake.notify_one();
 }
 
 /// Settings that cannot change live, by the key an operator would look for.
@@ -51,11 +364,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check(
         "server.worker_threads",
         o.worker_threads != n.worker_threads,
-    );
-    check("server.tls (on/off)", o.tls.is_some() != n.tls.is_some());
-    check(
-        "server.tls.client_ca",
-        o.tls.as_ref().map(|t| &t.client_ca) != n.tls.as_ref().map(|t| &t.client_ca),
     );
     check(
         "server.max_connections",
@@ -81,160 +389,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             n.idle_release,
         ),
     );
+    let (ot, nt) = (&old.telemetry, &new.telemetry);
     check(
-        "server.public_metrics",
-        o.public_metrics != n.public_metrics,
-    );
-    check("server.compute_type", o.compute_type != n.compute_type);
-    check(
-        "telemetry",
-        format!("{:?}", old.telemetry) != format!("{:?}", new.telemetry),
+        "telemetry output",
+        (&ot.output, ot.queue_capacity, &ot.log_filter, ot.log_format)
+            != (&nt.output, nt.queue_capacity, &nt.log_filter, nt.log_format),
     );
     changed
-}
-
-/// Reloads the configuration file. `initiator` names who asked (a principal, `signal`,
-/// `file-watch`) for the activity log.
-pub async fn reload(
-    gw: &Arc<Gateway>,
-    initiator: &str,
-    source: Option<(std::net::IpAddr, String)>,
-) -> Result<ReloadSummary, ReloadError> {
-    let _serial = gw.reload_lock.lock().await;
-    let result = build(gw).await;
-    let mut entry = match &result {
-        Ok(_) => ActivityRecord::new("reloadConfig", initiator, Outcome::Succeeded),
-        Err(e) => {
-            ActivityRecord::new("reloadConfig", initiator, Outcome::Failed).reason(first_line(e))
-        }
-    };
-    if let Some((ip, request_id)) = source {
-        entry = entry.source(ip, request_id);
-    }
-    gw.activity.record(entry);
-    match &result {
-        Ok(summary) => {
-            gw.metrics
-                .config_reloads
-                .with_label_values(&["success"])
-                .inc();
-            tracing::info!(
-                initiator,
-                services = summary.services,
-                "configuration reloaded"
-            );
-            for key in &summary.restart_required {
-                tracing::warn!(
-                    setting = key,
-                    "changed in the config file, but applies only after a restart"
-                );
-            }
-        }
-        Err(e) => {
-            gw.metrics
-                .config_reloads
-                .with_label_values(&["error"])
-                .inc();
-            tracing::error!(initiator, error = %e, "configuration reload rejected; the running configuration stays");
-        }
-    }
-    result
-}
-
-fn first_line(e: &ReloadError) -> String {
-    let text = e.to_string();
-    match e {
-        ReloadError::Config(c) => {
-            format!("{} problem(s): {}", c.issues().len(), c.issues().join("; "))
-        }
-        _ => text,
-    }
-}
-
-async fn build(gw: &Arc<Gateway>) -> Result<ReloadSummary, ReloadError> {
-    let path = gw.config.load().source.clone();
-    let builder = Arc::clone(gw);
-    // Reading files, parsing certificates and (for new token services) generating keys block.
-    let (config, routes) =
-        tokio::task::spawn_blocking(move || -> Result<(Config, Routes), ReloadError> {
-            let config = config::load_and_validate(&path)?;
-            let routes = Routes::build(&config, &builder.metrics, Some(&builder.routes.load()))?;
-            Ok((config, routes))
-        })
-        .await
-        .map_err(|_| ReloadError::Task)??;
-    // Compared with what is really running: the startup settings (restart-only values never
-    // change after startup, whatever later reloads read).
-    let restart_required = restart_only(&gw.startup_config, &config);
-    if let (Some(resolver), Some(t)) = (&gw.cert, &config.server.tls) {
-        resolver.current.store(Arc::new(t.certified_key.clone()));
-    }
-    let summary = ReloadSummary {
-        services: config.services.len(),
-        restart_required,
-    };
-    *gw.watched
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = config.fingerprints.clone();
-    routes.apply_limits();
-    gw.routes.store(Arc::new(routes));
-    gw.health_wake.notify_one();
-    gw.config.store(Arc::new(config));
-    Ok(summary)
-}
-
-/// Called by the watch loop: reloads when the config file changed, and swaps the certificate
-/// when its files changed (a bad new pair keeps the old one).
-pub async fn poll(gw: &Arc<Gateway>) {
-    let config = gw.config.load_full();
-    let (config_changed, cert_changed) = {
-        let mut w = gw
-            .watched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = FileFingerprints::current(&config);
-        let config_changed = now.config != w.config;
-        let cert_changed = now.cert != w.cert || now.key != w.key;
-        if config_changed || cert_changed {
-            *w = now;
-        }
-        (config_changed, cert_changed)
-    };
-    if config_changed {
-        // A failed reload is already logged, counted and in the activity log.
-        let _ = reload(gw, "file-watch", None).await;
-        return;
-    }
-    if cert_changed && let (Some(resolver), Some(t)) = (&gw.cert, &config.server.tls) {
-        let (cert, key) = (t.cert_path.clone(), t.key_path.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || tls::load_certified_key(&cert, &key)).await;
-        match loaded {
-            Ok(Ok(pair)) => {
-                resolver.current.store(Arc::new(pair));
-                gw.metrics
-                    .certificate_reloads
-                    .with_label_values(&["success"])
-                    .inc();
-                tracing::info!(cert = %t.cert_path.display(), "certificate reloaded; new handshakes use it");
-                gw.activity.record(ActivityRecord::new(
-                    "reloadCertificate",
-                    "file-watch",
-                    Outcome::Succeeded,
-                ));
-            }
-            Ok(Err(e)) => {
-                gw.metrics
-                    .certificate_reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                tracing::error!(error = %e, "new certificate rejected; the previous one stays in use");
-                gw.activity.record(
-                    ActivityRecord::new("reloadCertificate", "file-watch", Outcome::Failed)
-                        .reason("the new certificate or key is invalid; previous pair kept"),
-                );
-            }
-            Err(_) => {}
-        }
-    }
 }

@@ -1,11 +1,13 @@
 //! Accept loops, TLS handshakes under a timeout, hyper-util serving, and the drain sequence.
 //!
-//! [`run`] takes already-bound listeners and a shutdown future, so `main` binds real ports and
-//! tests bind `127.0.0.1:0`. An accept error is logged, counted and briefly backed off; it never
-//! ends the loop. A failed TLS handshake is counted and ends only its own connection. This module
-//! does not authenticate and does not build request records; it hands each request to
-//! `proxy::handle` (scoring) or `admin::handle` (admin). HTTP/1.1 over TLS is served by `h1`,
-//! which lets idle connections give their HTTP buffers back (`idle_release_ms`).
+//! [`serve`] takes an already-bound listener and a shutdown future (`app` assembles the gateway
+//! around it), so `main` binds real ports and tests bind `127.0.0.1:0`. An accept error is
+//! logged, counted and briefly backed off; it never ends the loop. Each connection takes its TLS
+//! settings from the runtime state in force when it is accepted (so TLS can be turned on, off or
+//! given a new client CA by a reload). A failed TLS handshake is counted and ends only its own
+//! connection. This module does not authenticate and does not build request records; it hands
+//! each request to `proxy::handle`. HTTP/1.1 over TLS is served by `h1`, which lets idle
+//! connections give their HTTP buffers back (`idle_release_ms`).
 //!
 //! Shutdown order (STYLE §5): readiness turns 503 → pre-drain delay → stop accepting → graceful
 //! shutdown of every connection (hyper-util's watcher; `h1` watches the stop-accepting token and
@@ -30,34 +32,7 @@ mod first_byte;
 mod h1;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Gateway;
-use crate::telemetry::metrics::Metrics;
-use crate::telemetry::sink::RecordSink;
-use crate::{admin, health, state, tls};
 use first_byte::FirstByteTimeout;
-
-/// The two bound listeners.
-#[derive(Debug)]
-pub struct Listeners {
-    pub scoring: TcpListener,
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds both addresses of the configuration.
-    pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        Ok(Self {
-            scoring: TcpListener::bind(config.server.listen).await?,
-            admin: TcpListener::bind(config.server.admin_listen).await?,
-        })
-    }
-}
-
-/// Telemetry handles owned by the caller (so tests can read their own registry and records).
-#[derive(Debug, Clone)]
-pub struct Telemetry {
-    pub metrics: Arc<Metrics>,
-    pub records: RecordSink,
-}
 
 /// How the drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,49 +43,18 @@ pub enum Drained {
     TimedOut,
 }
 
-/// Runs the gateway until `shutdown` resolves, then drains.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    telemetry: Telemetry,
+/// Serves the scoring listener until `shutdown` resolves, then drains it (readiness 503 →
+/// pre-drain delay → stop accepting → graceful shutdown of every connection, bounded by the
+/// drain timeout). The delay and the timeout are read from the state in force at that moment.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Drained> {
-    state::ensure_state_dir(&config.server.state_dir)?;
-    let gw = Arc::new(Gateway::new(&config, telemetry.metrics, telemetry.records)?);
+) -> Drained {
     let lifecycle = Arc::clone(&gw.lifecycle);
-
-    let acceptor = match (&config.server.tls, &gw.cert) {
-        (Some(t), Some(resolver)) => {
-            let client_ca = t.client_ca.as_ref().map(|(_, certs)| certs.clone());
-            Some(TlsAcceptor::from(Arc::new(tls::server_config(
-                Arc::clone(resolver),
-                client_ca,
-            )?)))
-        }
-        _ => {
-            tracing::warn!(
-                listen = %config.server.listen,
-                "no [server.tls] table: serving plain HTTP; callers' keys and tokens cross the network unencrypted"
-            );
-            None
-        }
-    };
-
-    let health = tokio::spawn(health::probe_loop(
-        Arc::clone(&gw),
-        config.server.health_interval,
-    ));
-    let watcher = tokio::spawn(crate::watch::watch_loop(Arc::clone(&gw)));
-    let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
-    tracing::info!(
-        file = %gw.admin.bootstrap_path().display(),
-        "management API: the bootstrap admin credential is in this file"
-    );
-
+    let config = Arc::clone(gw.applier.startup_config());
     let scoring_graceful = GracefulShutdown::new();
     let scoring = ScoringListener {
-        gw: Arc::clone(&gw),
-        acceptor,
         http: HttpServers::new(&config),
         handshake_timeout: config.server.tls_handshake_timeout,
         header_read_timeout: config.server.header_read_timeout,
@@ -119,77 +63,49 @@ pub async fn run(
             close: config.server.header_read_timeout,
         },
         connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+        gw: Arc::clone(&gw),
     };
-    tracing::info!(
-        listen = %listeners.scoring.local_addr()?,
-        admin = %listeners.admin.local_addr()?,
-        services = config.services.len(),
-        "scoregate listening"
-    );
-    let admin_task = tokio::spawn(admin::serve(
-        listeners.admin,
-        Arc::clone(&gw),
-        lifecycle.stop_background.clone(),
-    ));
+    if gw.state().tls.is_none() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "no [server.tls] table: serving plain HTTP; callers' keys and tokens cross the network unencrypted"
+        );
+    }
     lifecycle.set_listening();
-
     // The accept loop runs here rather than in a task so it can lend each connection a watcher
     // of `scoring_graceful`, which this function consumes afterwards to drain.
     let accepting = scoring.accept_loop(
-        listeners.scoring,
+        listener,
         &scoring_graceful,
         lifecycle.stop_accepting.clone(),
     );
     let control = async {
         shutdown.await;
         lifecycle.start_draining();
+        let delay = gw.state().config.server.pre_drain_delay;
         tracing::info!(
-            delay_ms = config.server.pre_drain_delay.as_millis(),
+            delay_ms = delay.as_millis(),
             "draining: readiness is now 503"
         );
-        tokio::time::sleep(config.server.pre_drain_delay).await;
+        tokio::time::sleep(delay).await;
         lifecycle.stop_accepting.cancel();
     };
     tokio::join!(accepting, control);
 
-    let outcome = match tokio::time::timeout(
-        config.server.drain_timeout,
-        scoring_graceful.shutdown(),
-    )
-    .await
-    {
+    let drain_timeout = gw.state().config.server.drain_timeout;
+    match tokio::time::timeout(drain_timeout, scoring_graceful.shutdown()).await {
         Ok(()) => {
             tracing::info!("drain complete: every connection finished");
             Drained::Complete
         }
         Err(_) => {
             tracing::warn!(
-                timeout_ms = config.server.drain_timeout.as_millis(),
+                timeout_ms = drain_timeout.as_millis(),
                 "drain timed out; remaining connections are dropped"
             );
             lifecycle.force_close.cancel();
             Drained::TimedOut
         }
-    };
-    lifecycle.stop_background.cancel();
-    let _ = admin_task.await;
-    health.abort();
-    hangup.abort();
-    let _ = watcher.await;
-    Ok(outcome)
-}
-
-/// SIGHUP reloads the configuration (the conventional daemon signal).
-async fn reload_on_sighup(gw: Arc<Gateway>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!(
-            "cannot listen for SIGHUP; reload with POST /reload or by editing the config file"
-        );
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let _ = crate::reload::reload(&gw, "signal", None).await;
     }
 }
 
@@ -242,7 +158,6 @@ impl HttpServers {
 /// The scoring listener's per-process state.
 struct ScoringListener {
     gw: Arc<Gateway>,
-    acceptor: Option<TlsAcceptor>,
     http: HttpServers,
     handshake_timeout: Duration,
     /// Bound on the wait for a connection's first request bytes.
@@ -308,11 +223,12 @@ impl ScoringListener {
 
     async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo::new(peer));
+        let acceptor = self.gw.state().tls.clone().map(TlsAcceptor::from);
+        let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let gw = Arc::clone(&self.gw);
         let info = Arc::clone(&conn);
         let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&info), req));
-        let result = match &self.acceptor {
+        let result = match &acceptor {
             Some(acceptor) => {
                 let handshake = async {
                     // A peer that connects and closes without a byte (a TCP health probe, a

@@ -64,10 +64,12 @@ pub fn start_records(
             keep: *keep,
         },
     };
+    // Whether request records are written is decided per request from the runtime state
+    // (`request_records` is reloadable); the sink itself always accepts them.
     sink::RecordSink::spawn(
         output,
         config.queue_capacity,
-        config.request_records,
+        true,
         sink::SinkCounters {
             dropped: metrics.records_dropped.clone(),
             write_errors: metrics.record_write_errors.clone(),

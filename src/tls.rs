@@ -1,5 +1,6 @@
 //! TLS for the scoring listener: loading a PEM certificate chain and key, and building the rustls
-//! server configuration with a certificate resolver that can be swapped live.
+//! server configuration around a certificate resolver (the runtime state's, so certificates
+//! change live for new handshakes).
 //!
 //! Policy: TLS 1.2 and 1.3 only, the crypto provider's default suites (all AEAD with forward
 //! secrecy: AES-GCM and ChaCha20-Poly1305 over ECDHE), ALPN `h2` then `http/1.1`, stateless
@@ -9,11 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 
 /// Why a certificate/key pair could not be loaded. `Cert*` variants belong to the `cert` setting,
@@ -77,31 +77,10 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, LoadE
     })
 }
 
-/// Hands every new handshake the current certificate. Swapping `current` rotates the certificate
-/// for new connections while established ones keep theirs (linkerd2-proxy's meshtls pattern).
-#[derive(Debug)]
-pub struct CertResolver {
-    pub current: ArcSwap<CertifiedKey>,
-}
-
-impl CertResolver {
-    pub fn new(key: CertifiedKey) -> Arc<Self> {
-        Arc::new(Self {
-            current: ArcSwap::from_pointee(key),
-        })
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
 /// Builds the server configuration around a resolver. With `client_ca`, every client must
 /// present a certificate chaining to one of those CAs (mutual TLS).
 pub fn server_config(
-    resolver: Arc<CertResolver>,
+    resolver: Arc<dyn ResolvesServerCert>,
     client_ca: Option<Vec<CertificateDer<'static>>>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())

@@ -15,6 +15,7 @@ mod reload {
     pub mod config;
     pub mod inflight;
     pub mod load;
+    pub mod races;
 }
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::auth::bearer;
-use crate::auth::jwt::trusted::{Issuer, JwksError};
+use crate::auth::jwt::trusted::IssuerKeys;
 use crate::auth::keys::{Secret, generate_key};
 use crate::config::IdentityConfig;
 use crate::error::AuthFailure;
@@ -81,19 +81,19 @@ pub struct AdminPrincipal {
 }
 
 /// The trusted identity provider for management callers (`[identity]`), e.g. Azure AD: tokens
-/// carry the caller in `sub` and app roles in the roles claim.
-#[derive(Debug)]
+/// carry the caller in `sub` and app roles in the roles claim. Its keys are those of one state
+/// version.
+#[derive(Debug, Clone)]
 pub struct Identity {
     pub config: IdentityConfig,
-    pub issuer: Issuer,
+    pub issuer: IssuerKeys,
 }
 
 impl Identity {
-    pub fn new(config: IdentityConfig) -> Result<Self, JwksError> {
-        let mut issuer = Issuer::new(config.issuer.clone())?;
+    /// Validation rules for the identity provider's issuer (leeway and `nbf` as configured).
+    pub fn adjust(issuer: &mut crate::auth::jwt::trusted::Issuer, config: &IdentityConfig) {
         issuer.validation.leeway = config.leeway.as_secs();
         issuer.validation.validate_nbf = true;
-        Ok(Self { config, issuer })
     }
 
     /// Verifies an identity token: algorithm, key by `kid`, signature, `iss`, `aud`, `exp`,
@@ -108,15 +108,12 @@ impl Identity {
         if header.alg != self.config.issuer.algorithm {
             return Err(AuthFailure::TokenAlgorithm);
         }
-        let key = match self.issuer.find(&kid) {
-            Some(k) => k,
-            None => match self.issuer.refetch_for_unknown_kid(&kid).await {
-                Ok(true) => self.issuer.find(&kid).ok_or(AuthFailure::TokenUnknownKey)?,
-                _ => return Err(AuthFailure::TokenUnknownKey),
-            },
+        let Ok(Some(key)) = self.issuer.find_or_fetch(&kid).await else {
+            return Err(AuthFailure::TokenUnknownKey);
         };
-        let data = jsonwebtoken::decode::<serde_json::Value>(text, &key, &self.issuer.validation)
-            .map_err(|e| crate::auth::jwt::map_error(e.kind()))?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(text, &key, &self.issuer.issuer.validation)
+                .map_err(|e| crate::auth::jwt::map_error(e.kind()))?;
         let claims = data.claims;
         let sub = claims
             .get("sub")
@@ -140,11 +137,10 @@ impl Identity {
     }
 }
 
-/// The credentials the admin listener accepts.
-#[derive(Debug)]
+/// The bootstrap credential the admin listener accepts: its digest only.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminCredentials {
     bootstrap: [u8; 32],
-    path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,43 +155,88 @@ pub enum CredentialError {
     TooShort { path: PathBuf },
 }
 
-impl AdminCredentials {
-    /// Reads `state_dir/admin.token`, creating it with a random credential on first start.
-    pub fn load_or_create(state_dir: &Path) -> Result<Self, CredentialError> {
-        let path = state_dir.join(BOOTSTRAP_FILE);
-        let io = |source| CredentialError::Io {
-            path: path.clone(),
-            source,
-        };
-        let secret = match std::fs::read_to_string(&path) {
-            Ok(text) => Secret::new(text.trim().to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::state::ensure_state_dir(state_dir).map_err(io)?;
-                let secret = generate_key().map_err(|e| io(std::io::Error::other(e)))?;
-                crate::state::write_atomic(
-                    &path,
-                    format!("{}\n", secret.expose()).as_bytes(),
-                    0o600,
-                )
-                .map_err(io)?;
-                tracing::info!(file = %path.display(), "created the bootstrap admin credential");
-                secret
-            }
-            Err(e) => return Err(io(e)),
-        };
-        if secret.expose().len() < 32
-            || !secret.expose().bytes().all(|b| (0x21..=0x7e).contains(&b))
-        {
-            return Err(CredentialError::TooShort { path });
+/// `state_dir/admin.token`: a source of the runtime state. Created by the state's builder on
+/// first start; an operator may replace it to rotate the bootstrap credential while running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialFile {
+    pub path: PathBuf,
+}
+
+impl CredentialFile {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(BOOTSTRAP_FILE),
         }
-        Ok(Self {
-            bootstrap: crate::auth::sha256(&[secret.expose().as_bytes()]),
-            path,
-        })
     }
 
-    pub fn bootstrap_path(&self) -> &Path {
-        &self.path
+    /// Reads the credential; `None` when the file does not exist.
+    pub fn read(&self) -> Result<Option<AdminCredentials>, CredentialError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => AdminCredentials::from_secret(&Secret::new(text.trim().to_owned()))
+                .map(Some)
+                .ok_or_else(|| CredentialError::TooShort {
+                    path: self.path.clone(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CredentialError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// A new random credential and the file's bytes; nothing is written here.
+    pub fn generate(
+        &self,
+    ) -> Result<(AdminCredentials, zeroize::Zeroizing<Vec<u8>>), CredentialError> {
+        let secret = generate_key().map_err(|e| CredentialError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let bytes = zeroize::Zeroizing::new(format!("{}\n", secret.expose()).into_bytes());
+        let credentials =
+            AdminCredentials::from_secret(&secret).ok_or_else(|| CredentialError::TooShort {
+                path: self.path.clone(),
+            })?;
+        Ok((credentials, bytes))
+    }
+}
+
+impl crate::reload::source::Source for CredentialFile {
+    type Value = Option<AdminCredentials>;
+    type Error = CredentialError;
+
+    fn observe(&self) -> crate::reload::source::Version {
+        vec![crate::reload::source::Fingerprint::of(&self.path)]
+    }
+
+    fn load(
+        &self,
+        previous: Option<&Option<AdminCredentials>>,
+    ) -> Result<Option<AdminCredentials>, CredentialError> {
+        match self.read()? {
+            Some(c) => Ok(Some(c)),
+            // Deleted while running: keep the credential in force (a restart creates a new one).
+            None if previous.is_some_and(Option::is_some) => Err(CredentialError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn same(current: &Option<AdminCredentials>, new: &Option<AdminCredentials>) -> bool {
+        current == new
+    }
+}
+
+impl AdminCredentials {
+    /// The credential's digest, if the secret is 32 or more visible characters.
+    fn from_secret(secret: &Secret) -> Option<Self> {
+        let text = secret.expose();
+        (text.len() >= 32 && text.bytes().all(|b| (0x21..=0x7e).contains(&b))).then(|| Self {
+            bootstrap: crate::auth::sha256(&[text.as_bytes()]),
+        })
     }
 
     /// Authenticates a management request: the bootstrap credential, else an identity token.

@@ -27,7 +27,8 @@ use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
 use crate::error::{AuthFailure, error_body};
-use crate::runtime::{Gateway, Service};
+use crate::reload::WriteError;
+use crate::runtime::{Gateway, RuntimeState, Service};
 
 /// Failures of management calls, each with a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -201,23 +202,46 @@ impl ServiceOp {
 
 /// Runs one service operation for an authenticated principal.
 pub async fn service_op(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     principal: &AdminPrincipal,
     name: &str,
     op: ServiceOp,
     body: Bytes,
 ) -> Result<AdminResponse, ApiError> {
     let service = gw
-        .routes
-        .load()
+        .state()
         .by_name(name)
         .cloned()
         .ok_or_else(|| ApiError::ServiceNotFound(name.to_owned()))?;
     match op {
         ServiceOp::ListKeys => list_keys(&service),
-        ServiceOp::RegenerateKeys => regenerate_keys(service, &body, principal.id.clone()).await,
+        ServiceOp::RegenerateKeys => regenerate_keys(gw, &service, &body, &principal.id).await,
         ServiceOp::IssueToken => issue_token(&service, &principal.id),
-        ServiceOp::RotateSigningKey => rotate_signing_key(service, principal.id.clone()).await,
+        ServiceOp::RotateSigningKey => rotate_signing_key(gw, &service, &principal.id).await,
+    }
+}
+
+/// A management write that failed, as the API reports it.
+fn write_error(service: &Service, e: WriteError) -> ApiError {
+    match e {
+        WriteError::Keys(e) => {
+            if matches!(e, KeyError::Write { .. } | KeyError::Random) {
+                tracing::error!(service = %service.config.name, error = %e, "regenerating a key failed");
+            }
+            ApiError::Keys(e)
+        }
+        WriteError::Signing(e) => {
+            if !matches!(e, SigningError::ReadOnly { .. }) {
+                tracing::error!(service = %service.config.name, error = %e, "rotating the signing key failed");
+            }
+            ApiError::Signing(e)
+        }
+        WriteError::Gone(name) => ApiError::ServiceNotFound(name),
+        WriteError::Assignments(e) => {
+            tracing::error!(error = %e, "persisting a role assignment failed");
+            ApiError::Assignments
+        }
+        WriteError::Task => ApiError::Keys(KeyError::Random),
     }
 }
 
@@ -236,23 +260,18 @@ fn issue_token(service: &Service, subject: &str) -> Result<AdminResponse, ApiErr
 }
 
 async fn rotate_signing_key(
-    service: Arc<Service>,
-    initiator: String,
+    gw: &Arc<Gateway>,
+    service: &Service,
+    initiator: &str,
 ) -> Result<AdminResponse, ApiError> {
-    let authority = service
-        .tokens()
-        .cloned()
-        .ok_or_else(|| ApiError::NotTokenMode(service.config.name.clone()))?;
-    // Key generation (RSA especially) and the file write block; keep them off the workers.
-    let kid = tokio::task::spawn_blocking(move || authority.signing.rotate(&initiator))
+    if service.tokens().is_none() {
+        return Err(ApiError::NotTokenMode(service.config.name.clone()));
+    }
+    let kid = gw
+        .applier
+        .rotate_signing_key(gw, &service.config.name, initiator)
         .await
-        .map_err(|_| ApiError::Signing(SigningError::Generate("task failed".into())))?
-        .map_err(|e| {
-            if !matches!(e, SigningError::ReadOnly { .. }) {
-                tracing::error!(service = %service.config.name, error = %e, "rotating the signing key failed");
-            }
-            ApiError::Signing(e)
-        })?;
+        .map_err(|e| write_error(service, e))?;
     tracing::info!(service = %service.config.name, kid = %kid, "signing key rotated");
     Ok(json_response(
         StatusCode::OK,
@@ -310,25 +329,20 @@ fn first_key(fields: &Map<String, Value>) -> Option<&str> {
 }
 
 async fn regenerate_keys(
-    service: Arc<Service>,
+    gw: &Arc<Gateway>,
+    service: &Service,
     body: &[u8],
-    initiator: String,
+    initiator: &str,
 ) -> Result<AdminResponse, ApiError> {
-    let store = service
-        .keys()
-        .cloned()
-        .ok_or_else(|| ApiError::NotKeyMode(service.config.name.clone()))?;
+    if service.keys().is_none() {
+        return Err(ApiError::NotKeyMode(service.config.name.clone()));
+    }
     let (slot, value) = parse_regenerate(body)?;
-    // File writes and fsync block; keep them off the async workers.
-    let new = tokio::task::spawn_blocking(move || store.regenerate(slot, value, &initiator))
+    let new = gw
+        .applier
+        .regenerate_key(gw, &service.config.name, slot, value, initiator)
         .await
-        .map_err(|_| ApiError::Keys(KeyError::Random))?
-        .map_err(|e| {
-            if matches!(e, KeyError::Write { .. } | KeyError::Random) {
-                tracing::error!(service = %service.config.name, error = %e, "regenerating a key failed");
-            }
-            ApiError::Keys(e)
-        })?;
+        .map_err(|e| write_error(service, e))?;
     tracing::info!(service = %service.config.name, slot = slot.as_str(), "key regenerated");
     let body = json!({
         "primaryKey": new.primary.as_ref().map(Secret::expose),
@@ -342,9 +356,9 @@ fn rfc3339(unix: u64) -> String {
 }
 
 /// `POST /role-assignments` with `{"principal","role","scope"}` → 201 with the assignment.
-pub fn assign_role(
-    gw: &Gateway,
-    routes: &crate::runtime::Routes,
+pub async fn assign_role(
+    gw: &Arc<Gateway>,
+    state: &RuntimeState,
     body: &[u8],
 ) -> Result<AdminResponse, ApiError> {
     #[derive(serde::Deserialize)]
@@ -365,7 +379,7 @@ pub fn assign_role(
             "principal must be 1 to 256 characters".into(),
         ));
     }
-    if routes.policy.role(&req.role).is_none() {
+    if state.policy().role(&req.role).is_none() {
         return Err(ApiError::InvalidRequest(format!(
             "role {:?} is not defined",
             req.role
@@ -378,7 +392,7 @@ pub fn assign_role(
         ))
     })?;
     if let Scope::Service(name) = &scope
-        && routes.by_name(name).is_none()
+        && state.by_name(name).is_none()
     {
         return Err(ApiError::ServiceNotFound(name.clone()));
     }
@@ -389,10 +403,13 @@ pub fn assign_role(
         scope,
         source: "api".to_owned(),
     };
-    gw.assignments.add(assignment.clone()).map_err(|e| {
-        tracing::error!(error = %e, "persisting a role assignment failed");
-        ApiError::Assignments
-    })?;
+    gw.applier
+        .add_assignment(gw, assignment.clone())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "persisting a role assignment failed");
+            ApiError::Assignments
+        })?;
     Ok(json_response(
         StatusCode::CREATED,
         serde_json::to_vec(&assignment).unwrap_or_default(),
@@ -400,15 +417,15 @@ pub fn assign_role(
 }
 
 /// `DELETE /role-assignments/{id}` → 204; config assignments are changed in the config file.
-pub fn remove_assignment(
-    gw: &Gateway,
-    routes: &crate::runtime::Routes,
+pub async fn remove_assignment(
+    gw: &Arc<Gateway>,
+    state: &RuntimeState,
     id: &str,
 ) -> Result<AdminResponse, ApiError> {
-    if routes.policy.assignments.iter().any(|a| a.id == id) {
+    if state.policy().assignments.iter().any(|a| a.id == id) {
         return Err(ApiError::AssignmentInConfig(id.to_owned()));
     }
-    match gw.assignments.remove(id) {
+    match gw.applier.remove_assignment(gw, id).await {
         Ok(true) => Ok(json_response(StatusCode::NO_CONTENT, Vec::new())),
         Ok(false) => Err(ApiError::AssignmentNotFound(id.to_owned())),
         Err(e) => {

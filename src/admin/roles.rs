@@ -9,7 +9,6 @@
 //! identity token (scope `*`). Everything not granted is denied.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,11 +177,12 @@ impl Policy {
     }
 }
 
-/// Assignments made through the API, persisted atomically.
-#[derive(Debug)]
-pub struct AssignmentStore {
-    path: PathBuf,
-    list: RwLock<Vec<Assignment>>,
+/// `state_dir/role-assignments.json`: the assignments made through the API. A source of the
+/// runtime state; the API's add and remove write it atomically and the change arrives through the
+/// same observe path as an operator's edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentFile {
+    pub path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,77 +197,60 @@ pub enum AssignmentError {
     },
 }
 
-impl AssignmentStore {
+impl AssignmentFile {
     pub const FILE: &'static str = "role-assignments.json";
 
-    pub fn open(state_dir: &Path) -> Result<Self, AssignmentError> {
-        let path = state_dir.join(Self::FILE);
-        let list = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(AssignmentError::Read {
-                    path,
-                    reason: e.to_string(),
-                });
-            }
-        };
-        Ok(Self {
-            path,
-            list: RwLock::new(list),
-        })
-    }
-
-    pub fn list(&self) -> Vec<Assignment> {
-        self.list
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Persists the changed list first, then makes it visible.
-    fn update(
-        &self,
-        change: impl FnOnce(&mut Vec<Assignment>) -> bool,
-    ) -> Result<bool, AssignmentError> {
-        let mut list = self
-            .list
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = list.clone();
-        if !change(&mut next) {
-            return Ok(false);
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(Self::FILE),
         }
-        let mut bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
+    }
+
+    /// The assignments on disk (none when the file does not exist).
+    pub fn read(&self) -> Result<Vec<Assignment>, AssignmentError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(AssignmentError::Read {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes the whole list atomically (0600).
+    pub fn write(&self, list: &[Assignment]) -> Result<(), AssignmentError> {
+        let mut bytes = serde_json::to_vec_pretty(list).unwrap_or_default();
         bytes.push(b'\n');
         crate::state::write_atomic(&self.path, &bytes, 0o600).map_err(|source| {
             AssignmentError::Write {
                 path: self.path.clone(),
                 source,
             }
-        })?;
-        *list = next;
-        Ok(true)
+        })
+    }
+}
+
+impl crate::reload::source::Source for AssignmentFile {
+    type Value = Vec<Assignment>;
+    type Error = AssignmentError;
+
+    fn observe(&self) -> crate::reload::source::Version {
+        vec![crate::reload::source::Fingerprint::of(&self.path)]
     }
 
-    pub fn add(&self, assignment: Assignment) -> Result<(), AssignmentError> {
-        self.update(|list| {
-            list.push(assignment);
-            true
-        })
-        .map(drop)
+    fn load(
+        &self,
+        _previous: Option<&Vec<Assignment>>,
+    ) -> Result<Vec<Assignment>, AssignmentError> {
+        self.read()
     }
 
-    /// Removes an API assignment; false when there is none with that id.
-    pub fn remove(&self, id: &str) -> Result<bool, AssignmentError> {
-        self.update(|list| {
-            let before = list.len();
-            list.retain(|a| a.id != id);
-            list.len() != before
-        })
+    fn same(current: &Vec<Assignment>, new: &Vec<Assignment>) -> bool {
+        current == new
     }
 }
 
@@ -278,7 +261,7 @@ pub fn authorize(
     action: Action,
     service: Option<&str>,
     policy: &Policy,
-    store: &AssignmentStore,
+    assigned_by_api: &[Assignment],
 ) -> Result<(), Action> {
     let grants = |role: &str, scope: &Scope| {
         scope.covers(service) && policy.role(role).is_some_and(|r| r.permits(action))
@@ -290,7 +273,7 @@ pub fn authorize(
         return Ok(());
     }
     let assigned = |a: &Assignment| a.principal == principal.id && grants(&a.role, &a.scope);
-    if policy.assignments.iter().any(assigned) || store.list().iter().any(assigned) {
+    if policy.assignments.iter().any(assigned) || assigned_by_api.iter().any(assigned) {
         return Ok(());
     }
     Err(action)

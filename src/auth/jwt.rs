@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::TokenConfig;
 use crate::error::AuthFailure;
 use cache::{CachedToken, TokenCache};
-use signing::{SigningError, SigningStore};
-use trusted::{Issuer, JwksError};
+use signing::SigningSet;
+use trusted::IssuerKeys;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -86,32 +86,26 @@ struct Claims {
     rfa: Option<u64>,
 }
 
-/// The token metrics of a service: cache results (`scoregate_token_cache_total{result}`) and
-/// the JWKS fetch family (`scoregate_jwks_fetch_total{service,issuer,result}`).
+/// The token-cache counters of a service (`scoregate_token_cache_total{result}`), handed in by
+/// whoever builds the authority so this module depends on no metrics type.
 #[derive(Debug, Clone)]
 pub struct CacheCounters {
     pub hit: IntCounter,
     pub miss: IntCounter,
-    pub jwks_fetches: Option<(String, prometheus::IntCounterVec)>,
 }
 
+/// One token-mode service's policy with its keys as of one state version: the service's own
+/// signing keys and its trusted issuers' keys. Immutable; a new signing key or key set builds a
+/// new authority that shares the cache.
 #[derive(Debug)]
 pub struct TokenAuthority {
     service: Arc<str>,
     pub config: TokenConfig,
-    pub signing: SigningStore,
+    pub signing: Arc<SigningSet>,
     own_validation: Validation,
-    pub trusted: Vec<Issuer>,
-    pub cache: TokenCache,
+    pub trusted: Vec<IssuerKeys>,
+    pub cache: Arc<TokenCache>,
     counters: CacheCounters,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenSetupError {
-    #[error(transparent)]
-    Signing(#[from] SigningError),
-    #[error(transparent)]
-    Jwks(#[from] JwksError),
 }
 
 fn unix_now() -> u64 {
@@ -124,45 +118,37 @@ impl TokenAuthority {
     pub fn new(
         service: &str,
         config: TokenConfig,
+        signing: Arc<SigningSet>,
+        trusted: Vec<IssuerKeys>,
+        cache: Arc<TokenCache>,
         counters: CacheCounters,
-    ) -> Result<Self, TokenSetupError> {
-        let overlap = config.lifetime + config.leeway;
-        let signing = SigningStore::open(config.signing.clone(), config.algorithm, overlap)?;
+    ) -> Self {
         let mut own_validation = Validation::new(config.algorithm);
         own_validation.set_issuer(&[&config.issuer]);
         own_validation.set_audience(&[service]);
         own_validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         own_validation.leeway = config.leeway.as_secs();
         own_validation.validate_nbf = true;
-        let trusted = config
-            .trusted
-            .iter()
-            .map(|t| {
-                Issuer::new(t.clone()).map(|mut issuer| {
-                    issuer.validation.leeway = config.leeway.as_secs();
-                    issuer.validation.validate_nbf = true;
-                    if let Some((service, family)) = &counters.jwks_fetches {
-                        issuer.count_fetches(family, service);
-                    }
-                    issuer
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        Self {
             service: Arc::from(service),
-            cache: TokenCache::new(config.cache_entries),
+            cache,
             config,
             signing,
             own_validation,
             trusted,
             counters,
-        })
+        }
+    }
+
+    /// How long a replaced signing key keeps verifying: token lifetime plus leeway.
+    pub fn overlap(config: &TokenConfig) -> std::time::Duration {
+        config.lifetime + config.leeway
     }
 
     /// Signs a token for `subject`.
     pub fn issue(&self, subject: &str) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
-        let set = self.signing.snapshot();
-        let signer = set
+        let signer = self
+            .signing
             .signer()
             .ok_or_else(|| jsonwebtoken::errors::Error::from(ErrorKind::InvalidKeyFormat))?;
         let now = unix_now();
@@ -222,7 +208,7 @@ impl TokenAuthority {
         let text = std::str::from_utf8(token).map_err(|_| AuthFailure::TokenMalformed)?;
         let header = jsonwebtoken::decode_header(text).map_err(|_| AuthFailure::TokenMalformed)?;
         let kid = header.kid.as_deref().ok_or(AuthFailure::TokenMalformed)?;
-        let (decoding, validation, kid, issuer) = self.key_for(text, kid).await?;
+        let (decoding, validation, kid, issuer, in_state) = self.key_for(text, kid).await?;
         // The token's own `alg` is only ever compared with the key's configured one.
         if header.alg != *validation.algorithms.first().unwrap_or(&Algorithm::ES256) {
             return Err(AuthFailure::TokenAlgorithm);
@@ -243,18 +229,22 @@ impl TokenAuthority {
                 .map(|iat| iat + (exp - iat) / 2)
         });
         let subject: Arc<str> = Arc::from(sub);
-        self.cache.insert(
-            key,
-            CachedToken {
-                subject: Arc::clone(&subject),
-                exp,
-                nbf: claims.nbf,
-                refresh_after,
-                kid,
-                issuer,
-            },
-            now,
-        );
+        // A key fetched just now is not in this state version yet, so a cache hit could not
+        // re-check it; such a token is cached from the next state on.
+        if in_state {
+            self.cache.insert(
+                key,
+                CachedToken {
+                    subject: Arc::clone(&subject),
+                    exp,
+                    nbf: claims.nbf,
+                    refresh_after,
+                    kid,
+                    issuer,
+                },
+                now,
+            );
+        }
         Ok(VerifiedToken {
             subject,
             exp,
@@ -265,26 +255,28 @@ impl TokenAuthority {
     /// Whether the key a cached token was verified with still verifies.
     fn key_still_trusted(&self, issuer: Option<usize>, kid: &str, now: u64) -> bool {
         match issuer {
-            None => self.signing.snapshot().find(kid, now).is_some(),
+            None => self.signing.find(kid, now).is_some(),
             Some(i) => self.trusted.get(i).is_some_and(|t| t.find(kid).is_some()),
         }
     }
 
     /// The key, validation rules, kid and owner (`None`: own signing key, else the trusted
-    /// issuer's index) for a token's `kid`.
+    /// issuer's index) for a token's `kid`, and whether the key is in this state version (not
+    /// fetched just now).
     async fn key_for(&self, token: &str, kid: &str) -> Result<KeyChoice<'_>, AuthFailure> {
         let now = unix_now();
-        if let Some(k) = self.signing.snapshot().find(kid, now) {
+        if let Some(k) = self.signing.find(kid, now) {
             return Ok((
                 Arc::clone(&k.decoding),
                 &self.own_validation,
                 Arc::clone(&k.kid),
                 None,
+                true,
             ));
         }
-        for (i, issuer) in self.trusted.iter().enumerate() {
-            if let Some(k) = issuer.find(kid) {
-                return Ok((k, &issuer.validation, Arc::from(kid), Some(i)));
+        for (i, trusted) in self.trusted.iter().enumerate() {
+            if let Some(k) = trusted.find(kid) {
+                return Ok((k, &trusted.issuer.validation, Arc::from(kid), Some(i), true));
             }
         }
         // Unknown everywhere: a JWKS issuer may have rotated. Only the issuer the (unverified)
@@ -292,17 +284,14 @@ impl TokenAuthority {
         let claimed_iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
             .ok()
             .and_then(|c| c.iss);
-        for (i, issuer) in self.trusted.iter().enumerate() {
+        for (i, trusted) in self.trusted.iter().enumerate() {
+            let issuer = &trusted.issuer;
             if !issuer.is_url() || claimed_iss.as_deref() != Some(issuer.config.issuer.as_str()) {
                 continue;
             }
-            match issuer.refetch_for_unknown_kid(kid).await {
-                Ok(true) => {
-                    if let Some(k) = issuer.find(kid) {
-                        return Ok((k, &issuer.validation, Arc::from(kid), Some(i)));
-                    }
-                }
-                Ok(false) => {}
+            match trusted.find_or_fetch(kid).await {
+                Ok(Some(k)) => return Ok((k, &issuer.validation, Arc::from(kid), Some(i), false)),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(service = %self.service, error = %e, "JWKS re-fetch for an unknown kid failed");
                 }
@@ -313,24 +302,27 @@ impl TokenAuthority {
 
     /// Whether every JWKS URL has been fetched at least once (readiness).
     pub fn keys_loaded(&self) -> bool {
-        self.trusted.iter().all(Issuer::is_loaded)
+        self.trusted.iter().all(IssuerKeys::is_loaded)
     }
 
-    /// Drops retired signing keys and the cache entries they vouched for.
-    pub fn prune(&self) {
-        let now = unix_now();
-        if self.signing.prune(now) {
-            let mut kids = self.signing.snapshot().active_kids(now);
-            for issuer in &self.trusted {
-                kids.extend(issuer.kids().into_iter().map(Arc::from));
-            }
-            self.cache.retain_kids(&kids);
+    /// The kids that may still verify at `now`: the cache keeps only entries they vouched for.
+    pub fn live_kids(&self, now: u64) -> Vec<Arc<str>> {
+        let mut kids = self.signing.active_kids(now);
+        for trusted in &self.trusted {
+            kids.extend(trusted.kids().map(|k| Arc::from(k.as_str())));
         }
+        kids
     }
 }
 
 /// A verifying key with its rules, kid and owner (see [`TokenAuthority::key_for`]).
-type KeyChoice<'a> = (Arc<DecodingKey>, &'a Validation, Arc<str>, Option<usize>);
+type KeyChoice<'a> = (
+    Arc<DecodingKey>,
+    &'a Validation,
+    Arc<str>,
+    Option<usize>,
+    bool,
+);
 
 #[derive(Debug, Deserialize)]
 struct IssOnly {

@@ -1,31 +1,33 @@
-//! The primary/secondary key store of a key-mode service.
+//! The primary/secondary keys of a key-mode service.
 //!
-//! Hot path: [`KeyStore::verify`] loads the current [`KeySet`] snapshot lock-free (`ArcSwap`),
-//! hashes the presented credential once (SHA-256 over a per-file salt and the key) and compares
-//! the fixed-size digest with both slots in constant time (`subtle`). Keys never leave this module
+//! Hot path: [`KeySet::verify`] hashes the presented credential once (SHA-256 over a per-file
+//! salt and the key) and compares the fixed-size digest with both slots in constant time
+//! (`subtle`). A `KeySet` is immutable and lives in the runtime state (`runtime::Service`), so a
+//! request reads it with no lock and no atomic load of its own. Keys never leave this module
 //! except through [`KeyListing`] (for `listkeys`) and [`NewKeys`] (for `regenerateKeys`); the
 //! [`Secret`] wrapper redacts them from `Debug` and zeroes them on drop.
 //!
-//! Storage: generated keys live in `state_dir/keys/<service>.json` (0600, atomic writes), either
-//! in plain text or, with `key_storage = "hashed"`, as salted digests only. An operator may
-//! instead provide a read-only `keys_file` (e.g. a Kubernetes Secret volume). Either file is
-//! polled for changes ([`KeyStore::poll_file`]); a bad new file leaves the last good keys in force.
+//! Storage ([`KeyFile`]): generated keys live in `state_dir/keys/<service>.json` (0600, atomic
+//! writes), either in plain text or, with `key_storage = "hashed"`, as salted digests only. An
+//! operator may instead provide a read-only `keys_file` (e.g. a Kubernetes Secret volume). Either
+//! file is a source of the runtime state, polled for changes through `reload::source`; a bad new
+//! file leaves the last good keys in force.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::KeySlot;
+pub use crate::config::{KeySource, KeyStorage};
+use crate::reload::source::Fingerprint;
 use crate::state::write_atomic;
-use crate::watch::Fingerprint;
 use file::{Material, parse_file, render_file};
 
 /// Minimum length of an operator-chosen key (`keyValue`, key files).
@@ -50,38 +52,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")
-    }
-}
-
-/// How generated keys are kept at rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KeyStorage {
-    /// Plain text in the 0600 state file; `listkeys` can show them.
-    #[default]
-    Plain,
-    /// Salted SHA-256 digests only; a key is shown once, when it is generated.
-    Hashed,
-}
-
-/// Where a service's keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// Generated and managed by scoregate in the state directory.
-    State { path: PathBuf, storage: KeyStorage },
-    /// Provided by the operator; scoregate only reads it.
-    OperatorFile { path: PathBuf },
-}
-
-impl KeySource {
-    pub fn path(&self) -> &Path {
-        match self {
-            Self::State { path, .. } | Self::OperatorFile { path } => path,
-        }
-    }
-
-    /// The state-directory file for a service.
-    pub fn state_path(state_dir: &Path, service: &str) -> PathBuf {
-        state_dir.join("keys").join(format!("{service}.json"))
     }
 }
 
@@ -198,7 +168,7 @@ impl KeySet {
         Some(slot)
     }
 
-    fn last_used(&self, slot: KeySlot) -> Option<u64> {
+    fn last_used_of(&self, slot: KeySlot) -> Option<u64> {
         match self.slots[Self::index(slot)]
             .last_used
             .load(Ordering::Relaxed)
@@ -206,6 +176,83 @@ impl KeySet {
             0 => None,
             t => Some(t),
         }
+    }
+
+    /// Whether the plain keys are held (else digests only: `key_storage = "hashed"`).
+    pub fn is_plain(&self) -> bool {
+        self.slots.iter().all(|s| s.plain.is_some())
+    }
+
+    /// Both keys and when they were last used (`listkeys`).
+    pub fn list(&self) -> Result<KeyListing, KeyError> {
+        match (&self.slots[0].plain, &self.slots[1].plain) {
+            (Some(p), Some(s)) => Ok(KeyListing {
+                primary: p.clone(),
+                secondary: s.clone(),
+                primary_last_used: self.last_used_of(KeySlot::Primary),
+                secondary_last_used: self.last_used_of(KeySlot::Secondary),
+            }),
+            _ => Err(KeyError::Hashed),
+        }
+    }
+
+    /// When each slot last matched (also available in hashed mode).
+    pub fn last_used(&self) -> [Option<u64>; 2] {
+        [
+            self.last_used_of(KeySlot::Primary),
+            self.last_used_of(KeySlot::Secondary),
+        ]
+    }
+
+    /// Builds a set from file material. Slots whose key is unchanged from `previous` keep its
+    /// last-use time (and plain keys keep its salt, so unchanged slots keep their digests).
+    fn build(material: Material, previous: Option<&Self>) -> Result<Self, KeyError> {
+        let carry = |digest: &[u8; 32], i: usize| {
+            previous
+                .filter(|p| p.slots[i].digest == *digest)
+                .map_or_else(
+                    || Arc::new(AtomicU64::new(0)),
+                    |p| Arc::clone(&p.slots[i].last_used),
+                )
+        };
+        Ok(match material {
+            Material::Plain([p, s]) => {
+                let salt = previous.map_or_else(new_salt, |p| Ok(p.salt))?;
+                let dp = salted_digest(&salt, p.expose().as_bytes());
+                let ds = salted_digest(&salt, s.expose().as_bytes());
+                Self {
+                    salt,
+                    slots: [
+                        Slot {
+                            last_used: carry(&dp, 0),
+                            digest: dp,
+                            plain: Some(p),
+                        },
+                        Slot {
+                            last_used: carry(&ds, 1),
+                            digest: ds,
+                            plain: Some(s),
+                        },
+                    ],
+                }
+            }
+            Material::Hashed { salt, digests } => {
+                let same_salt = previous.is_some_and(|p| p.salt == salt);
+                let slot = |i: usize| Slot {
+                    last_used: if same_salt {
+                        carry(&digests[i], i)
+                    } else {
+                        Arc::new(AtomicU64::new(0))
+                    },
+                    digest: digests[i],
+                    plain: None,
+                };
+                Self {
+                    salt,
+                    slots: [slot(0), slot(1)],
+                }
+            }
+        })
     }
 }
 
@@ -225,212 +272,148 @@ pub struct NewKeys {
     pub secondary: Option<Secret>,
 }
 
-/// A service's keys, their source, and the bookkeeping for reloads.
+/// A service's key file: the state-directory file scoregate generates and rotates, or the
+/// operator's read-only `keys_file`. It is one source of the runtime state (see
+/// `reload::source`): observed by fingerprint, read into an immutable [`KeySet`], and written only
+/// by the state's builder (first keys, storage conversion) or by a management write, which then
+/// reaches the gateway through the same observe path as an operator's edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub source: KeySource,
+}
+
+/// A key file as read.
 #[derive(Debug)]
-pub struct KeyStore {
-    current: ArcSwap<KeySet>,
-    source: KeySource,
-    /// Serialises writers (API, file reloads) so a reload cannot interleave with a regeneration.
-    write: Mutex<WriterState>,
+pub struct LoadedKeys {
+    pub set: Arc<KeySet>,
+    /// Who wrote the file (a principal id, or `cli`), if it says.
+    pub updated_by: Option<String>,
+    /// SHA-256 of the file's bytes, to tell a real change from a rewrite with the same content.
+    digest: [u8; 32],
 }
 
-#[derive(Debug, Default)]
-struct WriterState {
-    /// The file as last applied, to tell real changes from our own writes and metadata noise.
-    fingerprint: Option<Fingerprint>,
-    content: Option<[u8; 32]>,
-    /// A change found on disk by `regenerate` that the watch loop has not reported yet.
-    unreported: Option<Result<Reloaded, KeyError>>,
-}
-
-/// The result of a file poll that found a change.
+/// What reading a key file found.
 #[derive(Debug)]
-pub enum Reloaded {
-    /// New keys are in force; the file names who wrote it, if it says.
-    Applied { updated_by: Option<String> },
-    /// The file changed on disk but its content is what is already in force.
-    Unchanged,
+pub enum KeyFileState {
+    Loaded(LoadedKeys),
+    /// A state-directory file that does not exist yet: the builder generates both keys.
+    Absent,
 }
 
-impl KeyStore {
-    /// Loads the keys, generating and persisting both when a state-directory service has none.
-    pub fn open(source: KeySource) -> Result<Self, KeyError> {
-        let path = source.path().to_owned();
-        // Fingerprint before reading, so a file replaced in between is still seen as changed.
-        let mut fingerprint = Fingerprint::of(&path);
-        let (set, content) = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let bytes = Zeroizing::new(bytes);
-                let (material, _) = parse_file(&path, &bytes)?;
-                let set = Self::build(material, None)?;
-                (set, digest_of(&bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match &source {
-                KeySource::OperatorFile { .. } => return Err(KeyError::Read { path, source: e }),
-                KeySource::State { storage, .. } => {
-                    let material = Material::Plain([generate_key()?, generate_key()?]);
-                    let mut set = Self::build(material, None)?;
-                    if *storage == KeyStorage::Hashed {
-                        strip_plain(&mut set);
-                    }
-                    let bytes = render_file(&set, "scoregate");
-                    persist(&path, &bytes)?;
-                    fingerprint = Fingerprint::of(&path);
-                    tracing::info!(file = %path.display(), "generated primary and secondary keys");
-                    (set, digest_of(&bytes))
-                }
-            },
-            Err(e) => return Err(KeyError::Read { path, source: e }),
-        };
-        let store = Self {
-            current: ArcSwap::from_pointee(set),
-            write: Mutex::new(WriterState {
-                fingerprint,
-                content: Some(content),
-                unreported: None,
-            }),
-            source,
-        };
-        store.convert_storage_if_needed()?;
-        Ok(store)
-    }
-
-    /// A plain state file under `key_storage = "hashed"` is rewritten without the plain keys.
-    fn convert_storage_if_needed(&self) -> Result<(), KeyError> {
-        let KeySource::State { path, storage } = &self.source else {
-            return Ok(());
-        };
-        let set = self.current.load();
-        let is_plain = set.slots[0].plain.is_some();
-        match (storage, is_plain) {
-            (KeyStorage::Hashed, true) => {
-                let mut state = self.lock();
-                let mut hashed = clone_set(&set);
-                strip_plain(&mut hashed);
-                let bytes = render_file(&hashed, "scoregate");
-                persist(path, &bytes)?;
-                state.content = Some(digest_of(&bytes));
-                state.fingerprint = Fingerprint::of(path);
-                self.current.store(Arc::new(hashed));
-                tracing::info!(file = %path.display(), "converted stored keys to hashed storage");
-            }
-            (KeyStorage::Plain, false) => tracing::warn!(
-                file = %path.display(),
-                "keys are stored hashed although key_storage is \"plain\"; regenerate both keys to store them plain again"
-            ),
-            _ => {}
+impl KeyFileState {
+    pub fn keys(&self) -> Option<&Arc<KeySet>> {
+        match self {
+            Self::Loaded(l) => Some(&l.set),
+            Self::Absent => None,
         }
-        Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
-        // A panic while holding this lock cannot leave inconsistent state (all writes are
-        // atomic file renames followed by one pointer swap), so poisoning is ignored.
-        self.write
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn build(material: Material, previous: Option<&KeySet>) -> Result<KeySet, KeyError> {
-        let carry = |digest: &[u8; 32], i: usize| {
-            previous
-                .filter(|p| p.slots[i].digest == *digest)
-                .map_or_else(
-                    || Arc::new(AtomicU64::new(0)),
-                    |p| Arc::clone(&p.slots[i].last_used),
-                )
-        };
-        Ok(match material {
-            Material::Plain([p, s]) => {
-                // Keep the salt when possible so unchanged slots keep their digests (and history).
-                let salt = previous.map_or_else(new_salt, |p| Ok(p.salt))?;
-                let dp = salted_digest(&salt, p.expose().as_bytes());
-                let ds = salted_digest(&salt, s.expose().as_bytes());
-                KeySet {
-                    salt,
-                    slots: [
-                        Slot {
-                            last_used: carry(&dp, 0),
-                            digest: dp,
-                            plain: Some(p),
-                        },
-                        Slot {
-                            last_used: carry(&ds, 1),
-                            digest: ds,
-                            plain: Some(s),
-                        },
-                    ],
-                }
-            }
-            Material::Hashed { salt, digests } => {
-                let same_salt = previous.is_some_and(|p| p.salt == salt);
-                let carry_if = |i: usize| {
-                    if same_salt {
-                        carry(&digests[i], i)
-                    } else {
-                        Arc::new(AtomicU64::new(0))
-                    }
-                };
-                KeySet {
-                    salt,
-                    slots: [
-                        Slot {
-                            last_used: carry_if(0),
-                            digest: digests[0],
-                            plain: None,
-                        },
-                        Slot {
-                            last_used: carry_if(1),
-                            digest: digests[1],
-                            plain: None,
-                        },
-                    ],
-                }
-            }
+    /// The state of a file this gateway is about to write with `bytes` (generated keys, a
+    /// storage conversion, a regeneration).
+    pub fn written(set: Arc<KeySet>, bytes: &[u8], updated_by: &str) -> Self {
+        Self::Loaded(LoadedKeys {
+            set,
+            updated_by: Some(updated_by.to_owned()),
+            digest: digest_of(bytes),
         })
     }
+}
 
-    pub fn source(&self) -> &KeySource {
-        &self.source
+impl KeyFile {
+    pub fn new(source: KeySource) -> Self {
+        Self { source }
     }
 
-    /// The data-plane check: which slot, if any, the presented key matches.
-    pub fn verify(&self, presented: &[u8]) -> Option<KeySlot> {
-        self.current.load().verify(presented)
+    pub fn path(&self) -> &Path {
+        self.source.path()
     }
 
-    /// Both keys and when they were last used (`listkeys`).
-    pub fn list(&self) -> Result<KeyListing, KeyError> {
-        let set = self.current.load();
-        match (&set.slots[0].plain, &set.slots[1].plain) {
-            (Some(p), Some(s)) => Ok(KeyListing {
-                primary: p.clone(),
-                secondary: s.clone(),
-                primary_last_used: set.last_used(KeySlot::Primary),
-                secondary_last_used: set.last_used(KeySlot::Secondary),
-            }),
-            _ => Err(KeyError::Hashed),
+    /// Reads and parses the file. `previous` carries the salt and last-use times of unchanged
+    /// slots across versions.
+    pub fn read(&self, previous: Option<&KeySet>) -> Result<KeyFileState, KeyError> {
+        let path = self.source.path();
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            // A generated file that is not there yet (and never was, for this gateway): the
+            // builder makes one. An operator file, or a generated file that disappeared while
+            // running, is an error (the last good keys stay).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && matches!(self.source, KeySource::State { .. })
+                    && previous.is_none() =>
+            {
+                return Ok(KeyFileState::Absent);
+            }
+            Err(source) => {
+                return Err(KeyError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let (material, updated_by) = parse_file(path, &bytes)?;
+        Ok(KeyFileState::Loaded(LoadedKeys {
+            set: Arc::new(KeySet::build(material, previous)?),
+            updated_by,
+            digest: digest_of(&bytes),
+        }))
+    }
+
+    /// Whether keys read from this file must be rewritten to match `key_storage` (plain keys in a
+    /// state file configured as hashed): the hashed set and the file's new bytes.
+    pub fn conversion(&self, set: &KeySet) -> Option<(KeySet, Zeroizing<Vec<u8>>)> {
+        match &self.source {
+            KeySource::State {
+                storage: KeyStorage::Hashed,
+                ..
+            } if set.is_plain() => {
+                let mut hashed = clone_set(set);
+                strip_plain(&mut hashed);
+                let bytes = render_file(&hashed, "scoregate");
+                Some((hashed, bytes))
+            }
+            KeySource::State {
+                storage: KeyStorage::Plain,
+                path,
+            } if !set.is_plain() => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "keys are stored hashed although key_storage is \"plain\"; regenerate both keys to store them plain again"
+                );
+                None
+            }
+            _ => None,
         }
     }
 
-    /// When each slot last matched (also available in hashed mode).
-    pub fn last_used(&self) -> [Option<u64>; 2] {
-        let set = self.current.load();
-        [
-            set.last_used(KeySlot::Primary),
-            set.last_used(KeySlot::Secondary),
-        ]
+    /// Two new random keys for a state-directory file, as stored (hashed storage keeps digests
+    /// only), and the file's bytes. Nothing is written here.
+    pub fn generate(&self) -> Result<(KeySet, Zeroizing<Vec<u8>>), KeyError> {
+        let material = Material::Plain([generate_key()?, generate_key()?]);
+        let mut set = KeySet::build(material, None)?;
+        if matches!(
+            self.source,
+            KeySource::State {
+                storage: KeyStorage::Hashed,
+                ..
+            }
+        ) {
+            strip_plain(&mut set);
+        }
+        let bytes = render_file(&set, "scoregate");
+        Ok((set, bytes))
     }
 
-    /// Replaces one slot's key (generated, or `value`), persists the file, then swaps the
-    /// in-memory set, so the change survives a crash and applies to the very next request.
+    /// Replaces one slot's key (generated, or `value`) in `current`: the new set, what the
+    /// caller is shown, and the file's new bytes. Pure: the caller writes the bytes.
     pub fn regenerate(
         &self,
+        current: &KeySet,
         slot: KeySlot,
         value: Option<Secret>,
         initiator: &str,
-    ) -> Result<NewKeys, KeyError> {
-        let KeySource::State { path, storage } = &self.source else {
+    ) -> Result<(KeySet, NewKeys, Zeroizing<Vec<u8>>), KeyError> {
+        let KeySource::State { storage, .. } = &self.source else {
             return Err(KeyError::ReadOnly {
                 path: self.source.path().to_owned(),
             });
@@ -438,23 +421,13 @@ impl KeyStore {
         if let Some(v) = &value {
             validate_key_value(v.expose()).map_err(KeyError::BadValue)?;
         }
-        let mut state = self.lock();
-        // Another process (the offline CLI, an operator) may have changed the file since the
-        // last poll: apply that first, so this change is made on top of it, not over it. The
-        // watch loop still gets to report it.
-        if let Some(seen) = self.refresh_locked(&mut state)
-            && !matches!(seen, Ok(Reloaded::Unchanged))
-        {
-            state.unreported = Some(seen);
-        }
-        let old = self.current.load_full();
         let new_key = match value {
             Some(v) => v,
             None => generate_key()?,
         };
         let i = KeySet::index(slot);
-        let other = &old.slots[1 - i];
-        let new_digest = salted_digest(&old.salt, new_key.expose().as_bytes());
+        let other = &current.slots[1 - i];
+        let new_digest = salted_digest(&current.salt, new_key.expose().as_bytes());
         if bool::from(new_digest.ct_eq(&other.digest)) {
             return Err(KeyError::BadValue("must differ from the other key"));
         }
@@ -470,77 +443,58 @@ impl KeyStore {
             last_used: Arc::clone(&other.last_used),
         };
         let mut set = KeySet {
-            salt: old.salt,
+            salt: current.salt,
             slots: if i == 0 { [fresh, kept] } else { [kept, fresh] },
         };
         if *storage == KeyStorage::Hashed {
             strip_plain(&mut set);
         }
         let bytes = render_file(&set, initiator);
-        persist(path, &bytes)?;
-        state.content = Some(digest_of(&bytes));
-        state.fingerprint = Fingerprint::of(path);
-        let shown = |s: &Slot| s.plain.clone();
-        let response = if set.slots[0].plain.is_some() {
+        let shown = if set.is_plain() {
             NewKeys {
-                primary: shown(&set.slots[0]),
-                secondary: shown(&set.slots[1]),
+                primary: set.slots[0].plain.clone(),
+                secondary: set.slots[1].plain.clone(),
             }
         } else {
             // Hashed: the new key is shown this once; the other cannot be shown.
-            let shown_new = Some(new_key);
             match slot {
                 KeySlot::Primary => NewKeys {
-                    primary: shown_new,
+                    primary: Some(new_key),
                     secondary: None,
                 },
                 KeySlot::Secondary => NewKeys {
                     primary: None,
-                    secondary: shown_new,
+                    secondary: Some(new_key),
                 },
             }
         };
-        self.current.store(Arc::new(set));
-        Ok(response)
+        Ok((set, shown, bytes))
     }
 
-    /// Checks the key file for a change (content, or a new inode as after a Kubernetes `..data`
-    /// symlink swap or an editor's rename) and applies it. `None` when nothing changed. On error
-    /// the last good keys stay in force.
-    pub fn poll_file(&self) -> Option<Result<Reloaded, KeyError>> {
-        let mut state = self.lock();
-        if let Some(seen) = state.unreported.take() {
-            return Some(seen);
-        }
-        self.refresh_locked(&mut state)
+    /// Writes the file atomically (0600), creating its directory (0700) if needed.
+    pub fn write(&self, bytes: &[u8]) -> Result<(), KeyError> {
+        persist(self.source.path(), bytes)
+    }
+}
+
+impl crate::reload::source::Source for KeyFile {
+    type Value = KeyFileState;
+    type Error = KeyError;
+
+    fn observe(&self) -> crate::reload::source::Version {
+        vec![Fingerprint::of(self.source.path())]
     }
 
-    /// Applies the file if it changed since it was last read or written by us.
-    fn refresh_locked(&self, state: &mut WriterState) -> Option<Result<Reloaded, KeyError>> {
-        let path = self.source.path();
-        let now = Fingerprint::of(path);
-        if now == state.fingerprint {
-            return None;
+    fn load(&self, previous: Option<&KeyFileState>) -> Result<KeyFileState, KeyError> {
+        self.read(previous.and_then(KeyFileState::keys).map(AsRef::as_ref))
+    }
+
+    fn same(current: &KeyFileState, new: &KeyFileState) -> bool {
+        match (current, new) {
+            (KeyFileState::Loaded(a), KeyFileState::Loaded(b)) => a.digest == b.digest,
+            (KeyFileState::Absent, KeyFileState::Absent) => true,
+            _ => false,
         }
-        state.fingerprint = now;
-        let result = std::fs::read(path)
-            .map_err(|source| KeyError::Read {
-                path: path.to_owned(),
-                source,
-            })
-            .and_then(|bytes| {
-                let bytes = Zeroizing::new(bytes);
-                let digest = digest_of(&bytes);
-                if state.content == Some(digest) {
-                    return Ok(Reloaded::Unchanged);
-                }
-                let (material, updated_by) = parse_file(path, &bytes)?;
-                let set = Self::build(material, Some(&self.current.load()))?;
-                self.current.store(Arc::new(set));
-                state.content = Some(digest);
-                Ok(Reloaded::Applied { updated_by })
-            });
-        Some(result)
     }
 }
 

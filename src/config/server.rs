@@ -200,8 +200,8 @@ impl Validator<'_> {
             }
         });
         let (cert_path, key_path) = (cert?, key?);
-        self.fingerprints.cert = crate::watch::Fingerprint::of(&cert_path);
-        self.fingerprints.key = crate::watch::Fingerprint::of(&key_path);
+        self.fingerprints.cert = crate::fingerprint::Fingerprint::of(&cert_path);
+        self.fingerprints.key = crate::fingerprint::Fingerprint::of(&key_path);
         match crate::tls::load_certified_key(&cert_path, &key_path) {
             Ok(certified_key) => Some(TlsConfig {
                 cert_path,

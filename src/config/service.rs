@@ -6,9 +6,9 @@ use http::Uri;
 
 use super::raw;
 use super::{
-    AuthMode, ConfigIssue, DEFAULT_MAX_BODY_BYTES, RateLimit, ServiceConfig, Upstream, Validator,
+    AuthMode, ConfigIssue, DEFAULT_MAX_BODY_BYTES, KeySource, KeyStorage, RateLimit, ServiceConfig,
+    Upstream, Validator,
 };
-use crate::auth::keys::{KeySource, KeyStorage};
 
 impl Validator<'_> {
     pub(super) fn services(

@@ -9,7 +9,6 @@
 use http::Method;
 
 use crate::auth::KeySlot;
-use crate::auth::jwt::CacheCounters;
 use crate::error::AuthFailure;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -306,7 +305,9 @@ pub struct ServiceMetrics {
     key_auth: [IntCounter; 2],
     /// Indexed by `AuthFailure::index`.
     auth_failures: Vec<IntCounter>,
-    pub token_cache: CacheCounters,
+    /// `scoregate_token_cache_total{result="hit"|"miss"}` (handed to the token authority).
+    pub token_cache_hit: IntCounter,
+    pub token_cache_miss: IntCounter,
 }
 
 impl ServiceMetrics {
@@ -333,11 +334,8 @@ impl ServiceMetrics {
                         .with_label_values(&[service, f.reason()])
                 })
                 .collect(),
-            token_cache: CacheCounters {
-                hit: metrics.token_cache.with_label_values(&[service, "hit"]),
-                miss: metrics.token_cache.with_label_values(&[service, "miss"]),
-                jwks_fetches: Some((service.to_owned(), metrics.jwks_fetches.clone())),
-            },
+            token_cache_hit: metrics.token_cache.with_label_values(&[service, "hit"]),
+            token_cache_miss: metrics.token_cache.with_label_values(&[service, "miss"]),
             duration: metrics.request_duration.with_label_values(&[service]),
             upstream_duration: metrics.upstream_duration.with_label_values(&[service]),
             queue_wait: metrics.queue_wait.with_label_values(&[service]),

@@ -16,13 +16,18 @@ use crate::auth::Principal;
 
 use crate::error::{GatewayError, Side};
 use crate::proxy::RequestCtx;
-use crate::runtime::Gateway;
+use crate::runtime::{Gateway, RuntimeState};
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 
 /// Writes the request record line (JSON and a newline). Field names are the documented ones;
 /// values come straight from the request context, so nothing is copied or allocated beyond the
 /// line itself. The URL passes through redaction; `Principal` is a slot name or a subject.
-fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration, line: &mut Vec<u8>) {
+fn record_line(
+    state: &RuntimeState,
+    ctx: &RequestCtx,
+    duration: std::time::Duration,
+    line: &mut Vec<u8>,
+) {
     let service = ctx.service.as_deref();
     let mut o = JsonObject::new(line);
     o.str("type", "request");
@@ -39,7 +44,7 @@ fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration, li
     let url = ctx
         .url
         .as_ref()
-        .map_or(Cow::Borrowed("/"), |pq| gw.redaction.url(pq.as_str()));
+        .map_or(Cow::Borrowed("/"), |pq| state.redaction().url(pq.as_str()));
     o.str("RequestUrl", &url);
     o.opt_bytes(
         "UserAgent",
@@ -48,7 +53,7 @@ fn record_line(gw: &Gateway, ctx: &RequestCtx, duration: std::time::Duration, li
     o.u64("StatusCode", u64::from(ctx.status));
     o.bool("Success", ctx.status < 400);
     o.f64("Duration", duration.as_secs_f64() * 1000.0);
-    o.str("ComputeType", &gw.compute_type);
+    o.str("ComputeType", &state.compute_type);
     o.opt_str("ServiceName", service.map(|s| &*s.name));
     o.opt_str("AuthMode", service.map(|s| s.config.auth.as_str()));
     let principal = match &ctx.principal {
@@ -115,7 +120,11 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
         );
     }
 
-    gw.records.emit(|line| record_line(gw, ctx, duration, line));
+    let state = gw.state();
+    if state.config.telemetry.request_records {
+        gw.records
+            .emit(|line| record_line(&state, ctx, duration, line));
+    }
 }
 
 /// Failure-side metrics and the diagnostic line with the full cause chain.

@@ -23,7 +23,7 @@ pub use super::admin_http::read_admin_token as bootstrap_token;
 
 impl Admin {
     /// The client for an in-process gateway; waits until the gateway has written its
-    /// credential (it does so as `server::run` starts, in the gateway's own task).
+    /// credential (it does so as `app::run` starts, in the gateway's own task).
     pub async fn of(gw: &TestGateway) -> Self {
         Self::new(gw.admin_addr, &gw.dir().join("state")).await
     }

@@ -1,4 +1,4 @@
-//! `TestGateway`: the real gateway (`scoregate::server::run`) in a task of the test's runtime.
+//! `TestGateway`: the real gateway (`scoregate::app::run`) in a task of the test's runtime.
 //!
 //! [`GatewayBuilder`] writes a TOML configuration (TLS on by default, certificates from a
 //! [`Pki`]), which goes through `config::load_and_validate` exactly as `scoregate run` would.
@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
-use scoregate::server::{self, Drained, Listeners, Telemetry};
+use scoregate::app::{self, Listeners, Telemetry};
+use scoregate::server::Drained;
 use scoregate::telemetry::metrics::Metrics;
 use scoregate::telemetry::sink::{RecordOutput, RecordSink, SinkCounters};
 use tokio::net::TcpListener;
@@ -223,7 +224,7 @@ impl GatewayBuilder {
             records: sink,
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(
+        let task = tokio::spawn(app::run(
             config,
             Listeners { scoring, admin },
             telemetry,
@@ -341,7 +342,7 @@ impl TestGateway {
         .await;
     }
 
-    /// Resolves the shutdown future passed to `server::run` (readiness turns 503 and the drain
+    /// Resolves the shutdown future passed to `app::run` (readiness turns 503 and the drain
     /// begins). Idempotent.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -349,14 +350,14 @@ impl TestGateway {
         }
     }
 
-    /// Begins shutdown if needed and waits for `server::run` to return its drain outcome.
+    /// Begins shutdown if needed and waits for `app::run` to return its drain outcome.
     pub async fn shutdown(&mut self) -> Drained {
         self.begin_shutdown();
         let task = self.task.take().expect("shutdown awaited only once");
-        within("server::run to return after shutdown", task)
+        within("app::run to return after shutdown", task)
             .await
             .expect("gateway task did not panic")
-            .expect("server::run returned an error")
+            .expect("app::run returned an error")
     }
 
     /// Every request record written so far, parsed.

@@ -8,10 +8,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::config::SigningSource;
-use crate::watch::Fingerprint;
+use crate::reload::source::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
@@ -105,6 +104,18 @@ impl SigningSet {
     pub fn has_expired_keys(&self, now: u64) -> bool {
         self.keys.iter().any(|k| !k.active(now))
     }
+
+    /// The set without the keys retired at `now` (the file is tidied at the next rotation).
+    fn pruned(&self, now: u64) -> Self {
+        Self {
+            keys: self
+                .keys
+                .iter()
+                .filter(|k| k.active(now))
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -119,7 +130,7 @@ struct FileKey {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SigningFile {
+struct SigningFileFormat {
     version: u32,
     algorithm: Algorithm,
     keys: Vec<FileKey>,
@@ -203,185 +214,138 @@ fn new_kid() -> Result<String, SigningError> {
     Ok(format!("sg-{:016x}", u64::from_be_bytes(bytes)))
 }
 
-/// The signing keys of a service and how they are kept.
-#[derive(Debug)]
-pub struct SigningStore {
-    current: ArcSwap<SigningSet>,
-    source: SigningSource,
-    algorithm: Algorithm,
+/// A rotated set, the new signer's kid, and the file's new bytes.
+pub type Rotated = (SigningSet, Arc<str>, Zeroizing<Vec<u8>>);
+
+/// A token-mode service's signing-key file: `state_dir/signing/<service>.json`, generated and
+/// rotated by scoregate, or the operator's read-only `signing_key_file`. One source of the runtime
+/// state (see `reload::source`); written only by the state's builder (the first key) or by a
+/// management write (`rotateSigningKey`), which then arrives through the same observe path as an
+/// operator's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningFile {
+    pub source: SigningSource,
+    pub algorithm: Algorithm,
     /// How long a replaced key keeps verifying: token lifetime plus leeway.
-    overlap: Duration,
-    write: Mutex<Option<Fingerprint>>,
+    pub overlap: Duration,
 }
 
-impl SigningStore {
-    /// Loads the keys, generating the first one for a state-directory service that has none.
-    pub fn open(
-        source: SigningSource,
-        algorithm: Algorithm,
-        overlap: Duration,
-    ) -> Result<Self, SigningError> {
-        // Fingerprint before reading, so a file replaced in between is still seen as changed.
-        let mut fingerprint = Fingerprint::of(source_path(&source));
-        let set = match &source {
-            SigningSource::File { path } => Self::read_operator_file(path, algorithm)?,
-            SigningSource::State { path } => match std::fs::read(path) {
-                Ok(bytes) => Self::parse_state(path, &Zeroizing::new(bytes), algorithm)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let key = Self::new_key(algorithm)?;
-                    let set = SigningSet {
-                        keys: vec![Arc::new(key)],
-                    };
-                    persist(path, &set, algorithm, "scoregate")?;
-                    fingerprint = Fingerprint::of(path);
-                    tracing::info!(file = %path.display(), ?algorithm, "generated a token signing key");
-                    set
-                }
-                Err(source) => {
-                    return Err(SigningError::Read {
-                        path: path.clone(),
-                        source,
-                    });
-                }
-            },
-        };
-        Ok(Self {
-            current: ArcSwap::from_pointee(set),
+/// A signing-key file as read.
+#[derive(Debug)]
+pub struct LoadedSigning {
+    pub set: Arc<SigningSet>,
+    /// Who wrote the file (a principal id, or `cli`), if it says.
+    pub updated_by: Option<String>,
+    /// SHA-256 of the file's bytes.
+    digest: [u8; 32],
+}
+
+/// What reading a signing-key file found.
+#[derive(Debug)]
+pub enum SigningFileState {
+    Loaded(LoadedSigning),
+    /// A state-directory file that does not exist yet: the builder generates the first key.
+    Absent,
+}
+
+impl SigningFileState {
+    pub fn set(&self) -> Option<&Arc<SigningSet>> {
+        match self {
+            Self::Loaded(l) => Some(&l.set),
+            Self::Absent => None,
+        }
+    }
+
+    /// The state of a file this gateway is about to write with `bytes`.
+    pub fn written(set: Arc<SigningSet>, bytes: &[u8], updated_by: &str) -> Self {
+        Self::Loaded(LoadedSigning {
+            set,
+            updated_by: Some(updated_by.to_owned()),
+            digest: crate::auth::sha256(&[bytes]),
+        })
+    }
+
+    /// The same file's keys without those retired at `now`, if any retired.
+    pub fn pruned(&self, now: u64) -> Option<Self> {
+        match self {
+            Self::Loaded(l) if l.set.has_expired_keys(now) => Some(Self::Loaded(LoadedSigning {
+                set: Arc::new(l.set.pruned(now)),
+                updated_by: l.updated_by.clone(),
+                digest: l.digest,
+            })),
+            Self::Loaded(_) | Self::Absent => None,
+        }
+    }
+}
+
+impl SigningFile {
+    pub fn new(source: SigningSource, algorithm: Algorithm, overlap: Duration) -> Self {
+        Self {
             source,
             algorithm,
             overlap,
-            write: Mutex::new(fingerprint),
-        })
+        }
     }
 
-    fn new_key(algorithm: Algorithm) -> Result<SigningKey, SigningError> {
-        let material = generate_material(algorithm)?;
-        let (encoding, decoding) =
-            keys_from_material(algorithm, &material).map_err(SigningError::Generate)?;
-        Ok(SigningKey {
-            kid: Arc::from(new_kid()?),
-            algorithm,
-            encoding,
-            decoding,
-            retire_after: None,
-            material,
-            created: unix_now(),
-        })
+    pub fn path(&self) -> &Path {
+        source_path(&self.source)
     }
 
-    fn read_operator_file(path: &Path, algorithm: Algorithm) -> Result<SigningSet, SigningError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| SigningError::Read {
-                    path: path.to_owned(),
+    /// Reads and parses the file. `had_previous`: a value was loaded before, so a missing
+    /// state file is an error (the last good keys stay), not a first start.
+    pub fn read(&self, had_previous: bool) -> Result<SigningFileState, SigningError> {
+        match &self.source {
+            SigningSource::File { path } => {
+                let set = read_operator_file(path, self.algorithm)?;
+                Ok(SigningFileState::Loaded(LoadedSigning {
+                    digest: set
+                        .keys
+                        .first()
+                        .map_or([0; 32], |k| crate::auth::sha256(&[k.material.as_bytes()])),
+                    set: Arc::new(set),
+                    updated_by: None,
+                }))
+            }
+            SigningSource::State { path } => match std::fs::read(path) {
+                Ok(bytes) => {
+                    let bytes = Zeroizing::new(bytes);
+                    let (set, updated_by) = parse_state(path, &bytes, self.algorithm)?;
+                    Ok(SigningFileState::Loaded(LoadedSigning {
+                        set: Arc::new(set),
+                        updated_by,
+                        digest: crate::auth::sha256(&[&bytes]),
+                    }))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !had_previous => {
+                    Ok(SigningFileState::Absent)
+                }
+                Err(source) => Err(SigningError::Read {
+                    path: path.clone(),
                     source,
-                })?,
-            );
-        let material = if matches!(
-            algorithm,
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-        ) {
-            // The raw secret; stored base64 internally.
-            Zeroizing::new(STANDARD.encode(text.trim_end().as_bytes()))
-        } else {
-            Zeroizing::new(text.to_string())
+                }),
+            },
+        }
+    }
+
+    /// The first signing key of a state-directory service, and the file's bytes. Nothing is
+    /// written here.
+    pub fn generate(&self) -> Result<(SigningSet, Zeroizing<Vec<u8>>), SigningError> {
+        let set = SigningSet {
+            keys: vec![Arc::new(new_key(self.algorithm)?)],
         };
-        let (encoding, decoding) =
-            keys_from_material(algorithm, &material).map_err(|reason| SigningError::Invalid {
-                path: path.to_owned(),
-                reason,
-            })?;
-        // A stable kid derived from the key, so restarts keep accepting earlier tokens.
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
-        let kid = u64::from_be_bytes(digest.as_ref()[..8].try_into().unwrap_or([0; 8]));
-        Ok(SigningSet {
-            keys: vec![Arc::new(SigningKey {
-                kid: Arc::from(format!("op-{kid:016x}")),
-                algorithm,
-                encoding,
-                decoding,
-                retire_after: None,
-                material,
-                created: 0,
-            })],
-        })
+        let bytes = render(&set, self.algorithm, "scoregate");
+        Ok((set, bytes))
     }
 
-    fn parse_state(
-        path: &Path,
-        bytes: &[u8],
-        algorithm: Algorithm,
-    ) -> Result<SigningSet, SigningError> {
-        Self::parse_state_with_author(path, bytes, algorithm).map(|(set, _)| set)
-    }
-
-    fn parse_state_with_author(
-        path: &Path,
-        bytes: &[u8],
-        algorithm: Algorithm,
-    ) -> Result<(SigningSet, Option<String>), SigningError> {
-        let invalid = |reason: String| SigningError::Invalid {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut file: SigningFile =
-            serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-        if file.version != 1 {
-            return Err(invalid(format!("unsupported version {}", file.version)));
+    /// A new signer on top of `current`; earlier keys verify for `overlap` longer, then retire.
+    /// Returns the new set, the new kid and the file's bytes. Pure: the caller writes them.
+    pub fn rotate(&self, current: &SigningSet, initiator: &str) -> Result<Rotated, SigningError> {
+        if let SigningSource::File { path } = &self.source {
+            return Err(SigningError::ReadOnly { path: path.clone() });
         }
-        if file.algorithm != algorithm {
-            return Err(invalid(format!(
-                "keys are for {:?} but the service is configured for {algorithm:?}; rotate the signing key after changing the algorithm",
-                file.algorithm
-            )));
-        }
-        let mut keys = Vec::with_capacity(file.keys.len());
-        for k in std::mem::take(&mut file.keys) {
-            let material = Zeroizing::new(k.private_key);
-            let (encoding, decoding) = keys_from_material(algorithm, &material)
-                .map_err(|r| invalid(format!("key {}: {r}", k.kid)))?;
-            keys.push(Arc::new(SigningKey {
-                kid: Arc::from(k.kid),
-                algorithm,
-                encoding,
-                decoding,
-                retire_after: k.retire_after,
-                material,
-                created: k.created,
-            }));
-        }
-        if !keys.iter().any(|k| k.retire_after.is_none()) {
-            return Err(invalid(
-                "no current signing key (every key is retiring)".to_owned(),
-            ));
-        }
-        Ok((SigningSet { keys }, file.updated_by))
-    }
-
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<SigningSet>> {
-        self.current.load()
-    }
-
-    pub fn source(&self) -> &SigningSource {
-        &self.source
-    }
-
-    /// Makes a new signer; earlier keys verify for `overlap` longer, then retire. Persisted
-    /// before it takes effect. Returns the new kid.
-    pub fn rotate(&self, initiator: &str) -> Result<Arc<str>, SigningError> {
-        let SigningSource::State { path } = &self.source else {
-            return Err(SigningError::ReadOnly {
-                path: source_path(&self.source).to_owned(),
-            });
-        };
-        let mut fingerprint = self
-            .write
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = unix_now();
         let retire = now + self.overlap.as_secs();
-        let old = self.current.load_full();
-        let mut keys: Vec<Arc<SigningKey>> = old
+        let mut keys: Vec<Arc<SigningKey>> = current
             .keys
             .iter()
             .filter(|k| k.active(now))
@@ -400,65 +364,144 @@ impl SigningStore {
                 })
             })
             .collect();
-        let new = Self::new_key(self.algorithm)?;
+        let new = new_key(self.algorithm)?;
         let kid = Arc::clone(&new.kid);
         keys.push(Arc::new(new));
         let set = SigningSet { keys };
-        persist(path, &set, self.algorithm, initiator)?;
-        *fingerprint = Fingerprint::of(path);
-        self.current.store(Arc::new(set));
-        Ok(kid)
+        let bytes = render(&set, self.algorithm, initiator);
+        Ok((set, kid, bytes))
     }
 
-    /// Drops keys whose overlap has ended (in memory; the file is tidied at the next rotation).
-    /// Returns true when something was dropped.
-    pub fn prune(&self, now: u64) -> bool {
-        let current = self.current.load();
-        if !current.has_expired_keys(now) {
-            return false;
-        }
-        let keys = current
-            .keys
-            .iter()
-            .filter(|k| k.active(now))
-            .cloned()
-            .collect();
-        self.current.store(Arc::new(SigningSet { keys }));
-        true
-    }
-
-    /// Re-reads the key file when it changed on disk (e.g. `scoregate token rotate-signing-key`
-    /// in another process). `None` when nothing changed; on success, who wrote the file (if it
-    /// says); on error the current keys stay.
-    pub fn poll_file(&self) -> Option<Result<Option<String>, SigningError>> {
-        let path = source_path(&self.source);
-        let now = Fingerprint::of(path);
-        let mut fingerprint = self
-            .write
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now == *fingerprint {
-            return None;
-        }
-        *fingerprint = now;
-        let result = match &self.source {
-            SigningSource::File { path } => {
-                Self::read_operator_file(path, self.algorithm).map(|s| (s, None))
-            }
-            SigningSource::State { path } => std::fs::read(path)
-                .map_err(|source| SigningError::Read {
-                    path: path.clone(),
-                    source,
-                })
-                .and_then(|bytes| {
-                    Self::parse_state_with_author(path, &Zeroizing::new(bytes), self.algorithm)
-                }),
+    /// Writes the file atomically (0600), creating its directory (0700) if needed.
+    pub fn write(&self, bytes: &[u8]) -> Result<(), SigningError> {
+        let path = self.path();
+        let write_err = |source| SigningError::Write {
+            path: path.to_owned(),
+            source,
         };
-        Some(result.map(|(set, author)| {
-            self.current.store(Arc::new(set));
-            author
-        }))
+        if let Some(dir) = path.parent() {
+            crate::state::ensure_state_dir(dir).map_err(write_err)?;
+        }
+        crate::state::write_atomic(path, bytes, 0o600).map_err(write_err)
     }
+}
+
+impl crate::reload::source::Source for SigningFile {
+    type Value = SigningFileState;
+    type Error = SigningError;
+
+    fn observe(&self) -> crate::reload::source::Version {
+        vec![Fingerprint::of(self.path())]
+    }
+
+    fn load(&self, previous: Option<&SigningFileState>) -> Result<SigningFileState, SigningError> {
+        self.read(previous.is_some_and(|p| p.set().is_some()))
+    }
+
+    fn same(current: &SigningFileState, new: &SigningFileState) -> bool {
+        match (current, new) {
+            (SigningFileState::Loaded(a), SigningFileState::Loaded(b)) => a.digest == b.digest,
+            (SigningFileState::Absent, SigningFileState::Absent) => true,
+            _ => false,
+        }
+    }
+}
+
+fn new_key(algorithm: Algorithm) -> Result<SigningKey, SigningError> {
+    let material = generate_material(algorithm)?;
+    let (encoding, decoding) =
+        keys_from_material(algorithm, &material).map_err(SigningError::Generate)?;
+    Ok(SigningKey {
+        kid: Arc::from(new_kid()?),
+        algorithm,
+        encoding,
+        decoding,
+        retire_after: None,
+        material,
+        created: unix_now(),
+    })
+}
+
+fn read_operator_file(path: &Path, algorithm: Algorithm) -> Result<SigningSet, SigningError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| SigningError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    let material = if matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) {
+        // The raw secret; stored base64 internally.
+        Zeroizing::new(STANDARD.encode(text.trim_end().as_bytes()))
+    } else {
+        Zeroizing::new(text.to_string())
+    };
+    let (encoding, decoding) =
+        keys_from_material(algorithm, &material).map_err(|reason| SigningError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
+    // A stable kid derived from the key, so restarts keep accepting earlier tokens.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
+    let kid = u64::from_be_bytes(digest.as_ref()[..8].try_into().unwrap_or([0; 8]));
+    Ok(SigningSet {
+        keys: vec![Arc::new(SigningKey {
+            kid: Arc::from(format!("op-{kid:016x}")),
+            algorithm,
+            encoding,
+            decoding,
+            retire_after: None,
+            material,
+            created: 0,
+        })],
+    })
+}
+
+/// Parses a state file; also returns who wrote it, if it says.
+fn parse_state(
+    path: &Path,
+    bytes: &[u8],
+    algorithm: Algorithm,
+) -> Result<(SigningSet, Option<String>), SigningError> {
+    let invalid = |reason: String| SigningError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file: SigningFileFormat =
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    if file.version != 1 {
+        return Err(invalid(format!("unsupported version {}", file.version)));
+    }
+    if file.algorithm != algorithm {
+        return Err(invalid(format!(
+            "keys are for {:?} but the service is configured for {algorithm:?}; rotate the signing key after changing the algorithm",
+            file.algorithm
+        )));
+    }
+    let mut keys = Vec::with_capacity(file.keys.len());
+    for k in std::mem::take(&mut file.keys) {
+        let material = Zeroizing::new(k.private_key);
+        let (encoding, decoding) = keys_from_material(algorithm, &material)
+            .map_err(|r| invalid(format!("key {}: {r}", k.kid)))?;
+        keys.push(Arc::new(SigningKey {
+            kid: Arc::from(k.kid),
+            algorithm,
+            encoding,
+            decoding,
+            retire_after: k.retire_after,
+            material,
+            created: k.created,
+        }));
+    }
+    if !keys.iter().any(|k| k.retire_after.is_none()) {
+        return Err(invalid(
+            "no current signing key (every key is retiring)".to_owned(),
+        ));
+    }
+    Ok((SigningSet { keys }, file.updated_by))
 }
 
 fn source_path(source: &SigningSource) -> &Path {
@@ -467,13 +510,9 @@ fn source_path(source: &SigningSource) -> &Path {
     }
 }
 
-fn persist(
-    path: &Path,
-    set: &SigningSet,
-    algorithm: Algorithm,
-    initiator: &str,
-) -> Result<(), SigningError> {
-    let file = SigningFile {
+/// The state file's bytes for `set`.
+fn render(set: &SigningSet, algorithm: Algorithm, initiator: &str) -> Zeroizing<Vec<u8>> {
+    let file = SigningFileFormat {
         version: 1,
         algorithm,
         keys: set
@@ -490,12 +529,7 @@ fn persist(
     };
     let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(&file).unwrap_or_default());
     bytes.push(b'\n');
-    let write_err = |source| SigningError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        crate::state::ensure_state_dir(dir).map_err(write_err)?;
-    }
-    crate::state::write_atomic(path, &bytes, 0o600).map_err(write_err)
+    // The private keys were copied into `file`; its strings are dropped here (not zeroed by
+    // serde); the persisted bytes are.
+    bytes
 }

@@ -14,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::auth::jwt::signing::{SigningFile, SigningFileState};
 use crate::config::SigningSource;
 
 fn b64(bytes: &[u8]) -> String {
@@ -75,7 +76,77 @@ fn claims(aud: &str) -> Value {
 
 fn counters() -> CacheCounters {
     let m = crate::telemetry::metrics::Metrics::new();
-    crate::telemetry::metrics::ServiceMetrics::new(&m, "iris", "token").token_cache
+    let s = crate::telemetry::metrics::ServiceMetrics::new(&m, "iris", "token");
+    CacheCounters {
+        hit: s.token_cache_hit,
+        miss: s.token_cache_miss,
+    }
+}
+
+/// The service's signing-key file source, as the reload loop keeps it.
+fn signing_file(config: &TokenConfig) -> SigningFile {
+    SigningFile::new(
+        config.signing.clone(),
+        config.algorithm,
+        TokenAuthority::overlap(config),
+    )
+}
+
+/// The signing keys on disk, generated and written first if there are none (as the builder
+/// does at a first start).
+fn signing_keys(config: &TokenConfig) -> Arc<SigningSet> {
+    let file = signing_file(config);
+    match file.read(false).expect("read signing keys") {
+        SigningFileState::Loaded(l) => l.set,
+        SigningFileState::Absent => {
+            let (set, bytes) = file.generate().expect("generate");
+            file.write(&bytes).expect("write");
+            Arc::new(set)
+        }
+    }
+}
+
+/// A management rotation as the reload loop applies it: the file is rewritten and the next
+/// state's authority holds the new keys (sharing the cache, as the builder does). Returns the
+/// new authority and kid.
+fn rotated(a: &TokenAuthority) -> (TokenAuthority, Arc<str>) {
+    let file = signing_file(&a.config);
+    let (_, kid, bytes) = file.rotate(&a.signing, "test").expect("rotate");
+    file.write(&bytes).expect("write rotation");
+    let set = match file.read(true).expect("re-read") {
+        SigningFileState::Loaded(l) => l.set,
+        SigningFileState::Absent => panic!("the rotated file is there"),
+    };
+    let b = TokenAuthority::new(
+        "iris",
+        a.config.clone(),
+        set,
+        Vec::new(),
+        Arc::clone(&a.cache),
+        a.counters.clone(),
+    );
+    (b, kid)
+}
+
+/// Retired keys dropped, as the reload loop does once their overlap has ended: the next state's
+/// authority, whose cache keeps only entries its live keys vouch for.
+fn pruned(a: &TokenAuthority, now: u64) -> TokenAuthority {
+    let file = signing_file(&a.config);
+    let current = file.read(true).expect("re-read");
+    let set = match current.pruned(now).unwrap_or(current) {
+        SigningFileState::Loaded(l) => l.set,
+        SigningFileState::Absent => panic!("the file is there"),
+    };
+    let b = TokenAuthority::new(
+        "iris",
+        a.config.clone(),
+        set,
+        Vec::new(),
+        Arc::clone(&a.cache),
+        a.counters.clone(),
+    );
+    b.cache.retain_kids(&b.live_kids(now));
+    b
 }
 
 fn authority(dir: &Path, lifetime: u64, leeway: u64) -> TokenAuthority {
@@ -92,7 +163,15 @@ fn authority(dir: &Path, lifetime: u64, leeway: u64) -> TokenAuthority {
         cache_entries: 1000,
         trusted: Vec::new(),
     };
-    TokenAuthority::new("iris", config, counters()).expect("authority")
+    let signing = signing_keys(&config);
+    TokenAuthority::new(
+        "iris",
+        config,
+        signing,
+        Vec::new(),
+        Arc::new(TokenCache::new(1000)),
+        counters(),
+    )
 }
 
 fn check(a: &TokenAuthority, token: &str) -> Result<VerifiedToken, AuthFailure> {
@@ -312,11 +391,11 @@ fn rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("signing/iris.json");
     // Lifetime 1 s, no leeway: the old key verifies for one more second after rotation.
-    let a = authority(dir.path(), 1, 0);
+    let before = authority(dir.path(), 1, 0);
     let old_minter = Minter::from_state(&state);
-    let old = a.issue("alice").expect("issue");
-    check(&a, &old.access_token).expect("cached before rotation");
-    let new_kid = a.signing.rotate("test").expect("rotate");
+    let old = before.issue("alice").expect("issue");
+    check(&before, &old.access_token).expect("cached before rotation");
+    let (a, new_kid) = rotated(&before);
     let new = a.issue("bob").expect("issue");
     let header = jsonwebtoken::decode_header(&new.access_token).expect("header");
     assert_eq!(header.kid.as_deref(), Some(&*new_kid), "the new key signs");
@@ -331,8 +410,8 @@ fn rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() {
     while now() <= retire {
         std::thread::sleep(Duration::from_millis(50));
     }
-    a.prune();
-    assert_eq!(a.signing.snapshot().active_kids(now()), vec![new_kid]);
+    let a = pruned(&a, now());
+    assert_eq!(a.signing.active_kids(now()), vec![new_kid]);
     // ...and not after: the key is retired and its cache entries are gone.
     assert_eq!(
         check(&a, &long_lived).map(|_| ()),
@@ -340,10 +419,6 @@ fn rotation_keeps_old_tokens_until_they_expire_then_retires_the_key() {
     );
     // The rotation was persisted: a fresh authority over the same state uses the new key.
     let reopened = authority(dir.path(), 1, 0);
-    let kid = reopened
-        .signing
-        .snapshot()
-        .signer()
-        .map(|k| k.kid.to_string());
+    let kid = reopened.signing.signer().map(|k| k.kid.to_string());
     assert_eq!(kid.as_deref(), header.kid.as_deref());
 }

@@ -1,19 +1,26 @@
 //! External issuers (e.g. Azure AD) whose tokens a service accepts, and their keys: PEM files,
 //! a JWKS file (re-read on change), or a JWKS URL.
 //!
+//! An [`Issuer`] is the long-lived part of a trusted issuer: its validation rules, and for a JWKS
+//! URL the HTTP client, the fetch throttle and when the keys were last loaded. Its keys
+//! ([`IssuerKeys`]) are part of the runtime state: a JWKS file is a watched source, and every
+//! fetched JWKS document is handed to the state's builder through the channel given to
+//! [`Issuer::new`], so a fetched key set is published like any other change.
+//!
 //! A JWKS URL is handled so that scoring never depends on the issuer being up:
-//! - fetched before the gateway reports ready (`Issuer::is_loaded`);
+//! - fetched before the gateway reports ready (the state holds a key set for it);
 //! - refreshed in the background (`jwks_refresh_s`, default 10 min);
 //! - re-fetched when a token names an unknown `kid`, at most once per [`UNKNOWN_KID_INTERVAL`],
-//!   so forged `kid`s cannot hammer the issuer; concurrent requests share one fetch;
+//!   so forged `kid`s cannot hammer the issuer; concurrent requests share one fetch, and the
+//!   request that asked verifies with the fetched keys at once;
 //! - a failed fetch keeps the last good key set; failures and the key set's age are metrics.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -24,7 +31,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use prometheus::IntCounter;
 
 use crate::config::{TrustedIssuer, TrustedKeys};
-use crate::watch::Fingerprint;
+use crate::reload::source::{Fingerprint, Source, Version};
 
 /// Minimum time between fetches caused by unknown `kid`s.
 pub const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(30);
@@ -33,7 +40,36 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-type KeyMap = HashMap<String, Arc<DecodingKey>>;
+/// Verifying keys by `kid`.
+pub type KeyMap = HashMap<String, Arc<DecodingKey>>;
+
+/// Names one trusted issuer of the configuration: a service name (or `@identity` for the
+/// identity provider, a name no service can have), and its position in that list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IssuerId {
+    pub owner: String,
+    pub index: usize,
+}
+
+impl IssuerId {
+    /// The `[identity]` provider's issuer.
+    pub fn identity() -> Self {
+        Self {
+            owner: "@identity".to_owned(),
+            index: 0,
+        }
+    }
+}
+
+/// A fetched key set on its way to the state's builder.
+#[derive(Debug)]
+pub struct Fetched {
+    pub id: IssuerId,
+    pub keys: Arc<KeyMap>,
+}
+
+/// Where fetched key sets go (the reload loop applies them).
+pub type FetchedTx = tokio::sync::mpsc::UnboundedSender<Fetched>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -45,14 +81,14 @@ pub enum JwksError {
     Invalid { source_name: String, reason: String },
 }
 
-/// One trusted issuer with its current keys.
+/// One trusted issuer's long-lived parts (see the module docs).
 pub struct Issuer {
+    pub id: IssuerId,
     pub config: TrustedIssuer,
     pub validation: Validation,
-    keys: ArcSwap<KeyMap>,
     /// Unix seconds of the last successful load (0 = never).
     loaded_at: AtomicU64,
-    source: Source,
+    url: Option<UrlSource>,
     /// `scoregate_jwks_fetch_total{result="success"|"error"}` for this issuer, if counted.
     fetches: Option<(IntCounter, IntCounter)>,
 }
@@ -60,28 +96,60 @@ pub struct Issuer {
 impl std::fmt::Debug for Issuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Issuer")
+            .field("id", &self.id)
             .field("issuer", &self.config.issuer)
-            .field("kids", &self.keys.load().keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
-enum Source {
-    Pem,
-    File {
-        fingerprint: std::sync::Mutex<Option<Fingerprint>>,
-    },
-    Url {
-        client: Box<Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>>,
-        /// Held while fetching, so concurrent unknown-`kid` requests wait for one fetch.
-        fetch: tokio::sync::Mutex<FetchState>,
-    },
+struct UrlSource {
+    client: Box<Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>>,
+    /// Held while fetching, so concurrent unknown-`kid` requests wait for one fetch.
+    fetch: tokio::sync::Mutex<FetchState>,
+    fetched: FetchedTx,
 }
 
 #[derive(Default)]
 struct FetchState {
     last_unknown_kid_fetch: Option<Instant>,
     last_fetch: Option<Instant>,
+    /// The last key set this issuer fetched: requests that waited for a fetch find it here
+    /// before the new state is published.
+    last: Option<Arc<KeyMap>>,
+}
+
+/// A trusted issuer with its keys in one state version.
+#[derive(Debug, Clone)]
+pub struct IssuerKeys {
+    pub issuer: Arc<Issuer>,
+    pub keys: Arc<KeyMap>,
+}
+
+impl IssuerKeys {
+    pub fn find(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.keys.get(kid).cloned()
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &String> {
+        self.keys.keys()
+    }
+
+    /// Whether a key set has been loaded (readiness waits for JWKS URLs).
+    pub fn is_loaded(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Finds `kid`, re-fetching a JWKS URL (throttled) when it is unknown.
+    pub async fn find_or_fetch(&self, kid: &str) -> Result<Option<Arc<DecodingKey>>, JwksError> {
+        if let Some(k) = self.find(kid) {
+            return Ok(Some(k));
+        }
+        Ok(self
+            .issuer
+            .refetch_for_unknown_kid(kid)
+            .await?
+            .and_then(|keys| keys.get(kid).cloned()))
+    }
 }
 
 fn unix_now() -> u64 {
@@ -145,28 +213,14 @@ fn read_pem_keys(
 }
 
 impl Issuer {
-    /// Sets the issuer up; PEM keys and JWKS files are read now, a JWKS URL by [`Self::refresh`].
-    pub fn new(config: TrustedIssuer) -> Result<Self, JwksError> {
+    /// Sets the issuer up. Its keys come separately ([`Self::initial_keys`], a [`JwksFile`]
+    /// source, or fetches that go to `fetched`).
+    pub fn new(id: IssuerId, config: TrustedIssuer, fetched: FetchedTx) -> Result<Self, JwksError> {
         let mut validation = Validation::new(config.algorithm);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let (keys, source) = match &config.keys {
-            TrustedKeys::Pem(keys) => (read_pem_keys(&config, keys)?, Source::Pem),
-            TrustedKeys::JwksFile(path) => {
-                let fingerprint = Fingerprint::of(path);
-                let bytes = std::fs::read(path).map_err(|e| JwksError::Read {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let keys = parse_jwks(&bytes, config.algorithm, &path.display().to_string())?;
-                (
-                    keys,
-                    Source::File {
-                        fingerprint: std::sync::Mutex::new(fingerprint),
-                    },
-                )
-            }
+        let url = match &config.keys {
             TrustedKeys::JwksUrl { ca, .. } => {
                 let tls =
                     crate::tls::client_config(ca.as_deref()).map_err(|reason| JwksError::Read {
@@ -180,47 +234,45 @@ impl Issuer {
                     .https_or_http()
                     .enable_http1()
                     .build();
-                let client = Client::builder(TokioExecutor::new()).build(connector);
-                (
-                    KeyMap::new(),
-                    Source::Url {
-                        client: Box::new(client),
-                        fetch: tokio::sync::Mutex::new(FetchState::default()),
-                    },
-                )
+                Some(UrlSource {
+                    client: Box::new(Client::builder(TokioExecutor::new()).build(connector)),
+                    fetch: tokio::sync::Mutex::new(FetchState::default()),
+                    fetched,
+                })
             }
+            TrustedKeys::Pem(_) | TrustedKeys::JwksFile(_) => None,
         };
-        let loaded = if keys.is_empty() { 0 } else { unix_now() };
         Ok(Self {
+            id,
             config,
             validation,
-            keys: ArcSwap::from_pointee(keys),
-            loaded_at: AtomicU64::new(loaded),
-            source,
+            loaded_at: AtomicU64::new(0),
+            url,
             fetches: None,
         })
     }
 
-    /// Counts this issuer's JWKS fetches (scheduled and unknown-`kid` alike) in `family`.
-    pub fn count_fetches(&mut self, family: &prometheus::IntCounterVec, service: &str) {
-        let label = self.config.issuer.clone();
-        self.fetches = Some((
-            family.with_label_values(&[service, &label, "success"]),
-            family.with_label_values(&[service, &label, "error"]),
-        ));
+    /// The keys known without fetching: PEM files are read now; a JWKS URL starts empty (not
+    /// ready until fetched). A JWKS file is a source of its own ([`JwksFile`]).
+    pub fn initial_keys(&self) -> Result<KeyMap, JwksError> {
+        match &self.config.keys {
+            TrustedKeys::Pem(keys) => {
+                let map = read_pem_keys(&self.config, keys)?;
+                self.mark_loaded();
+                Ok(map)
+            }
+            TrustedKeys::JwksFile(_) | TrustedKeys::JwksUrl { .. } => Ok(KeyMap::new()),
+        }
     }
 
-    pub fn find(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.keys.load().get(kid).cloned()
+    /// Counts this issuer's JWKS fetches (scheduled and unknown-`kid` alike).
+    pub fn count_fetches(&mut self, success: IntCounter, error: IntCounter) {
+        self.fetches = Some((success, error));
     }
 
-    pub fn kids(&self) -> Vec<String> {
-        self.keys.load().keys().cloned().collect()
-    }
-
-    /// Whether a key set has ever been loaded (readiness waits for JWKS URLs).
-    pub fn is_loaded(&self) -> bool {
-        self.loaded_at.load(Ordering::Acquire) != 0
+    /// Records that a key set was loaded now (for the age gauge).
+    pub fn mark_loaded(&self) {
+        self.loaded_at.store(unix_now(), Ordering::Release);
     }
 
     /// Seconds since the key set was last loaded successfully.
@@ -232,7 +284,7 @@ impl Issuer {
     }
 
     pub fn is_url(&self) -> bool {
-        matches!(self.source, Source::Url { .. })
+        self.url.is_some()
     }
 
     /// The refresh period of a JWKS URL.
@@ -243,17 +295,17 @@ impl Issuer {
         }
     }
 
-    /// Whether a scheduled refresh is due (never while a fetch is running).
-    pub fn refresh_due(&self) -> bool {
-        let (Source::Url { fetch, .. }, Some(period)) = (&self.source, self.refresh_period())
-        else {
+    /// Whether a scheduled refresh is due (never while a fetch is running). `loaded`: the state
+    /// holds a key set for this issuer.
+    pub fn refresh_due(&self, loaded: bool) -> bool {
+        let (Some(url), Some(period)) = (&self.url, self.refresh_period()) else {
             return false;
         };
-        let Ok(state) = fetch.try_lock() else {
+        let Ok(state) = url.fetch.try_lock() else {
             return false;
         };
         // Not loaded yet: retry every second (the unknown-kid throttle does not apply to this).
-        let period = if self.is_loaded() {
+        let period = if loaded {
             period
         } else {
             Duration::from_secs(1)
@@ -261,53 +313,58 @@ impl Issuer {
         state.last_fetch.is_none_or(|t| t.elapsed() >= period)
     }
 
-    /// Fetches the JWKS URL now (scheduled refresh or prefetch). Keeps the last good keys on
-    /// failure.
+    /// Fetches the JWKS URL now (scheduled refresh or prefetch). The new key set goes to the
+    /// state's builder; on failure the last good keys stay.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let Source::Url { client, fetch } = &self.source else {
-            return Ok(self.keys.load().len());
+        let Some(url) = &self.url else {
+            return Ok(0);
         };
-        let mut state = fetch.lock().await;
+        let mut state = url.fetch.lock().await;
         state.last_fetch = Some(Instant::now());
-        self.fetch_into(client).await
+        let keys = self.fetch(url).await?;
+        let n = keys.len();
+        state.last = Some(keys);
+        Ok(n)
     }
 
     /// Called when a token names a `kid` no key has: re-fetches a JWKS URL at most once per
-    /// [`UNKNOWN_KID_INTERVAL`] and reports whether the `kid` is now known.
-    pub async fn refetch_for_unknown_kid(&self, kid: &str) -> Result<bool, JwksError> {
-        let Source::Url { client, fetch } = &self.source else {
-            return Ok(false);
+    /// [`UNKNOWN_KID_INTERVAL`] and returns the fetched key set (`None`: nothing was fetched).
+    pub async fn refetch_for_unknown_kid(
+        &self,
+        kid: &str,
+    ) -> Result<Option<Arc<KeyMap>>, JwksError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
         };
-        let mut state = fetch.lock().await;
+        let mut state = url.fetch.lock().await;
         // Another request may have fetched while this one waited for the lock.
-        if self.keys.load().contains_key(kid) {
-            return Ok(true);
+        if let Some(last) = state.last.as_ref().filter(|l| l.contains_key(kid)) {
+            return Ok(Some(Arc::clone(last)));
         }
         if state
             .last_unknown_kid_fetch
             .is_some_and(|t| t.elapsed() < UNKNOWN_KID_INTERVAL)
         {
-            return Ok(false);
+            return Ok(None);
         }
         state.last_unknown_kid_fetch = Some(Instant::now());
         state.last_fetch = Some(Instant::now());
-        self.fetch_into(client).await?;
-        Ok(self.keys.load().contains_key(kid))
+        let keys = self.fetch(url).await?;
+        state.last = Some(Arc::clone(&keys));
+        Ok(Some(keys))
     }
 
-    async fn fetch_into(
-        &self,
-        client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    ) -> Result<usize, JwksError> {
+    async fn fetch(&self, source: &UrlSource) -> Result<Arc<KeyMap>, JwksError> {
         let TrustedKeys::JwksUrl { url, .. } = &self.config.keys else {
-            return Ok(0);
+            return Ok(Arc::default());
         };
         let fail = |reason: String| JwksError::Fetch {
             url: url.to_string(),
             reason,
         };
         let fetch = async {
-            let resp = client
+            let resp = source
+                .client
                 .get(url.clone())
                 .await
                 .map_err(|e| fail(e.to_string()))?;
@@ -330,41 +387,37 @@ impl Issuer {
         if let Some((success, error)) = &self.fetches {
             if fetched.is_ok() { success } else { error }.inc();
         }
-        let keys = fetched?;
-        let n = keys.len();
-        self.keys.store(Arc::new(keys));
-        self.loaded_at.store(unix_now(), Ordering::Release);
-        Ok(n)
+        let keys = Arc::new(fetched?);
+        self.mark_loaded();
+        // The receiver is the reload loop; if it is gone the gateway is stopping.
+        let _ = source.fetched.send(Fetched {
+            id: self.id.clone(),
+            keys: Arc::clone(&keys),
+        });
+        Ok(keys)
+    }
+}
+
+/// A JWKS document on disk: a source of one issuer's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksFile {
+    pub path: PathBuf,
+    pub algorithm: jsonwebtoken::Algorithm,
+}
+
+impl Source for JwksFile {
+    type Value = KeyMap;
+    type Error = JwksError;
+
+    fn observe(&self) -> Version {
+        vec![Fingerprint::of(&self.path)]
     }
 
-    /// Re-reads a JWKS file when it changed. `None` when nothing changed or not a file source.
-    pub fn poll_file(&self) -> Option<Result<usize, JwksError>> {
-        let (Source::File { fingerprint }, TrustedKeys::JwksFile(path)) =
-            (&self.source, &self.config.keys)
-        else {
-            return None;
-        };
-        let now = Fingerprint::of(path);
-        let mut last = fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now == *last {
-            return None;
-        }
-        *last = now;
-        let result = std::fs::read(path)
-            .map_err(|e| JwksError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })
-            .and_then(|bytes| {
-                parse_jwks(&bytes, self.config.algorithm, &path.display().to_string())
-            });
-        Some(result.map(|keys| {
-            let n = keys.len();
-            self.keys.store(Arc::new(keys));
-            self.loaded_at.store(unix_now(), Ordering::Release);
-            n
-        }))
+    fn load(&self, _previous: Option<&KeyMap>) -> Result<KeyMap, JwksError> {
+        let bytes = std::fs::read(&self.path).map_err(|e| JwksError::Read {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        parse_jwks(&bytes, self.algorithm, &self.path.display().to_string())
     }
 }

@@ -1,6 +1,85 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
+use crate::reload::source::{Change, Source, Watched};
+
+/// A key file as the reload loop drives it: read at start (generated and written first when a
+/// state file is missing, converted when the storage setting says hashed), written by a
+/// management regeneration, and picked up again by observing the file.
+#[derive(Debug)]
+struct KeyStore {
+    watched: Watched<KeyFile>,
+}
+
+/// What a poll of the file found.
+#[derive(Debug)]
+enum Reloaded {
+    Applied { updated_by: Option<String> },
+}
+
+impl KeyStore {
+    fn open(source: KeySource) -> Result<Self, KeyError> {
+        let mut watched = Watched::open(KeyFile::new(source))?;
+        let file = watched.source().clone();
+        let generated = match watched.value().keys() {
+            None => Some(file.generate()?),
+            Some(set) => file.conversion(set),
+        };
+        if let Some((set, bytes)) = generated {
+            file.write(&bytes)?;
+            watched.replace(
+                file.observe(),
+                KeyFileState::written(Arc::new(set), &bytes, "scoregate"),
+            );
+        }
+        Ok(Self { watched })
+    }
+
+    fn set(&self) -> &KeySet {
+        self.watched.value().keys().expect("keys are loaded")
+    }
+
+    fn verify(&self, presented: &[u8]) -> Option<KeySlot> {
+        self.set().verify(presented)
+    }
+
+    fn list(&self) -> Result<KeyListing, KeyError> {
+        self.set().list()
+    }
+
+    fn last_used(&self) -> [Option<u64>; 2] {
+        self.set().last_used()
+    }
+
+    fn regenerate(
+        &mut self,
+        slot: KeySlot,
+        value: Option<Secret>,
+        initiator: &str,
+    ) -> Result<NewKeys, KeyError> {
+        let file = self.watched.source().clone();
+        let (_, shown, bytes) = file.regenerate(self.set(), slot, value, initiator)?;
+        file.write(&bytes)?;
+        match self.watched.poll() {
+            Change::Applied => Ok(shown),
+            Change::Rejected(e) => Err(e),
+            Change::None => panic!("the write was not observed"),
+        }
+    }
+
+    fn poll_file(&mut self) -> Option<Result<Reloaded, KeyError>> {
+        match self.watched.poll() {
+            Change::None => None,
+            Change::Applied => Some(Ok(Reloaded::Applied {
+                updated_by: match &**self.watched.value() {
+                    KeyFileState::Loaded(l) => l.updated_by.clone(),
+                    KeyFileState::Absent => None,
+                },
+            })),
+            Change::Rejected(e) => Some(Err(e)),
+        }
+    }
+}
 
 fn state(dir: &Path, storage: KeyStorage) -> KeySource {
     KeySource::State {
@@ -59,7 +138,7 @@ fn verify_matches_slots_and_nothing_else() {
 #[test]
 fn regenerate_replaces_one_slot_and_keeps_the_other() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = KeyStore::open(state(dir.path(), KeyStorage::Plain)).expect("open");
+    let mut store = KeyStore::open(state(dir.path(), KeyStorage::Plain)).expect("open");
     let before = store.list().expect("list");
     store.verify(before.primary.expose().as_bytes());
     let new = store
@@ -89,7 +168,7 @@ fn regenerate_replaces_one_slot_and_keeps_the_other() {
 #[test]
 fn chosen_values_are_validated() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = KeyStore::open(state(dir.path(), KeyStorage::Plain)).expect("open");
+    let mut store = KeyStore::open(state(dir.path(), KeyStorage::Plain)).expect("open");
     let primary = store.list().expect("list").primary;
     for (value, why) in [
         ("short", "must be at least 32 characters"),
@@ -125,7 +204,7 @@ fn chosen_values_are_validated() {
 #[test]
 fn hashed_storage_keeps_no_plain_key_anywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = KeyStore::open(state(dir.path(), KeyStorage::Hashed)).expect("open");
+    let mut store = KeyStore::open(state(dir.path(), KeyStorage::Hashed)).expect("open");
     assert!(matches!(store.list(), Err(KeyError::Hashed)));
     let new = store
         .regenerate(KeySlot::Primary, None, "test")
@@ -178,7 +257,7 @@ fn operator_files_are_read_only_and_validated() {
         format!(r#"{{"primaryKey":"{p}","secondaryKey":"{s}"}}"#),
     )
     .expect("write");
-    let store = KeyStore::open(KeySource::OperatorFile { path }).expect("valid");
+    let mut store = KeyStore::open(KeySource::OperatorFile { path }).expect("valid");
     assert_eq!(store.verify(s.as_bytes()), Some(KeySlot::Secondary));
     assert!(matches!(
         store.regenerate(KeySlot::Primary, None, "test"),
@@ -196,7 +275,7 @@ fn poll_applies_changes_and_keeps_last_good_keys_on_garbage() {
         format!(r#"{{"primaryKey":"{p1}","secondaryKey":"{s1}"}}"#),
     )
     .expect("write");
-    let store = KeyStore::open(KeySource::OperatorFile { path: path.clone() }).expect("open");
+    let mut store = KeyStore::open(KeySource::OperatorFile { path: path.clone() }).expect("open");
     assert!(store.poll_file().is_none(), "no change yet");
 
     // An editor's rename-over-file.

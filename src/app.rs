@@ -1,0 +1,108 @@
+//! The composition root: assembles a gateway from a validated configuration, bound listeners and
+//! telemetry handles, runs it until the shutdown future resolves, and stops it in order.
+//!
+//! [`run`] takes its listeners and shutdown future as arguments (mini-redis' shape), so `main`
+//! binds real ports and tests bind `127.0.0.1:0`. It builds the first runtime state
+//! (`reload::Applier::start`, which also writes what a first start generates), starts the
+//! background tasks (health probes, the reload loop, SIGHUP), serves the admin listener
+//! (`admin::serve`) and the scoring listener (`server::serve`, which drains it), then stops the
+//! background tasks.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::reload::Applier;
+use crate::runtime::Gateway;
+use crate::server::Drained;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::sink::RecordSink;
+use crate::{admin, health, server, state, watch};
+
+/// The two bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub scoring: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of the configuration.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            scoring: TcpListener::bind(config.server.listen).await?,
+            admin: TcpListener::bind(config.server.admin_listen).await?,
+        })
+    }
+}
+
+/// Telemetry handles owned by the caller (so tests can read their own registry and records).
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub records: RecordSink,
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Drained> {
+    state::ensure_state_dir(&config.server.state_dir)?;
+    let credential = config.server.state_dir.join(admin::authz::BOOTSTRAP_FILE);
+    let metrics = Arc::clone(&telemetry.metrics);
+    // Reading files and generating first keys block.
+    let started = tokio::task::spawn_blocking(move || Applier::start(config, &metrics)).await??;
+    let gw = Arc::new(Gateway::new(
+        started.state,
+        started.resolver,
+        started.applier,
+        telemetry.metrics,
+        telemetry.records,
+    ));
+
+    let health = tokio::spawn(health::probe_loop(Arc::clone(&gw)));
+    let watcher = tokio::spawn(watch::watch_loop(Arc::clone(&gw)));
+    let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
+    tracing::info!(
+        file = %credential.display(),
+        "management API: the bootstrap admin credential is in this file"
+    );
+    tracing::info!(
+        listen = %listeners.scoring.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        services = gw.state().services().len(),
+        "scoregate listening"
+    );
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        Arc::clone(&gw),
+        gw.lifecycle.stop_background.clone(),
+    ));
+    let outcome = server::serve(Arc::clone(&gw), listeners.scoring, shutdown).await;
+    gw.lifecycle.stop_background.cancel();
+    let _ = admin_task.await;
+    health.abort();
+    hangup.abort();
+    let _ = watcher.await;
+    Ok(outcome)
+}
+
+/// SIGHUP reloads the configuration (the conventional daemon signal).
+async fn reload_on_sighup(gw: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot listen for SIGHUP; reload with POST /reload or by editing the config file"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        // The outcome is logged, counted and in the activity log.
+        let _ = gw.applier.reload(&gw, "signal", None).await;
+    }
+}

@@ -1,0 +1,30 @@
+//! What identifies one version of a file: device, inode, size and change times, following
+//! symlinks. A leaf module: the configuration records the versions of the files it reads, and
+//! every source of the runtime state (`reload::source`) compares them.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// What identifies one version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    /// The fingerprint of the file `path` resolves to, or `None` if it cannot be read.
+    pub fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! What a reload cycle tells operators: a diagnostic line, a metric and an activity entry for
+//! every change it found, applied or refused.
+
+use super::sources::Event;
+use super::{Own, ReloadError, ReloadSummary, Trigger};
+use crate::runtime::Gateway;
+use crate::telemetry::activity::{ActivityRecord, Outcome};
+
+/// Who changed a file, as the activity log names it: the offline CLI says so in the file; any
+/// other change seen on disk is the file watch's.
+fn file_initiator(updated_by: Option<&str>) -> &'static str {
+    match updated_by {
+        Some("cli") => "cli",
+        _ => "file-watch",
+    }
+}
+
+/// The configuration's outcome.
+pub fn config(gw: &Gateway, trigger: &Trigger, result: &Result<ReloadSummary, ReloadError>) {
+    let (initiator, source) = match trigger {
+        Trigger::Reload { initiator, source } => (initiator.as_str(), source.clone()),
+        _ => ("file-watch", None),
+    };
+    let mut entry = match result {
+        Ok(_) => ActivityRecord::new("reloadConfig", initiator, Outcome::Succeeded),
+        Err(e) => {
+            ActivityRecord::new("reloadConfig", initiator, Outcome::Failed).reason(e.summary())
+        }
+    };
+    if let Some((ip, request_id)) = source {
+        entry = entry.source(ip, request_id);
+    }
+    gw.activity.record(entry);
+    match result {
+        Ok(summary) => {
+            gw.metrics
+                .config_reloads
+                .with_label_values(&["success"])
+                .inc();
+            tracing::info!(
+                initiator,
+                services = summary.services,
+                "configuration reloaded"
+            );
+            for key in &summary.restart_required {
+                tracing::warn!(
+                    setting = key,
+                    "changed in the config file, but applies only after a restart"
+                );
+            }
+        }
+        Err(e) => {
+            gw.metrics
+                .config_reloads
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(initiator, error = %e, "configuration reload rejected; the running configuration stays");
+        }
+    }
+}
+
+/// Every other source's changes. A management write's own change is not reported (the write
+/// has its own activity entry).
+pub fn events(gw: &Gateway, trigger: &Trigger, events: &[Event]) {
+    let own = match trigger {
+        Trigger::OwnWrite(own) => Some(own),
+        _ => None,
+    };
+    for event in events {
+        match event {
+            Event::Cert(result) => certificate(gw, result),
+            Event::Keys { service, result } => {
+                if own != Some(&Own::Keys(service.clone())) || result.is_err() {
+                    file_change(gw, FileKind::Keys, service, result);
+                }
+            }
+            Event::Signing { service, result } => {
+                if own != Some(&Own::Signing(service.clone())) || result.is_err() {
+                    file_change(gw, FileKind::Signing, service, result);
+                }
+            }
+            Event::Jwks { id, result } => match result {
+                Ok(n) => {
+                    tracing::info!(owner = %id.owner, issuer = id.index, keys = n, "JWKS file reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(owner = %id.owner, issuer = id.index, error = %e, "JWKS file change rejected; previous keys kept");
+                }
+            },
+            Event::Assignments(result) => {
+                if own != Some(&Own::Assignments) || result.is_err() {
+                    state_file(gw, "reloadRoleAssignments", result.as_ref().map(drop));
+                }
+            }
+            Event::Admin(result) => {
+                state_file(gw, "reloadAdminCredential", result.as_ref().map(drop));
+            }
+        }
+    }
+}
+
+fn certificate(gw: &Gateway, result: &Result<(), String>) {
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    gw.metrics
+        .certificate_reloads
+        .with_label_values(&[outcome])
+        .inc();
+    match result {
+        Ok(()) => {
+            tracing::info!("certificate reloaded; new handshakes use it");
+            gw.activity.record(ActivityRecord::new(
+                "reloadCertificate",
+                "file-watch",
+                Outcome::Succeeded,
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "new certificate rejected; the previous one stays in use");
+            gw.activity.record(
+                ActivityRecord::new("reloadCertificate", "file-watch", Outcome::Failed)
+                    .reason("the new certificate or key is invalid; previous pair kept"),
+            );
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum FileKind {
+    Keys,
+    Signing,
+}
+
+fn file_change(
+    gw: &Gateway,
+    kind: FileKind,
+    service: &str,
+    result: &Result<Option<String>, String>,
+) {
+    let (family, operation, what) = match kind {
+        FileKind::Keys => (&gw.metrics.key_reloads, "reloadKeys", "key file"),
+        FileKind::Signing => (
+            &gw.metrics.signing_key_reloads,
+            "reloadSigningKeys",
+            "signing key file",
+        ),
+    };
+    match result {
+        Ok(updated_by) => {
+            family.with_label_values(&[service, "success"]).inc();
+            tracing::info!(service, "{what} changed; new keys are in force");
+            gw.activity.record(
+                ActivityRecord::new(
+                    operation,
+                    file_initiator(updated_by.as_deref()),
+                    Outcome::Succeeded,
+                )
+                .service(service),
+            );
+        }
+        Err(e) => {
+            family.with_label_values(&[service, "error"]).inc();
+            tracing::error!(service, error = %e, "{what} change rejected; the previous keys stay in force");
+            gw.activity.record(
+                ActivityRecord::new(operation, "file-watch", Outcome::Failed)
+                    .service(service)
+                    .reason(format!(
+                        "the new {what} is invalid or unreadable; previous keys kept"
+                    )),
+            );
+        }
+    }
+}
+
+/// Role assignments or the admin credential changed on disk.
+fn state_file(gw: &Gateway, operation: &'static str, result: Result<(), &String>) {
+    match result {
+        Ok(()) => {
+            tracing::info!(operation, "state file changed on disk; applied");
+            gw.activity.record(ActivityRecord::new(
+                operation,
+                "file-watch",
+                Outcome::Succeeded,
+            ));
+        }
+        Err(e) => {
+            tracing::error!(operation, error = %e, "state file change rejected; the previous value stays");
+            gw.activity.record(
+                ActivityRecord::new(operation, "file-watch", Outcome::Failed)
+                    .reason("the changed file is invalid or unreadable; previous value kept"),
+            );
+        }
+    }
+}
