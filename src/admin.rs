@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Gateway;
+use crate::gateway::Gateway;
 
 pub mod authz;
 pub mod management;
@@ -295,7 +295,6 @@ async fn dispatch(
         Route::Reload => gw
             .applier
             .reload(
-                gw,
                 &principal.id,
                 Some((caller.ip, caller.request_id.clone())),
             )

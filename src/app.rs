@@ -14,8 +14,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::reload::Applier;
-use crate::runtime::Gateway;
+use crate::gateway::{Gateway, Parts};
+use crate::reload::{Applier, Handles};
+use crate::telemetry::activity::ActivityLog;
 use crate::server::Drained;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::RecordSink;
@@ -54,16 +55,24 @@ pub async fn run(
 ) -> anyhow::Result<Drained> {
     state::ensure_state_dir(&config.server.state_dir)?;
     let credential = config.server.state_dir.join(admin::authz::BOOTSTRAP_FILE);
-    let metrics = Arc::clone(&telemetry.metrics);
+    let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
+    let health_wake = Arc::new(tokio::sync::Notify::new());
+    let handles = Handles {
+        metrics: Arc::clone(&telemetry.metrics),
+        activity: Arc::clone(&activity),
+        health_wake: Arc::clone(&health_wake),
+    };
     // Reading files and generating first keys block.
-    let started = tokio::task::spawn_blocking(move || Applier::start(config, &metrics)).await??;
-    let gw = Arc::new(Gateway::new(
-        started.state,
-        started.resolver,
-        started.applier,
-        telemetry.metrics,
-        telemetry.records,
-    ));
+    let (applier, state) =
+        tokio::task::spawn_blocking(move || Applier::start(config, handles)).await??;
+    let gw = Arc::new(Gateway::new(Parts {
+        state,
+        applier,
+        metrics: telemetry.metrics,
+        records: telemetry.records,
+        activity,
+        health_wake,
+    }));
 
     let health = tokio::spawn(health::probe_loop(Arc::clone(&gw)));
     let watcher = tokio::spawn(watch::watch_loop(Arc::clone(&gw)));
@@ -103,6 +112,6 @@ async fn reload_on_sighup(gw: Arc<Gateway>) {
     };
     while hup.recv().await.is_some() {
         // The outcome is logged, counted and in the activity log.
-        let _ = gw.applier.reload(&gw, "signal", None).await;
+        let _ = gw.applier.reload("signal", None).await;
     }
 }

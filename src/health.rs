@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runtime::{Gateway, Service};
+use crate::gateway::Gateway;
+use crate::runtime::Service;
 
 /// Re-probe interval while some upstream is not (yet) healthy.
 const UNHEALTHY_INTERVAL: Duration = Duration::from_millis(250);

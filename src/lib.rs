@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fingerprint;
+pub mod gateway;
 pub mod health;
 pub mod proxy;
 pub mod reload;

@@ -38,7 +38,8 @@ use hyper::body::Incoming;
 use crate::auth::Principal;
 use crate::config::AuthMode;
 use crate::error::GatewayError;
-use crate::runtime::{Gateway, Service};
+use crate::gateway::Gateway;
+use crate::runtime::Service;
 use body::{BodyFault, Progress, ProxyBody, RequestBody};
 use upstream::{Lease, UpstreamError};
 

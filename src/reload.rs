@@ -40,7 +40,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::auth::jwt::trusted::{Fetched, FetchedTx};
 use crate::config::{self, Config};
 use crate::runtime::build::{self, Candidate, Context, PendingWrite};
-use crate::runtime::{BuildError, Gateway, RuntimeState, StateCert};
+use crate::runtime::{BuildError, RuntimeState, StateCell, StateCert};
+use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::Metrics;
 use source::Change;
 use sources::{Event, Sources};
@@ -108,58 +109,76 @@ pub enum Own {
     Assignments,
 }
 
-/// Builds and publishes every runtime state; see the module docs.
-#[derive(Debug)]
+/// Builds and publishes every runtime state; see the module docs. Cloning shares it.
+#[derive(Debug, Clone)]
 pub struct Applier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     /// Serialises cycles (held across the blocking part).
     serial: tokio::sync::Mutex<()>,
     sources: Mutex<Sources>,
     /// The configuration the process started with: what restart-only settings really are.
     startup: Arc<Config>,
+    cell: StateCell,
+    metrics: Arc<Metrics>,
+    activity: Arc<ActivityLog>,
+    health_wake: Arc<tokio::sync::Notify>,
     fetched_tx: FetchedTx,
     fetched_rx: Mutex<Option<UnboundedReceiver<Fetched>>>,
 }
 
-/// Everything `start` produces.
+/// Where the applier reports and whom it wakes.
 #[derive(Debug)]
-pub struct Started {
-    pub applier: Applier,
-    pub state: RuntimeState,
-    pub resolver: Arc<StateCert>,
+pub struct Handles {
+    pub metrics: Arc<Metrics>,
+    pub activity: Arc<ActivityLog>,
+    /// Woken after every published state (the health prober probes new services at once).
+    pub health_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Applier {
-    /// Reads every source of `config`, builds the first state and writes what it generated
-    /// (blocking: run it off the async workers).
-    pub fn start(config: Config, metrics: &Metrics) -> Result<Started, ReloadError> {
+    /// Reads every source of `config`, builds the first state, writes what it generated and
+    /// publishes the state in a new cell (blocking: run it off the async workers).
+    pub fn start(config: Config, handles: Handles) -> Result<(Self, StateCell), ReloadError> {
         let startup = Arc::new(config.clone());
         let mut sources = Sources::open(config)?;
         let (fetched_tx, fetched_rx) = tokio::sync::mpsc::unbounded_channel();
         let resolver = Arc::new(StateCert::default());
         let ctx = Context {
-            metrics,
+            metrics: &handles.metrics,
             resolver: &resolver,
             fetched: &fetched_tx,
             previous: None,
         };
         let Candidate { state, writes } = build::build(&ctx, &sources.inputs())?;
         commit_writes(&mut sources, writes)?;
-        Ok(Started {
-            applier: Self {
-                serial: tokio::sync::Mutex::new(()),
-                sources: Mutex::new(sources),
-                startup,
-                fetched_tx,
-                fetched_rx: Mutex::new(Some(fetched_rx)),
+        let cell = StateCell::new(state, resolver);
+        let inner = Inner {
+            serial: tokio::sync::Mutex::new(()),
+            sources: Mutex::new(sources),
+            startup,
+            cell: cell.clone(),
+            metrics: handles.metrics,
+            activity: handles.activity,
+            health_wake: handles.health_wake,
+            fetched_tx,
+            fetched_rx: Mutex::new(Some(fetched_rx)),
+        };
+        Ok((
+            Self {
+                inner: Arc::new(inner),
             },
-            state,
-            resolver,
-        })
+            cell,
+        ))
     }
 
     /// The receiver of fetched JWKS documents (taken once, by the watch loop).
     pub fn take_fetched(&self) -> Option<UnboundedReceiver<Fetched>> {
-        self.fetched_rx
+        self.inner
+            .fetched_rx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
@@ -167,26 +186,18 @@ impl Applier {
 
     /// The configuration the process started with.
     pub fn startup_config(&self) -> &Arc<Config> {
-        &self.startup
+        &self.inner.startup
     }
 
     /// Runs one cycle for `trigger`; returns the configuration's outcome when the config file
     /// was read (changed, or reloaded on request).
-    pub async fn run(
-        &self,
-        gw: &Arc<Gateway>,
-        trigger: Trigger,
-    ) -> Option<Result<ReloadSummary, ReloadError>> {
-        let _serial = self.serial.lock().await;
-        let gw = Arc::clone(gw);
+    pub async fn run(&self, trigger: Trigger) -> Option<Result<ReloadSummary, ReloadError>> {
+        let _serial = self.inner.serial.lock().await;
+        let inner = Arc::clone(&self.inner);
         // Reading files, parsing certificates, generating keys and fsync block.
         tokio::task::spawn_blocking(move || {
-            let mut sources = gw
-                .applier
-                .sources
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            gw.applier.cycle(&gw, &mut sources, &trigger)
+            let mut sources = inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.cycle(&mut sources, &trigger)
         })
         .await
         .unwrap_or(Some(Err(ReloadError::Task)))
@@ -195,7 +206,6 @@ impl Applier {
     /// Re-reads the configuration (SIGHUP, `POST /reload`): the outcome of that reload.
     pub async fn reload(
         &self,
-        gw: &Arc<Gateway>,
         initiator: &str,
         source: Option<(std::net::IpAddr, String)>,
     ) -> Result<ReloadSummary, ReloadError> {
@@ -203,15 +213,14 @@ impl Applier {
             initiator: initiator.to_owned(),
             source,
         };
-        self.run(gw, trigger)
-            .await
-            .unwrap_or(Err(ReloadError::Task))
+        self.run(trigger).await.unwrap_or(Err(ReloadError::Task))
     }
+}
 
+impl Inner {
     /// One cycle over `sources` (see the module docs). Blocking; called with the lock held.
     fn cycle(
         &self,
-        gw: &Gateway,
         sources: &mut Sources,
         trigger: &Trigger,
     ) -> Option<Result<ReloadSummary, ReloadError>> {
@@ -247,7 +256,7 @@ impl Applier {
         let config_applied = matches!(config_result, Some(Ok(())));
         let mut outcome = None;
         if changed || config_applied {
-            match self.build_and_publish(gw, work, fallback, config_applied) {
+            match self.build_and_publish(work, fallback, config_applied) {
                 Ok((published, config_error)) => {
                     *sources = published;
                     if let Some(e) = config_error {
@@ -264,12 +273,16 @@ impl Applier {
             // Keep the versions seen (rejected files are not re-read until they change).
             *sources = work;
         }
+        let out = report::Out {
+            metrics: &self.metrics,
+            activity: &self.activity,
+        };
         if let Some(result) = config_result {
-            let result = result.map(|()| self.summary(&gw.state()));
-            report::config(gw, trigger, &result);
+            let result = result.map(|()| self.summary(&self.cell.load()));
+            report::config(&out, trigger, &result);
             outcome = Some(result);
         }
-        report::events(gw, trigger, &events);
+        report::events(&out, trigger, &events);
         outcome
     }
 
@@ -278,15 +291,14 @@ impl Applier {
     /// the sources of the published state and the config's error if it fell back.
     fn build_and_publish(
         &self,
-        gw: &Gateway,
         work: Sources,
         fallback: Sources,
         config_applied: bool,
     ) -> Result<(Sources, Option<ReloadError>), ReloadError> {
-        let previous = gw.state_full();
+        let previous = self.cell.load_full();
         let ctx = Context {
-            metrics: &gw.metrics,
-            resolver: gw.cert_resolver(),
+            metrics: &self.metrics,
+            resolver: self.cell.resolver(),
             fetched: &self.fetched_tx,
             previous: Some(&previous),
         };
@@ -299,8 +311,17 @@ impl Applier {
             Err(e) => return Err(e.into()),
         };
         commit_writes(&mut work, candidate.writes)?;
-        publish(gw, candidate.state);
+        self.publish(candidate.state);
         Ok((work, config_error))
+    }
+
+    /// Publishes `state` and brings shared parts (concurrency limits, the health prober) to it.
+    fn publish(&self, state: RuntimeState) {
+        for service in state.services() {
+            service.apply_limit();
+        }
+        self.cell.publish(state);
+        self.health_wake.notify_one();
     }
 
     fn summary(&self, state: &RuntimeState) -> ReloadSummary {
@@ -338,15 +359,6 @@ fn commit_writes(sources: &mut Sources, writes: Vec<PendingWrite>) -> Result<(),
         sources.adopt(generated);
     }
     Ok(())
-}
-
-/// Publishes `state` and brings shared parts (concurrency limits, the health prober) to it.
-fn publish(gw: &Gateway, state: RuntimeState) {
-    for service in state.services() {
-        service.apply_limit();
-    }
-    gw.publish(state);
-    gw.health_wake.notify_one();
 }
 
 /// Settings that cannot change live, by the key an operator would look for.

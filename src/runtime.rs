@@ -3,11 +3,11 @@
 //!
 //! A request takes one lock-free snapshot and finishes under the settings it started with, while a
 //! change builds a complete new state and swaps it in for the requests that follow. Only the
-//! reload loop (`reload::Applier`) publishes a state; it builds candidates with
-//! [`build::build`], which shares every unchanged part (upstream pools, token caches, concurrency
-//! limits, rate buckets, metric handles) with the running state. What does not change after
-//! startup lives next to the state in [`Gateway`]: the metrics registry, the record sink, the
-//! activity log and the lifecycle flags.
+//! reload loop (`reload::Applier`) publishes a state into the [`StateCell`]; it builds candidates
+//! with [`build::build`], which shares every unchanged part (upstream pools, token caches,
+//! concurrency limits, rate buckets, metric handles) with the running state. What does not change
+//! after startup lives beside the cell in `gateway::Gateway`: the metrics registry, the record
+//! sink, the activity log and the lifecycle flags.
 
 pub mod build;
 mod service;
@@ -21,11 +21,7 @@ use rustls::sign::CertifiedKey;
 use crate::admin::authz::{AdminCredentials, Identity};
 use crate::admin::roles::{Assignment, Policy};
 use crate::config::Config;
-use crate::shutdown::Lifecycle;
-use crate::telemetry::activity::ActivityLog;
-use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
 use crate::telemetry::redact::Redaction;
-use crate::telemetry::sink::RecordSink;
 
 pub use build::BuildError;
 pub use service::Service;
@@ -115,79 +111,46 @@ fn route_in<'s, 'p>(
     })
 }
 
-/// The published state and the long-lived handles beside it, shared by both listeners and the
-/// background tasks.
-#[derive(Debug)]
-pub struct Gateway {
-    /// The one place a state is published; only `reload::Applier` stores into it.
-    state: Arc<ArcSwap<RuntimeState>>,
-    pub metrics: Arc<Metrics>,
-    /// Handles for requests that matched no route.
-    pub unrouted: ServiceMetrics,
-    pub records: RecordSink,
-    /// Management operations, with their initiators.
-    pub activity: ActivityLog,
-    pub lifecycle: Arc<Lifecycle>,
-    /// Wakes the health prober (after a change, so new services are probed at once).
-    pub health_wake: tokio::sync::Notify,
-    /// Builds and publishes every state (see `reload`).
-    pub applier: crate::reload::Applier,
-    /// Hands new TLS handshakes the certificate of the current state.
+/// Where the state is published: one `ArcSwap`, and the certificate resolver that reads from
+/// it. Cloning shares the same cell.
+#[derive(Debug, Clone)]
+pub struct StateCell {
+    cell: Arc<ArcSwap<RuntimeState>>,
     resolver: Arc<StateCert>,
 }
 
-impl Gateway {
-    /// A gateway around `first`, the state built at startup by `reload::Applier::start` with
-    /// `resolver` in its TLS configuration.
-    pub fn new(
-        first: RuntimeState,
-        resolver: Arc<StateCert>,
-        applier: crate::reload::Applier,
-        metrics: Arc<Metrics>,
-        records: RecordSink,
-    ) -> Self {
-        let state = Arc::new(ArcSwap::from_pointee(first));
-        // Set once, here; a second gateway around the same resolver keeps the first binding.
-        let _ = resolver.state.set(Arc::downgrade(&state));
-        Self {
-            state,
-            unrouted: ServiceMetrics::new(&metrics, UNROUTED, "none"),
-            metrics,
-            activity: ActivityLog::new(records.clone()),
-            records,
-            lifecycle: Arc::new(Lifecycle::default()),
-            health_wake: tokio::sync::Notify::new(),
-            applier,
-            resolver,
-        }
+impl StateCell {
+    /// A cell holding `first`, whose TLS settings were built around `resolver`.
+    pub fn new(first: RuntimeState, resolver: Arc<StateCert>) -> Self {
+        let cell = Arc::new(ArcSwap::from_pointee(first));
+        // Set once, here; a second cell around the same resolver keeps the first binding.
+        let _ = resolver.state.set(Arc::downgrade(&cell));
+        Self { cell, resolver }
     }
 
     /// The current state: a cheap snapshot to read within a request or call.
-    pub fn state(&self) -> arc_swap::Guard<Arc<RuntimeState>> {
-        self.state.load()
+    pub fn load(&self) -> arc_swap::Guard<Arc<RuntimeState>> {
+        self.cell.load()
     }
 
     /// The current state, owned (to keep across awaits).
-    pub fn state_full(&self) -> Arc<RuntimeState> {
-        self.state.load_full()
+    pub fn load_full(&self) -> Arc<RuntimeState> {
+        self.cell.load_full()
     }
 
     /// Publishes a state. Only the reload loop calls this, under its lock.
     pub(crate) fn publish(&self, state: RuntimeState) {
-        self.state.store(Arc::new(state));
+        self.cell.store(Arc::new(state));
     }
 
     /// The certificate resolver every TLS configuration of the scoring listener uses.
-    pub(crate) fn cert_resolver(&self) -> &Arc<StateCert> {
+    pub(crate) fn resolver(&self) -> &Arc<StateCert> {
         &self.resolver
     }
 
-    /// Ready = listening, not draining, every upstream answered its latest health probe, and
-    /// every JWKS URL has been fetched once.
-    pub fn is_ready(&self) -> bool {
-        self.lifecycle.is_listening()
-            && !self.lifecycle.is_draining()
-            && self.state().services_ready()
+    /// Every upstream answered its latest health probe and every JWKS URL has been fetched once.
+    pub fn services_ready(&self) -> bool {
+        self.load().services_ready()
     }
 }
 

@@ -31,7 +31,7 @@ use crate::config::Config;
 mod first_byte;
 mod h1;
 use crate::proxy::{self, ConnInfo};
-use crate::runtime::Gateway;
+use crate::gateway::Gateway;
 use first_byte::FirstByteTimeout;
 
 /// How the drain ended.

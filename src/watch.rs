@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::auth::jwt::trusted::IssuerKeys;
 use crate::reload::Trigger;
-use crate::runtime::{Gateway, RuntimeState};
+use crate::gateway::Gateway;
+use crate::runtime::RuntimeState;
 
 /// How often watched files are checked; changes apply within about this long.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -26,7 +27,7 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
     let mut fetched = gw.applier.take_fetched();
     loop {
         // Outcomes are logged, counted and in the activity log by the applier.
-        let _ = gw.applier.run(&gw, Trigger::Poll).await;
+        let _ = gw.applier.run(Trigger::Poll).await;
         let state = gw.state_full();
         let now = unix_now();
         let retired = state
@@ -35,7 +36,7 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
             .filter_map(|s| s.tokens())
             .any(|t| t.signing.has_expired_keys(now));
         if retired {
-            let _ = gw.applier.run(&gw, Trigger::Prune(now)).await;
+            let _ = gw.applier.run(Trigger::Prune(now)).await;
         }
         for (owner, trusted) in issuers(&state) {
             refresh_issuer(&gw, owner, &trusted);
@@ -53,7 +54,7 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             } } => {
-                let _ = gw.applier.run(&gw, Trigger::Fetched(f)).await;
+                let _ = gw.applier.run(Trigger::Fetched(f)).await;
             }
         }
     }

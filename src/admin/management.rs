@@ -28,7 +28,8 @@ use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
 use crate::error::{AuthFailure, error_body};
 use crate::reload::WriteError;
-use crate::runtime::{Gateway, RuntimeState, Service};
+use crate::gateway::Gateway;
+use crate::runtime::{RuntimeState, Service};
 
 /// Failures of management calls, each with a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +270,7 @@ async fn rotate_signing_key(
     }
     let kid = gw
         .applier
-        .rotate_signing_key(gw, &service.config.name, initiator)
+        .rotate_signing_key(&service.config.name, initiator)
         .await
         .map_err(|e| write_error(service, e))?;
     tracing::info!(service = %service.config.name, kid = %kid, "signing key rotated");
@@ -340,7 +341,7 @@ async fn regenerate_keys(
     let (slot, value) = parse_regenerate(body)?;
     let new = gw
         .applier
-        .regenerate_key(gw, &service.config.name, slot, value, initiator)
+        .regenerate_key(&service.config.name, slot, value, initiator)
         .await
         .map_err(|e| write_error(service, e))?;
     tracing::info!(service = %service.config.name, slot = slot.as_str(), "key regenerated");
@@ -404,7 +405,7 @@ pub async fn assign_role(
         source: "api".to_owned(),
     };
     gw.applier
-        .add_assignment(gw, assignment.clone())
+        .add_assignment(assignment.clone())
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "persisting a role assignment failed");
@@ -425,7 +426,7 @@ pub async fn remove_assignment(
     if state.policy().assignments.iter().any(|a| a.id == id) {
         return Err(ApiError::AssignmentInConfig(id.to_owned()));
     }
-    match gw.applier.remove_assignment(gw, id).await {
+    match gw.applier.remove_assignment(id).await {
         Ok(true) => Ok(json_response(StatusCode::NO_CONTENT, Vec::new())),
         Ok(false) => Err(ApiError::AssignmentNotFound(id.to_owned())),
         Err(e) => {

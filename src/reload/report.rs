@@ -3,8 +3,15 @@
 
 use super::sources::Event;
 use super::{Own, ReloadError, ReloadSummary, Trigger};
-use crate::runtime::Gateway;
-use crate::telemetry::activity::{ActivityRecord, Outcome};
+use crate::telemetry::activity::{ActivityLog, ActivityRecord, Outcome};
+use crate::telemetry::metrics::Metrics;
+
+/// Where a cycle reports.
+#[derive(Debug)]
+pub struct Out<'a> {
+    pub metrics: &'a Metrics,
+    pub activity: &'a ActivityLog,
+}
 
 /// Who changed a file, as the activity log names it: the offline CLI says so in the file; any
 /// other change seen on disk is the file watch's.
@@ -16,7 +23,7 @@ fn file_initiator(updated_by: Option<&str>) -> &'static str {
 }
 
 /// The configuration's outcome.
-pub fn config(gw: &Gateway, trigger: &Trigger, result: &Result<ReloadSummary, ReloadError>) {
+pub fn config(out: &Out<'_>, trigger: &Trigger, result: &Result<ReloadSummary, ReloadError>) {
     let (initiator, source) = match trigger {
         Trigger::Reload { initiator, source } => (initiator.as_str(), source.clone()),
         _ => ("file-watch", None),
@@ -30,10 +37,10 @@ pub fn config(gw: &Gateway, trigger: &Trigger, result: &Result<ReloadSummary, Re
     if let Some((ip, request_id)) = source {
         entry = entry.source(ip, request_id);
     }
-    gw.activity.record(entry);
+    out.activity.record(entry);
     match result {
         Ok(summary) => {
-            gw.metrics
+            out.metrics
                 .config_reloads
                 .with_label_values(&["success"])
                 .inc();
@@ -50,7 +57,7 @@ pub fn config(gw: &Gateway, trigger: &Trigger, result: &Result<ReloadSummary, Re
             }
         }
         Err(e) => {
-            gw.metrics
+            out.metrics
                 .config_reloads
                 .with_label_values(&["error"])
                 .inc();
@@ -61,22 +68,22 @@ pub fn config(gw: &Gateway, trigger: &Trigger, result: &Result<ReloadSummary, Re
 
 /// Every other source's changes. A management write's own change is not reported (the write
 /// has its own activity entry).
-pub fn events(gw: &Gateway, trigger: &Trigger, events: &[Event]) {
+pub fn events(out: &Out<'_>, trigger: &Trigger, events: &[Event]) {
     let own = match trigger {
         Trigger::OwnWrite(own) => Some(own),
         _ => None,
     };
     for event in events {
         match event {
-            Event::Cert(result) => certificate(gw, result),
+            Event::Cert(result) => certificate(out, result),
             Event::Keys { service, result } => {
                 if own != Some(&Own::Keys(service.clone())) || result.is_err() {
-                    file_change(gw, FileKind::Keys, service, result);
+                    file_change(out, FileKind::Keys, service, result);
                 }
             }
             Event::Signing { service, result } => {
                 if own != Some(&Own::Signing(service.clone())) || result.is_err() {
-                    file_change(gw, FileKind::Signing, service, result);
+                    file_change(out, FileKind::Signing, service, result);
                 }
             }
             Event::Jwks { id, result } => match result {
@@ -89,26 +96,26 @@ pub fn events(gw: &Gateway, trigger: &Trigger, events: &[Event]) {
             },
             Event::Assignments(result) => {
                 if own != Some(&Own::Assignments) || result.is_err() {
-                    state_file(gw, "reloadRoleAssignments", result.as_ref().map(drop));
+                    state_file(out, "reloadRoleAssignments", result.as_ref().map(drop));
                 }
             }
             Event::Admin(result) => {
-                state_file(gw, "reloadAdminCredential", result.as_ref().map(drop));
+                state_file(out, "reloadAdminCredential", result.as_ref().map(drop));
             }
         }
     }
 }
 
-fn certificate(gw: &Gateway, result: &Result<(), String>) {
+fn certificate(out: &Out<'_>, result: &Result<(), String>) {
     let outcome = if result.is_ok() { "success" } else { "error" };
-    gw.metrics
+    out.metrics
         .certificate_reloads
         .with_label_values(&[outcome])
         .inc();
     match result {
         Ok(()) => {
             tracing::info!("certificate reloaded; new handshakes use it");
-            gw.activity.record(ActivityRecord::new(
+            out.activity.record(ActivityRecord::new(
                 "reloadCertificate",
                 "file-watch",
                 Outcome::Succeeded,
@@ -116,7 +123,7 @@ fn certificate(gw: &Gateway, result: &Result<(), String>) {
         }
         Err(e) => {
             tracing::error!(error = %e, "new certificate rejected; the previous one stays in use");
-            gw.activity.record(
+            out.activity.record(
                 ActivityRecord::new("reloadCertificate", "file-watch", Outcome::Failed)
                     .reason("the new certificate or key is invalid; previous pair kept"),
             );
@@ -131,15 +138,15 @@ enum FileKind {
 }
 
 fn file_change(
-    gw: &Gateway,
+    out: &Out<'_>,
     kind: FileKind,
     service: &str,
     result: &Result<Option<String>, String>,
 ) {
     let (family, operation, what) = match kind {
-        FileKind::Keys => (&gw.metrics.key_reloads, "reloadKeys", "key file"),
+        FileKind::Keys => (&out.metrics.key_reloads, "reloadKeys", "key file"),
         FileKind::Signing => (
-            &gw.metrics.signing_key_reloads,
+            &out.metrics.signing_key_reloads,
             "reloadSigningKeys",
             "signing key file",
         ),
@@ -148,7 +155,7 @@ fn file_change(
         Ok(updated_by) => {
             family.with_label_values(&[service, "success"]).inc();
             tracing::info!(service, "{what} changed; new keys are in force");
-            gw.activity.record(
+            out.activity.record(
                 ActivityRecord::new(
                     operation,
                     file_initiator(updated_by.as_deref()),
@@ -160,7 +167,7 @@ fn file_change(
         Err(e) => {
             family.with_label_values(&[service, "error"]).inc();
             tracing::error!(service, error = %e, "{what} change rejected; the previous keys stay in force");
-            gw.activity.record(
+            out.activity.record(
                 ActivityRecord::new(operation, "file-watch", Outcome::Failed)
                     .service(service)
                     .reason(format!(
@@ -172,11 +179,11 @@ fn file_change(
 }
 
 /// Role assignments or the admin credential changed on disk.
-fn state_file(gw: &Gateway, operation: &'static str, result: Result<(), &String>) {
+fn state_file(out: &Out<'_>, operation: &'static str, result: Result<(), &String>) {
     match result {
         Ok(()) => {
             tracing::info!(operation, "state file changed on disk; applied");
-            gw.activity.record(ActivityRecord::new(
+            out.activity.record(ActivityRecord::new(
                 operation,
                 "file-watch",
                 Outcome::Succeeded,
@@ -184,7 +191,7 @@ fn state_file(gw: &Gateway, operation: &'static str, result: Result<(), &String>
         }
         Err(e) => {
             tracing::error!(operation, error = %e, "state file change rejected; the previous value stays");
-            gw.activity.record(
+            out.activity.record(
                 ActivityRecord::new(operation, "file-watch", Outcome::Failed)
                     .reason("the changed file is invalid or unreadable; previous value kept"),
             );

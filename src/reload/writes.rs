@@ -13,7 +13,6 @@ use crate::admin::roles::{Assignment, AssignmentError};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, NewKeys, Secret};
-use crate::runtime::Gateway;
 
 /// Why a management write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +34,16 @@ impl Applier {
     /// Runs `write` on the sources between two cycles (see the module docs).
     async fn write<T: Send + 'static>(
         &self,
-        gw: &Arc<Gateway>,
         own: Own,
         write: impl FnOnce(&Sources) -> Result<T, WriteError> + Send + 'static,
     ) -> Result<T, WriteError> {
-        let _serial = self.serial.lock().await;
-        let gw = Arc::clone(gw);
+        let _serial = self.inner.serial.lock().await;
+        let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let applier = &gw.applier;
-            let mut sources = applier
-                .sources
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            applier.cycle(&gw, &mut sources, &Trigger::Poll);
+            let mut sources = inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.cycle(&mut sources, &Trigger::Poll);
             let out = write(&sources)?;
-            applier.cycle(&gw, &mut sources, &Trigger::OwnWrite(own));
+            inner.cycle(&mut sources, &Trigger::OwnWrite(own));
             Ok(out)
         })
         .await
@@ -59,14 +53,13 @@ impl Applier {
     /// Replaces one key of a key-mode service (generated, or `value`).
     pub async fn regenerate_key(
         &self,
-        gw: &Arc<Gateway>,
         service: &str,
         slot: KeySlot,
         value: Option<Secret>,
         initiator: &str,
     ) -> Result<NewKeys, WriteError> {
         let (name, initiator) = (service.to_owned(), initiator.to_owned());
-        self.write(gw, Own::Keys(name.clone()), move |sources| {
+        self.write(Own::Keys(name.clone()), move |sources| {
             let watched = sources
                 .keys
                 .get(&name)
@@ -86,12 +79,11 @@ impl Applier {
     /// Makes a new signing key the signer of a token-mode service; returns its kid.
     pub async fn rotate_signing_key(
         &self,
-        gw: &Arc<Gateway>,
         service: &str,
         initiator: &str,
     ) -> Result<Arc<str>, WriteError> {
         let (name, initiator) = (service.to_owned(), initiator.to_owned());
-        self.write(gw, Own::Signing(name.clone()), move |sources| {
+        self.write(Own::Signing(name.clone()), move |sources| {
             let watched = sources
                 .signing
                 .get(&name)
@@ -111,10 +103,9 @@ impl Applier {
     /// Adds a role assignment made through the API.
     pub async fn add_assignment(
         &self,
-        gw: &Arc<Gateway>,
         assignment: Assignment,
     ) -> Result<(), WriteError> {
-        self.write(gw, Own::Assignments, move |sources| {
+        self.write(Own::Assignments, move |sources| {
             let mut list = sources.assignments.value().as_ref().clone();
             list.push(assignment);
             sources.assignments.source().write(&list)?;
@@ -124,9 +115,9 @@ impl Applier {
     }
 
     /// Removes an API role assignment; false when there is none with that id.
-    pub async fn remove_assignment(&self, gw: &Arc<Gateway>, id: &str) -> Result<bool, WriteError> {
+    pub async fn remove_assignment(&self, id: &str) -> Result<bool, WriteError> {
         let id = id.to_owned();
-        self.write(gw, Own::Assignments, move |sources| {
+        self.write(Own::Assignments, move |sources| {
             let mut list = sources.assignments.value().as_ref().clone();
             let before = list.len();
             list.retain(|a| a.id != id);

@@ -16,7 +16,8 @@ use crate::auth::Principal;
 
 use crate::error::{GatewayError, Side};
 use crate::proxy::RequestCtx;
-use crate::runtime::{Gateway, RuntimeState};
+use crate::gateway::Gateway;
+use crate::runtime::RuntimeState;
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 
 /// Writes the request record line (JSON and a newline). Field names are the documented ones;
