@@ -10,6 +10,11 @@ test:
 ci:
     .ci/run
 
+# The deploy kit's offline checks (as in CI; installs missing tools).
+deploy-check:
+    cargo build --locked --bin scoregate
+    KUBECTL="$(.ci/deploy-tools | tail -n 1 | cut -d= -f2-)" python3 .ci/deploy_checks.py --scoregate target/debug/scoregate
+
 demo:
     cargo run --release -- demo
 

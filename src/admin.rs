@@ -1,14 +1,25 @@
-//! The admin listener: plain HTTP/1.1, loopback by default, never serves scoring traffic.
+//! The admin listener: plain HTTP/1.1, loopback by default, never serves scoring traffic. The
+//! same handler serves two optional listeners that expose a fixed subset of it ([`Plane`]), so
+//! the management API can stay on loopback while the kubelet and Prometheus reach their routes:
 //!
-//! Routes:
-//! - `GET /healthz`: 200 while the process runs (liveness). No credential.
-//! - `GET /readyz`: 200 once listeners are up and every upstream answered its health probe; 503
-//!   otherwise and while draining, with per-service detail. No credential.
-//! - `POST /services/{name}/listkeys`, `POST /services/{name}/regenerateKeys`: the management
-//!   API (`management`), admin credential required (`authz`).
+//! | route | admin (`admin_listen`) | probe (`probe_listen`) | metrics (`metrics_listen`) |
+//! |---|---|---|---|
+//! | `GET /healthz`, `GET /livez` | no credential | no credential | — |
+//! | `GET /readyz` | no credential | no credential | — |
+//! | `GET /metrics` | `metrics/read` (or `public_metrics`) | — | no credential |
+//! | management API (below) | credential and role | — | — |
 //!
-//! The admin listener keeps answering during the drain (so orchestrators see 503 on `/readyz`)
-//! and closes when background tasks stop.
+//! - `/healthz` (`/livez`): 200 while the process runs (liveness).
+//! - `/readyz`: 200 once listeners are up and every upstream answered its health probe; 503
+//!   otherwise and while draining, with per-service detail (names and health, nothing secret).
+//! - `/metrics`: the Prometheus text format; no series carries a credential.
+//! - the management API (`management`, `authz`, `roles`): `/services`, `/services/{name}/...`,
+//!   `/activity`, `/reload`, `/roles`, `/role-assignments`.
+//!
+//! On the probe and metrics listeners every other path is 404, and `admin_allow_cidrs` does not
+//! apply (it guards the management API; restrict those ports with a network policy instead).
+//! Every listener keeps answering during the drain (so orchestrators see 503 on `/readyz`) and
+//! closes when background tasks stop.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,7 +50,29 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub type AdminResponse = Response<Full<Bytes>>;
 
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
+/// Which listener a request arrived on, and so which routes it may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// `admin_listen`: every route; the management API needs a credential.
+    Admin,
+    /// `probe_listen`: liveness and readiness only, no credential.
+    Probe,
+    /// `metrics_listen`: `GET /metrics` only, no credential.
+    Metrics,
+}
+
+impl Plane {
+    /// Whether `route` is served on this plane at all (otherwise 404, as for an unknown path).
+    const fn serves(self, route: Route<'_>) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Probe => matches!(route, Route::Healthz | Route::Readyz),
+            Self::Metrics => matches!(route, Route::Metrics),
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken, plane: Plane) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
@@ -63,7 +96,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
             TokioIo::new(stream),
             service_fn(move |req| {
                 let gw = Arc::clone(&gw);
-                async move { Ok::<_, Infallible>(handle(&gw, peer.ip().to_canonical(), req).await) }
+                async move {
+                    Ok::<_, Infallible>(handle(&gw, plane, peer.ip().to_canonical(), req).await)
+                }
             }),
         );
         let stop = stop.clone();
@@ -78,18 +113,34 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
     }
 }
 
-async fn handle(gw: &Arc<Gateway>, peer: IpAddr, req: Request<Incoming>) -> AdminResponse {
+async fn handle(
+    gw: &Arc<Gateway>,
+    plane: Plane,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> AdminResponse {
     let request_id = crate::proxy::headers::request_id(req.headers());
     let rid = request_id.to_str().unwrap_or_default().to_owned();
     let path = req.uri().path().to_owned();
-    // Network rules come before anything else, probes included.
-    let admitted = crate::admission::allowed(peer, gw.state().admin_allow_cidrs());
+    // Network rules come before anything else on the admin listener, probes included.
+    let admitted =
+        plane != Plane::Admin || crate::admission::allowed(peer, gw.state().admin_allow_cidrs());
     let parsed = if admitted {
-        Route::parse(req.method(), &path)
+        Route::parse(req.method(), &path).and_then(|route| {
+            if plane.serves(route) {
+                Ok(route)
+            } else {
+                Err(ApiError::RouteNotFound)
+            }
+        })
     } else {
         Err(ApiError::ClientNotAllowed)
     };
     let mut resp = match parsed {
+        // The probe and metrics planes serve only routes that need no credential there.
+        Ok(route) if plane != Plane::Admin => {
+            unauthenticated(gw, route).unwrap_or_else(|e| e.response(&request_id))
+        }
         Ok(route) => dispatch(
             gw,
             &Caller {
@@ -230,11 +281,7 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Result<AdminResponse, ApiError> {
     let Some(action) = route.action(gw) else {
-        return Ok(match route {
-            Route::Readyz => readyz(gw),
-            Route::Metrics => metrics(gw),
-            _ => json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
-        });
+        return unauthenticated(gw, route);
     };
     let entry = |initiator: &str, outcome| {
         let mut e = ActivityRecord::new(route.operation(), initiator, outcome)
@@ -294,10 +341,7 @@ async fn dispatch(
         // A reload writes its own activity entry (it also runs for signals and file changes).
         Route::Reload => gw
             .applier
-            .reload(
-                &principal.id,
-                Some((caller.ip, caller.request_id.clone())),
-            )
+            .reload(&principal.id, Some((caller.ip, caller.request_id.clone())))
             .await
             .map(|summary| {
                 json(
@@ -320,6 +364,17 @@ async fn dispatch(
         gw.activity.record(outcome);
     }
     result
+}
+
+/// Answers a route that needs no credential: the probes, and `/metrics` where it is public.
+/// Any other route is not served this way.
+fn unauthenticated(gw: &Gateway, route: Route<'_>) -> Result<AdminResponse, ApiError> {
+    match route {
+        Route::Healthz => Ok(json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
+        Route::Readyz => Ok(readyz(gw)),
+        Route::Metrics => Ok(metrics(gw)),
+        _ => Err(ApiError::RouteNotFound),
+    }
 }
 
 /// `/services/{name}/{op}` → (name, op).
@@ -365,12 +420,41 @@ fn services(gw: &Gateway) -> AdminResponse {
 }
 
 fn metrics(gw: &Gateway) -> AdminResponse {
+    refresh_scrape_gauges(gw);
     let mut resp = Response::new(Full::new(Bytes::from(gw.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// Gauges read from live state when scraped, instead of being kept current on the request path:
+/// each service's wait queue and slots, and the certificate new handshakes get.
+fn refresh_scrape_gauges(gw: &Gateway) {
+    let state = gw.state();
+    for s in state.services() {
+        if let Some(gauge) = &s.metrics.queue_length {
+            gauge.set(i64::try_from(s.limit.waiting()).unwrap_or(i64::MAX));
+        }
+        if let Some(gauge) = &s.metrics.slots {
+            gauge.set(i64::try_from(s.config.max_concurrent_requests).unwrap_or(i64::MAX));
+        }
+    }
+    let expiry = state
+        .cert
+        .as_ref()
+        .and_then(|key| key.cert.first())
+        .and_then(|leaf| crate::tls::not_after(leaf));
+    if let Some(expiry) = expiry {
+        gw.metrics
+            .certificate_expiry
+            .with_label_values(&["scoring"])
+            .set(expiry);
+        // A certificate file can be replaced (and rejected) only when there is one; the error
+        // series exists from then on, so `increase()` sees the first failure.
+        gw.metrics.certificate_reloads.with_label_values(&["error"]);
+    }
 }
 
 /// `GET /activity?limit=N` (default 100, at most the ring's capacity).

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::gateway::{Gateway, Parts};
 use crate::reload::{Applier, Handles};
-use crate::telemetry::activity::ActivityLog;
 use crate::server::Drained;
+use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::RecordSink;
 use crate::{admin, health, server, state, watch};
@@ -27,15 +27,29 @@ use crate::{admin, health, server, state, watch};
 pub struct Listeners {
     pub scoring: TcpListener,
     pub admin: TcpListener,
+    /// `server.probe_listen`: health and readiness only, no credential.
+    pub probe: Option<TcpListener>,
+    /// `server.metrics_listen`: `GET /metrics` only, no credential.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds both addresses of the configuration.
+    /// Binds every address of the configuration.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let s = &config.server;
         Ok(Self {
-            scoring: TcpListener::bind(config.server.listen).await?,
-            admin: TcpListener::bind(config.server.admin_listen).await?,
+            scoring: TcpListener::bind(s.listen).await?,
+            admin: TcpListener::bind(s.admin_listen).await?,
+            probe: bind_optional(s.probe_listen).await?,
+            metrics: bind_optional(s.metrics_listen).await?,
         })
+    }
+}
+
+async fn bind_optional(addr: Option<std::net::SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr).await.map(Some),
+        None => Ok(None),
     }
 }
 
@@ -54,7 +68,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
     state::ensure_state_dir(&config.server.state_dir)?;
-    let credential = config.server.state_dir.join(admin::authz::BOOTSTRAP_FILE);
+    let credential = admin::authz::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let health_wake = Arc::new(tokio::sync::Notify::new());
     let handles = Handles {
@@ -87,18 +101,46 @@ pub async fn run(
         services = gw.state().services().len(),
         "scoregate listening"
     );
-    let admin_task = tokio::spawn(admin::serve(
-        listeners.admin,
-        Arc::clone(&gw),
-        gw.lifecycle.stop_background.clone(),
-    ));
+    let admin_tasks = spawn_admin_planes(&gw, listeners.admin, listeners.probe, listeners.metrics);
     let outcome = server::serve(Arc::clone(&gw), listeners.scoring, shutdown).await;
     gw.lifecycle.stop_background.cancel();
-    let _ = admin_task.await;
+    for task in admin_tasks {
+        let _ = task.await;
+    }
     health.abort();
     hangup.abort();
     let _ = watcher.await;
     Ok(outcome)
+}
+
+/// Serves the admin listener and the optional probe and metrics listeners, each restricted to
+/// its plane's routes, until background tasks stop.
+fn spawn_admin_planes(
+    gw: &Arc<Gateway>,
+    admin_listener: TcpListener,
+    probe: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    [
+        (Some(admin_listener), admin::Plane::Admin),
+        (probe, admin::Plane::Probe),
+        (metrics, admin::Plane::Metrics),
+    ]
+    .into_iter()
+    .filter_map(|(listener, plane)| {
+        let listener = listener?;
+        if plane != admin::Plane::Admin {
+            tracing::info!(?plane, addr = ?listener.local_addr().ok(), "listening");
+        }
+        let stop = gw.lifecycle.stop_background.clone();
+        Some(tokio::spawn(admin::serve(
+            listener,
+            Arc::clone(gw),
+            stop,
+            plane,
+        )))
+    })
+    .collect()
 }
 
 /// SIGHUP reloads the configuration (the conventional daemon signal).

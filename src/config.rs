@@ -8,7 +8,8 @@
 //! This module reads files but opens no sockets and spawns no tasks.
 //!
 //! Settings that cannot change without a restart: `server.listen`, `server.admin_listen`,
-//! `server.worker_threads`, `server.state_dir`.
+//! `server.probe_listen`, `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
+//! `server.admin_token_file`.
 
 mod raw;
 mod roles;
@@ -114,7 +115,15 @@ pub enum RecordsOutput {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Optional listener serving only `/healthz`, `/livez` and `/readyz`, without a credential
+    /// (for the kubelet); `None` leaves the probes on the admin listener only.
+    pub probe_listen: Option<SocketAddr>,
+    /// Optional listener serving only `GET /metrics`, without a credential (for Prometheus).
+    pub metrics_listen: Option<SocketAddr>,
     pub state_dir: PathBuf,
+    /// An operator-provided bootstrap admin credential (read at startup, never written);
+    /// `None`: `state_dir/admin.token`, generated at first start.
+    pub admin_token_file: Option<PathBuf>,
     /// Copied into every request record (`ComputeType`).
     pub compute_type: String,
     /// Upper bound on waiting for in-flight requests at shutdown.

@@ -22,6 +22,7 @@
 //! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.
 //! - [`demo`]: the `scoregate demo` command.
 //! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
+//! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
 //! - [`watch`]: change detection for key files (and later certificates, JWKS and config).
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod gateway;
 pub mod health;
+pub mod probe;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

@@ -78,6 +78,19 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:5001")]
         listen: SocketAddr,
     },
+    /// GET a health endpoint of a running gateway; exit 0 on a 2xx answer, 1 otherwise (for a
+    /// container HEALTHCHECK where there is no shell or curl).
+    Probe {
+        /// The probe listener (`server.probe_listen`), or the admin listener.
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        address: SocketAddr,
+        /// `/readyz` (ready to take traffic) or `/livez` (the process is alive).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+        /// Give up (unhealthy) after this long.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +186,11 @@ fn main() -> ExitCode {
             &config,
             service.as_deref(),
         )),
+        Command::Probe {
+            address,
+            path,
+            timeout_ms,
+        } => probe(address, &path, Duration::from_millis(timeout_ms)),
         Command::SampleModel { listen } => block_on(None, async move {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let stop = tokio_util::sync::CancellationToken::new();
@@ -184,6 +202,20 @@ fn main() -> ExitCode {
             Ok(())
         }),
     }
+}
+
+fn probe(address: SocketAddr, path: &str, timeout: Duration) -> ExitCode {
+    block_on(Some(1), async {
+        let answer = scoregate::probe::probe(address, path, timeout).await?;
+        println!("GET http://{address}{path}: {}", answer.status);
+        anyhow::ensure!(
+            answer.healthy(),
+            "unhealthy: {} {}",
+            answer.status,
+            answer.body.trim()
+        );
+        Ok(())
+    })
 }
 
 fn keys(command: KeysCommand) -> ExitCode {

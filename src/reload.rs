@@ -372,7 +372,16 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("server.listen", o.listen != n.listen);
     check("server.admin_listen", o.admin_listen != n.admin_listen);
+    check("server.probe_listen", o.probe_listen != n.probe_listen);
+    check(
+        "server.metrics_listen",
+        o.metrics_listen != n.metrics_listen,
+    );
     check("server.state_dir", o.state_dir != n.state_dir);
+    check(
+        "server.admin_token_file",
+        o.admin_token_file != n.admin_token_file,
+    );
     check(
         "server.worker_threads",
         o.worker_threads != n.worker_threads,

@@ -30,8 +30,8 @@ use crate::config::Config;
 
 mod first_byte;
 mod h1;
-use crate::proxy::{self, ConnInfo};
 use crate::gateway::Gateway;
+use crate::proxy::{self, ConnInfo};
 use first_byte::FirstByteTimeout;
 
 /// How the drain ended.

@@ -7,6 +7,10 @@
 //! session tickets plus a session cache for cheap resumption. This module knows nothing about HTTP
 //! beyond the ALPN names; the handshake timeout lives in `server`.
 
+mod validity;
+
+pub use validity::not_after;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::jwt::trusted::IssuerKeys;
-use crate::reload::Trigger;
 use crate::gateway::Gateway;
+use crate::reload::Trigger;
 use crate::runtime::RuntimeState;
 
 /// How often watched files are checked; changes apply within about this long.

@@ -157,15 +157,31 @@ pub enum CredentialError {
 
 /// `state_dir/admin.token`: a source of the runtime state. Created by the state's builder on
 /// first start; an operator may replace it to rotate the bootstrap credential while running.
+/// With `server.admin_token_file` the file is the operator's (e.g. a Kubernetes Secret): read and
+/// watched the same way, but never generated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialFile {
     pub path: PathBuf,
+    /// The operator provides the file; a missing one is an error, not a first start.
+    pub provided: bool,
 }
 
 impl CredentialFile {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             path: state_dir.join(BOOTSTRAP_FILE),
+            provided: false,
+        }
+    }
+
+    /// The credential file a configuration uses: `admin_token_file`, else `state_dir/admin.token`.
+    pub fn of(server: &crate::config::ServerConfig) -> Self {
+        match &server.admin_token_file {
+            Some(path) => Self {
+                path: path.clone(),
+                provided: true,
+            },
+            None => Self::new(&server.state_dir),
         }
     }
 
@@ -189,6 +205,12 @@ impl CredentialFile {
     pub fn generate(
         &self,
     ) -> Result<(AdminCredentials, zeroize::Zeroizing<Vec<u8>>), CredentialError> {
+        if self.provided {
+            return Err(CredentialError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
         let secret = generate_key().map_err(|e| CredentialError::Io {
             path: self.path.clone(),
             source: std::io::Error::other(e),
@@ -230,11 +252,16 @@ impl crate::reload::source::Source for CredentialFile {
     }
 }
 
+/// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
+pub fn acceptable(credential: &str) -> bool {
+    credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
 impl AdminCredentials {
     /// The credential's digest, if the secret is 32 or more visible characters.
     fn from_secret(secret: &Secret) -> Option<Self> {
         let text = secret.expose();
-        (text.len() >= 32 && text.bytes().all(|b| (0x21..=0x7e).contains(&b))).then(|| Self {
+        acceptable(text).then(|| Self {
             bootstrap: crate::auth::sha256(&[text.as_bytes()]),
         })
     }

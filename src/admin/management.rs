@@ -27,8 +27,8 @@ use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
 use crate::error::{AuthFailure, error_body};
-use crate::reload::WriteError;
 use crate::gateway::Gateway;
+use crate::reload::WriteError;
 use crate::runtime::{RuntimeState, Service};
 
 /// Failures of management calls, each with a stable code.

@@ -79,7 +79,10 @@ pub struct RawTelemetry {
 pub struct RawServer {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    pub probe_listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub state_dir: Option<String>,
+    pub admin_token_file: Option<String>,
     pub compute_type: Option<String>,
     pub drain_timeout_ms: Option<u64>,
     pub pre_drain_delay_ms: Option<u64>,

@@ -98,12 +98,12 @@ impl Validator<'_> {
             raw.admin_listen.as_deref(),
             "127.0.0.1:9901",
         );
-        if listen == admin_listen && listen.port() != 0 {
-            self.issue(
-                "server.admin_listen",
-                format!("{admin_listen} is also server.listen; the two listeners need different addresses"),
-            );
-        }
+        let (probe_listen, metrics_listen) = self.plane_listeners(
+            listen,
+            admin_listen,
+            raw.probe_listen.as_deref(),
+            raw.metrics_listen.as_deref(),
+        );
         let state_dir = self.path(raw.state_dir.as_deref().unwrap_or("state"));
         if state_dir.exists() && !state_dir.is_dir() {
             self.issue(
@@ -111,6 +111,7 @@ impl Validator<'_> {
                 format!("{} exists and is not a directory", state_dir.display()),
             );
         }
+        let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
         if compute_type.is_empty() || compute_type.len() > 64 {
             self.issue("server.compute_type", "must be 1 to 64 characters");
@@ -121,7 +122,10 @@ impl Validator<'_> {
         ServerConfig {
             listen,
             admin_listen,
+            probe_listen,
+            metrics_listen,
             state_dir,
+            admin_token_file,
             compute_type,
             drain_timeout: self.millis("server.drain_timeout_ms", raw.drain_timeout_ms, 10_000, 0),
             pre_drain_delay: self.millis("server.pre_drain_delay_ms", raw.pre_drain_delay_ms, 0, 0),
@@ -174,6 +178,62 @@ impl Validator<'_> {
                 .unwrap_or_default(),
             admin_allow_cidrs: self.cidrs("server.admin_allow_cidrs", raw.admin_allow_cidrs),
             tls: raw.tls.and_then(|tls| self.tls(tls)),
+        }
+    }
+
+    /// `probe_listen` and `metrics_listen`, optional, each on an address of its own.
+    fn plane_listeners(
+        &mut self,
+        listen: std::net::SocketAddr,
+        admin_listen: std::net::SocketAddr,
+        probe: Option<&str>,
+        metrics: Option<&str>,
+    ) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+        let probe = probe.map(|a| self.addr("server.probe_listen", Some(a), ""));
+        let metrics = metrics.map(|a| self.addr("server.metrics_listen", Some(a), ""));
+        self.distinct_listeners(&[
+            ("server.listen", Some(listen)),
+            ("server.admin_listen", Some(admin_listen)),
+            ("server.probe_listen", probe),
+            ("server.metrics_listen", metrics),
+        ]);
+        (probe, metrics)
+    }
+
+    /// An operator-provided admin credential: read here so `check-config` catches a missing or
+    /// short file (the gateway reads it again at startup).
+    fn admin_token_file(&mut self, file: &str) -> PathBuf {
+        let path = self.path(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if crate::admin::authz::acceptable(text.trim()) => {}
+            Ok(_) => self.issue(
+                "server.admin_token_file",
+                format!(
+                    "{} must hold at least 32 visible characters",
+                    path.display()
+                ),
+            ),
+            Err(e) => self.issue(
+                "server.admin_token_file",
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+        path
+    }
+
+    /// Every listener needs its own address (port 0, "any free port", may repeat). A later key
+    /// is named when it repeats an earlier one.
+    fn distinct_listeners(&mut self, listeners: &[(&str, Option<std::net::SocketAddr>)]) {
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                continue;
+            };
+            if let Some((earlier, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(addr)) {
+                self.issue(
+                    *key,
+                    format!("{addr} is also {earlier}; each listener needs its own address"),
+                );
+            }
         }
     }
 

@@ -49,6 +49,11 @@ fn minimal_config_gets_documented_defaults() {
         c.server.admin_listen,
         "127.0.0.1:9901".parse().expect("addr")
     );
+    assert_eq!(
+        c.server.probe_listen, None,
+        "probes stay on the admin listener"
+    );
+    assert_eq!(c.server.metrics_listen, None);
     assert_eq!(c.server.state_dir, d.dir.path().join("state"));
     assert_eq!(c.server.compute_type, "AKS");
     assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
@@ -213,9 +218,94 @@ upstream = "http://127.0.0.1:2"
     assert_eq!(
         issues,
         [
-            "server.admin_listen: 127.0.0.1:8443 is also server.listen; the two listeners need different addresses",
+            "server.admin_listen: 127.0.0.1:8443 is also server.listen; each listener needs its own address",
             "service[1].route: \"/x\" is used by an earlier service",
         ]
+    );
+}
+
+#[test]
+fn probe_and_metrics_listeners_are_parsed_and_must_not_share_an_address() {
+    let d = Dir::new();
+    let c = d
+        .parse(&format!(
+            "[server]\nprobe_listen = \"0.0.0.0:9902\"\nmetrics_listen = \"[::]:9903\"\n{MINIMAL}"
+        ))
+        .expect("valid");
+    assert_eq!(
+        c.server.probe_listen,
+        Some("0.0.0.0:9902".parse().expect("addr"))
+    );
+    assert_eq!(
+        c.server.metrics_listen,
+        Some("[::]:9903".parse().expect("addr"))
+    );
+    let issues = d.issues(&format!(
+        r#"[server]
+listen = "127.0.0.1:8443"
+admin_listen = "127.0.0.1:9901"
+probe_listen = "127.0.0.1:9901"
+metrics_listen = "somewhere"
+{MINIMAL}"#
+    ));
+    assert_eq!(
+        issues,
+        [
+            r#"server.metrics_listen: "somewhere" is not an IP address and port (e.g. "127.0.0.1:8443" or "[::1]:8443")"#,
+            "server.probe_listen: 127.0.0.1:9901 is also server.admin_listen; each listener needs its own address",
+        ]
+    );
+    let issues = d.issues(&format!(
+        "[server]\nprobe_listen = \"127.0.0.1:9902\"\nmetrics_listen = \"127.0.0.1:9902\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "server.metrics_listen: 127.0.0.1:9902 is also server.probe_listen; each listener needs its own address"
+        ]
+    );
+}
+
+#[test]
+fn admin_token_file_must_exist_and_be_long_enough() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(
+        c.server.admin_token_file, None,
+        "default: state_dir/admin.token"
+    );
+    std::fs::write(
+        d.dir.path().join("admin.token"),
+        format!("{}\n", "a".repeat(40)),
+    )
+    .expect("write");
+    std::fs::write(d.dir.path().join("short.token"), "short\n").expect("write");
+    let c = d
+        .parse(&format!(
+            "[server]\nadmin_token_file = \"admin.token\"\n{MINIMAL}"
+        ))
+        .expect("valid");
+    assert_eq!(
+        c.server.admin_token_file,
+        Some(d.dir.path().join("admin.token"))
+    );
+    let short = d.dir.path().join("short.token");
+    assert_eq!(
+        d.issues(&format!(
+            "[server]\nadmin_token_file = \"short.token\"\n{MINIMAL}"
+        )),
+        [format!(
+            "server.admin_token_file: {} must hold at least 32 visible characters",
+            short.display()
+        )]
+    );
+    let issues = d.issues(&format!(
+        "[server]\nadmin_token_file = \"nope.token\"\n{MINIMAL}"
+    ));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(
+        issues[0].starts_with("server.admin_token_file: cannot read "),
+        "{issues:?}"
     );
 }
 

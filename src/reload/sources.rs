@@ -85,6 +85,7 @@ impl Sources {
     /// The sources of the configuration the gateway starts with; every one is read now.
     pub fn open(config: Config) -> Result<Self, BuildError> {
         let state_dir = config.server.state_dir.clone();
+        let admin_file = CredentialFile::of(&config.server);
         let seen = vec![config.fingerprints.config];
         let mut sources = Self {
             config: Watched::with_value(
@@ -101,7 +102,7 @@ impl Sources {
             fetched: BTreeMap::new(),
             assignments: Watched::open(AssignmentFile::new(&state_dir))
                 .map_err(BuildError::Assignments)?,
-            admin: Watched::open(CredentialFile::new(&state_dir)).map_err(BuildError::Admin)?,
+            admin: Watched::open(admin_file).map_err(BuildError::Admin)?,
         };
         let config = Arc::clone(sources.config.value());
         sources.follow(&config)?;

@@ -101,10 +101,7 @@ impl Applier {
     }
 
     /// Adds a role assignment made through the API.
-    pub async fn add_assignment(
-        &self,
-        assignment: Assignment,
-    ) -> Result<(), WriteError> {
+    pub async fn add_assignment(&self, assignment: Assignment) -> Result<(), WriteError> {
         self.write(Own::Assignments, move |sources| {
             let mut list = sources.assignments.value().as_ref().clone();
             list.push(assignment);

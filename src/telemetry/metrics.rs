@@ -3,51 +3,39 @@
 //! `Metrics` owns an explicit `prometheus::Registry` (never the global default), created once per
 //! gateway and passed down in an `Arc`, so tests read their own registry. Label values come from
 //! fixed sets only (service names from config, methods folded to a fixed list, status classes,
-//! reasons from `GatewayError::code`); never raw paths, keys, tokens or subjects. Per-service
-//! handles are resolved once in [`ServiceMetrics::new`], so the request path never hashes labels.
+//! reasons from `GatewayError::code`); never raw paths, keys, tokens or subjects, so no series
+//! carries anything secret and `/metrics` may be served without a credential.
+//!
+//! Cardinality follows the services: a series exists only where it can carry meaning. Each
+//! service pre-creates the few series an idle dashboard needs (see [`ServiceMetrics`]); the rest
+//! (histograms, refusal reasons, rare methods and status classes) appear the first time they
+//! happen. Labels that are constant per service (its auth mode) are not repeated on its series.
+//! Per-service handles are resolved once (eagerly or at first use), so the request path never
+//! hashes labels. The process collector adds the standard `process_*` series (CPU, memory, file
+//! descriptors, start time) on Linux.
 
-use http::Method;
+mod service;
 
-use crate::auth::KeySlot;
-use crate::error::AuthFailure;
+pub use service::ServiceMetrics;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Label value used for requests that matched no service.
 pub const UNROUTED: &str = "-";
 
-/// Methods get their own label value; anything else is counted as `OTHER` so a client cannot
-/// inflate cardinality with invented methods.
-const METHODS: [&str; 8] = [
-    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
-];
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Latency buckets in seconds: sub-millisecond resolution for the gateway's own overhead, up to
-/// Azure ML's 60 s scoring timeout.
+/// Latency buckets in seconds for request and upstream durations: from 1 ms (a sidecar model's
+/// fastest answers) to 5 s; slower requests (up to Azure ML's 60 s scoring timeout) fall in
+/// `+Inf`. Ten buckets keep a busy service near 40 series; the gateway's own share of the
+/// latency is read from the histograms' sums (request minus upstream), which need no buckets.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0,
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
-fn method_index(method: &Method) -> usize {
-    match *method {
-        Method::GET => 0,
-        Method::POST => 1,
-        Method::PUT => 2,
-        Method::DELETE => 3,
-        Method::PATCH => 4,
-        Method::HEAD => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-fn status_class_index(status: u16) -> usize {
-    usize::from(status / 100).clamp(1, 5) - 1
-}
+/// Queue wait buckets in seconds: the wait is bounded by `max_request_wait_ms` (default 500).
+const QUEUE_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 2.5];
 
 /// All metric families. Cloning the inner `*Vec`s is cheap (they are `Arc`s inside).
 #[derive(Debug, Clone)]
@@ -57,6 +45,12 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     queue_wait: HistogramVec,
+    admission_rejections: IntCounterVec,
+    queue_length: IntGaugeVec,
+    upstream_slots: IntGaugeVec,
+    /// `notAfter` of a listener's certificate, as Unix seconds (set at each scrape; no series
+    /// for a listener without TLS).
+    pub certificate_expiry: IntGaugeVec,
     pub auth_failures: IntCounterVec,
     pub key_auth: IntCounterVec,
     pub token_cache: IntCounterVec,
@@ -87,9 +81,15 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     vec
 }
 
-fn histogram_vec(registry: &Registry, name: &str, help: &str) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-    let vec = HistogramVec::new(opts, &["service"]).expect("static metric definition");
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let vec = HistogramVec::new(opts, labels).expect("static metric definition");
     registry
         .register(Box::new(vec.clone()))
         .expect("metric names are unique");
@@ -120,12 +120,26 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
+/// The standard `process_*` series of the prometheus crate (Linux: read from `/proc/self`).
+fn register_process_collector(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        registry
+            .register(Box::new(collector))
+            .expect("process metric names are unique");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
+}
+
 impl Metrics {
     /// Registers every family in a fresh registry. Only fails on programming errors (duplicate
     /// or malformed static names), hence the `expect`s, which run once at startup.
     #[allow(clippy::too_many_lines)] // one flat list of metric definitions reads best whole
     pub fn new() -> Self {
         let r = Registry::new();
+        register_process_collector(&r);
         let build = gauge_vec(
             &r,
             "scoregate_build_info",
@@ -133,27 +147,57 @@ impl Metrics {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Self {
+        let this = Self {
             requests: counter_vec(
                 &r,
                 "scoregate_requests_total",
                 "Requests answered on the scoring listener.",
-                &["service", "method", "status_class", "auth_mode"],
+                &["service", "method", "status_class"],
             ),
             request_duration: histogram_vec(
                 &r,
                 "scoregate_request_duration_seconds",
                 "Time from request start to the end of the response body.",
+                &["service", "status_class"],
+                LATENCY_BUCKETS,
             ),
             upstream_duration: histogram_vec(
                 &r,
                 "scoregate_upstream_duration_seconds",
                 "Time from forwarding a request to receiving the scoring container's response headers.",
+                &["service"],
+                LATENCY_BUCKETS,
             ),
             queue_wait: histogram_vec(
                 &r,
                 "scoregate_queue_wait_seconds",
                 "Time requests waited for a free upstream slot (admission queue).",
+                &["service"],
+                QUEUE_BUCKETS,
+            ),
+            admission_rejections: counter_vec(
+                &r,
+                "scoregate_admission_rejections_total",
+                "Requests refused by admission control before reaching the scoring container, by reason (queue_full, queue_wait_exceeded, rate_limited, body_too_large, cidr_denied).",
+                &["service", "reason"],
+            ),
+            queue_length: gauge_vec(
+                &r,
+                "scoregate_queue_length",
+                "Requests waiting for a free upstream slot right now.",
+                &["service"],
+            ),
+            upstream_slots: gauge_vec(
+                &r,
+                "scoregate_upstream_slots",
+                "Requests the service admits into its container at once (max_concurrent_requests).",
+                &["service"],
+            ),
+            certificate_expiry: gauge_vec(
+                &r,
+                "scoregate_certificate_expiry_timestamp_seconds",
+                "When the listener's certificate expires (notAfter of the leaf), in Unix seconds.",
+                &["listener"],
             ),
             auth_failures: counter_vec(
                 &r,
@@ -269,7 +313,12 @@ impl Metrics {
                 "Failed writes of request records to their sink.",
             ),
             registry: r,
-        }
+        };
+        // Failed reloads alert on `increase(...) > 0`, which cannot see an increment that creates
+        // the series; so the error counters exist (at 0) from the start.
+        this.config_reloads.with_label_values(&["error"]);
+        this.config_reloads.with_label_values(&["success"]);
+        this
     }
 
     pub fn registry(&self) -> &Registry {
@@ -293,101 +342,5 @@ impl Default for Metrics {
     }
 }
 
-/// Handles for one service (or for unrouted requests), resolved once.
-#[derive(Debug, Clone)]
-pub struct ServiceMetrics {
-    requests: Vec<[IntCounter; 5]>,
-    pub duration: Histogram,
-    pub upstream_duration: Histogram,
-    pub queue_wait: Histogram,
-    pub inflight: IntGauge,
-    /// Indexed by `KeySlot` (primary, secondary).
-    key_auth: [IntCounter; 2],
-    /// Indexed by `AuthFailure::index`.
-    auth_failures: Vec<IntCounter>,
-    /// `scoregate_token_cache_total{result="hit"|"miss"}` (handed to the token authority).
-    pub token_cache_hit: IntCounter,
-    pub token_cache_miss: IntCounter,
-}
-
-impl ServiceMetrics {
-    pub fn new(metrics: &Metrics, service: &str, auth_mode: &str) -> Self {
-        let requests = METHODS
-            .iter()
-            .map(|m| {
-                STATUS_CLASSES.map(|class| {
-                    metrics
-                        .requests
-                        .with_label_values(&[service, m, class, auth_mode])
-                })
-            })
-            .collect();
-        Self {
-            requests,
-            key_auth: ["primary", "secondary"]
-                .map(|slot| metrics.key_auth.with_label_values(&[service, slot])),
-            auth_failures: AuthFailure::ALL
-                .iter()
-                .map(|f| {
-                    metrics
-                        .auth_failures
-                        .with_label_values(&[service, f.reason()])
-                })
-                .collect(),
-            token_cache_hit: metrics.token_cache.with_label_values(&[service, "hit"]),
-            token_cache_miss: metrics.token_cache.with_label_values(&[service, "miss"]),
-            duration: metrics.request_duration.with_label_values(&[service]),
-            upstream_duration: metrics.upstream_duration.with_label_values(&[service]),
-            queue_wait: metrics.queue_wait.with_label_values(&[service]),
-            inflight: metrics.inflight.with_label_values(&[service]),
-        }
-    }
-
-    pub fn count_request(&self, method: &Method, status: u16) {
-        self.requests[method_index(method)][status_class_index(status)].inc();
-    }
-
-    pub fn count_key_auth(&self, slot: KeySlot) {
-        self.key_auth[match slot {
-            KeySlot::Primary => 0,
-            KeySlot::Secondary => 1,
-        }]
-        .inc();
-    }
-
-    pub fn count_auth_failure(&self, failure: AuthFailure) {
-        if let Some(c) = self.auth_failures.get(failure.index()) {
-            c.inc();
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_counter_uses_fixed_labels() {
-        let m = Metrics::new();
-        let s = ServiceMetrics::new(&m, "iris", "key");
-        s.count_request(&Method::POST, 200);
-        s.count_request(&Method::from_bytes(b"BREW").expect("method"), 418);
-        let text = String::from_utf8(m.render()).expect("utf8");
-        assert!(text.contains(
-            r#"scoregate_requests_total{auth_mode="key",method="POST",service="iris",status_class="2xx"} 1"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"scoregate_requests_total{auth_mode="key",method="OTHER",service="iris",status_class="4xx"} 1"#
-        ), "{text}");
-        assert!(!text.contains("BREW"));
-        assert!(text.contains(r#"scoregate_build_info{version=""#));
-    }
-
-    #[test]
-    fn status_classes_cover_odd_codes() {
-        assert_eq!(status_class_index(99), 0);
-        assert_eq!(status_class_index(499), 3);
-        assert_eq!(status_class_index(599), 4);
-        assert_eq!(status_class_index(999), 4);
-    }
-}
+mod tests;

@@ -15,8 +15,8 @@ use super::json_line::JsonObject;
 use crate::auth::Principal;
 
 use crate::error::{GatewayError, Side};
-use crate::proxy::RequestCtx;
 use crate::gateway::Gateway;
+use crate::proxy::RequestCtx;
 use crate::runtime::RuntimeState;
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 
@@ -96,12 +96,12 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     let service = ctx.service.as_deref();
     let metrics = service.map_or(&gw.unrouted, |s| &s.metrics);
     metrics.count_request(&ctx.method, ctx.status);
-    metrics.duration.observe(duration.as_secs_f64());
+    metrics.observe_duration(ctx.status, duration.as_secs_f64());
     if let Some(d) = ctx.upstream_duration {
-        metrics.upstream_duration.observe(d.as_secs_f64());
+        metrics.observe_upstream_duration(d.as_secs_f64());
     }
     if let Some(d) = ctx.queue_wait {
-        metrics.queue_wait.observe(d.as_secs_f64());
+        metrics.observe_queue_wait(d.as_secs_f64());
     }
     // The upstream slot is free once the response is done (or abandoned).
     ctx.permit = None;
@@ -136,6 +136,10 @@ fn observe_error(
     ctx: &RequestCtx,
     err: &GatewayError,
 ) {
+    // Admission refusals (queue, rate limit, body size, network rules) have their own family.
+    if metrics.count_admission_rejection(err) {
+        return;
+    }
     match err.side() {
         Side::Auth => match err {
             GatewayError::Unauthenticated(failure) => metrics.count_auth_failure(*failure),

@@ -67,8 +67,7 @@ fn tls_line(cert: &Path, key: &Path) -> String {
 }
 
 #[tokio::test]
-async fn a_rejected_config_in_the_same_poll_as_a_new_certificate_still_applies_the_certificate()
-{
+async fn a_rejected_config_in_the_same_poll_as_a_new_certificate_still_applies_the_certificate() {
     let upstream = MockUpstream::start().await;
     let ca = TestCa::new("race CA");
     let (one, two) = (ca.server_leaf("first"), ca.server_leaf("second"));
@@ -105,9 +104,10 @@ async fn a_rejected_config_in_the_same_poll_as_a_new_certificate_still_applies_t
     let link = gw.dir().join("scoregate.toml.link");
     std::os::unix::fs::symlink(volume.path("scoregate.toml"), &link).expect("config symlink");
     std::fs::rename(&link, &config_path).expect("config path becomes the volume's");
-    wait_until("the watcher to follow the config into the volume", || async {
-        count(&gw, RELOADS_OK) == 1
-    })
+    wait_until(
+        "the watcher to follow the config into the volume",
+        || async { count(&gw, RELOADS_OK) == 1 },
+    )
     .await;
     let client = certs::client_config(&[&ca], None, &[b"http/1.1"]);
     assert_eq!(presented(&gw, &client).await, one.cert_der);
@@ -195,16 +195,21 @@ async fn certificates_never_go_back_under_a_storm_of_config_and_certificate_chan
         // An API reload races the watcher, which sees the same files.
         let (code, body) = admin.reload().await;
         assert_eq!(code, StatusCode::OK, "{body}");
-        Box::pin(wait_until("this round's certificate to be served", || async {
-            presented(&gw, &client).await == leaf.cert_der
-        }))
+        Box::pin(wait_until(
+            "this round's certificate to be served",
+            || async { presented(&gw, &client).await == leaf.cert_der },
+        ))
         .await;
     }
     done.store(true, Ordering::Release);
     let seen = within("the observer to stop", observer)
         .await
         .expect("observer task");
-    assert!(seen.len() > ROUNDS, "the observer handshook {} times", seen.len());
+    assert!(
+        seen.len() > ROUNDS,
+        "the observer handshook {} times",
+        seen.len()
+    );
     for pair in seen.windows(2) {
         assert!(
             pair[0] <= pair[1],

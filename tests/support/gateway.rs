@@ -34,6 +34,8 @@ pub struct GatewayBuilder {
     services: Vec<String>,
     /// Bind both in-process listeners on `[::1]:0` instead of `127.0.0.1:0`.
     ipv6: bool,
+    /// Also bind the probe and metrics listeners (`probe_listen`, `metrics_listen`).
+    split_planes: bool,
     /// Lines of a `[telemetry]` table (none: the table is left out).
     telemetry_lines: Vec<String>,
     /// A record output replacing the in-memory buffer, with its queue capacity; taken by `start`.
@@ -50,6 +52,7 @@ impl Default for GatewayBuilder {
             server_lines: Vec::new(),
             services: Vec::new(),
             ipv6: false,
+            split_planes: false,
             telemetry_lines: Vec::new(),
             record_output: Arc::default(),
         }
@@ -89,6 +92,15 @@ impl GatewayBuilder {
     #[must_use]
     pub fn ipv6_loopback(mut self) -> Self {
         self.ipv6 = true;
+        self
+    }
+
+    /// Sets `probe_listen` and `metrics_listen` and binds both (in-process: on port 0 of the
+    /// loopback address); their addresses are [`TestGateway::probe_addr`] and
+    /// [`TestGateway::metrics_addr`].
+    #[must_use]
+    pub fn split_admin_plane(mut self) -> Self {
+        self.split_planes = true;
         self
     }
 
@@ -147,6 +159,9 @@ impl GatewayBuilder {
             self.admin_listen,
             dir.join("state").display()
         );
+        if self.split_planes {
+            text.push_str("probe_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n");
+        }
         for line in &self.server_lines {
             text.push_str(line);
             text.push('\n');
@@ -198,6 +213,23 @@ impl GatewayBuilder {
             .expect("bind admin listener");
         let scoring_addr = scoring.local_addr().expect("scoring address");
         let admin_addr = admin.local_addr().expect("admin address");
+        let (probe, metrics_listener) = if self.split_planes {
+            let probe = TcpListener::bind(loopback)
+                .await
+                .expect("bind probe listener");
+            let metrics = TcpListener::bind(loopback)
+                .await
+                .expect("bind metrics listener");
+            (Some(probe), Some(metrics))
+        } else {
+            (None, None)
+        };
+        let probe_addr = probe
+            .as_ref()
+            .map(|l| l.local_addr().expect("probe address"));
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("metrics address"));
 
         let metrics = Arc::new(Metrics::new());
         let records = SharedBuf::default();
@@ -226,7 +258,12 @@ impl GatewayBuilder {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app::run(
             config,
-            Listeners { scoring, admin },
+            Listeners {
+                scoring,
+                admin,
+                probe,
+                metrics: metrics_listener,
+            },
             telemetry,
             async move {
                 // A dropped sender (the gateway dropped without shutdown) also stops it.
@@ -242,6 +279,8 @@ impl GatewayBuilder {
                 .expect("build admin client"),
             scoring_addr,
             admin_addr,
+            probe_addr,
+            metrics_addr,
             metrics,
             records,
             stop: Some(stop_tx),
@@ -265,6 +304,10 @@ pub async fn iris_gateway(upstream: &str) -> TestGateway {
 pub struct TestGateway {
     pub scoring_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The probe listener, with [`GatewayBuilder::split_admin_plane`].
+    pub probe_addr: Option<SocketAddr>,
+    /// The metrics listener, with [`GatewayBuilder::split_admin_plane`].
+    pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     records: SharedBuf,
     stop: Option<oneshot::Sender<()>>,

@@ -75,14 +75,22 @@ fn count(gw: &TestGateway, series: &str) -> u64 {
     gw.counter(series)
 }
 
-fn requests_series(service: &str, method: &str, class: &str, auth: &str) -> String {
+fn requests_series(service: &str, method: &str, class: &str) -> String {
     format!(
-        r#"scoregate_requests_total{{auth_mode="{auth}",method="{method}",service="{service}",status_class="{class}"}}"#
+        r#"scoregate_requests_total{{method="{method}",service="{service}",status_class="{class}"}}"#
     )
 }
 
+/// `_count` of the upstream or queue wait histogram.
 fn histogram_count(name: &str, service: &str) -> String {
     format!(r#"scoregate_{name}_seconds_count{{service="{service}"}}"#)
+}
+
+/// `_count` of the request duration histogram for one status class.
+fn duration_count(service: &str, class: &str) -> String {
+    format!(
+        r#"scoregate_request_duration_seconds_count{{service="{service}",status_class="{class}"}}"#
+    )
 }
 
 fn ms(record: &Value, field: &str) -> f64 {

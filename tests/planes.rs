@@ -1,0 +1,236 @@
+//! The split admin plane: `probe_listen` serves only the probes and `metrics_listen` only
+//! `/metrics`, both without a credential, while the management API stays on `admin_listen`
+//! behind its credential and `admin_allow_cidrs`; and `scoregate probe`, the health check the
+//! distroless image runs, against those listeners.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use support::admin_api::Admin;
+use support::process::{free_port, run};
+use support::{GatewayBuilder, IRIS, MockUpstream, TestGateway, within};
+
+/// `method http://addr{path}` without a credential: status and body text.
+async fn plain(
+    gw: &TestGateway,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+) -> (StatusCode, String) {
+    let url = format!("http://{addr}{path}");
+    let resp = within(
+        &format!("{method} {url}"),
+        gw.admin_client().request(method.clone(), &url).send(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status();
+    let body = within("body", resp.text()).await.expect("body");
+    (status, body)
+}
+
+async fn split_gateway(upstream: &MockUpstream, extra_server: &str) -> TestGateway {
+    let mut builder = GatewayBuilder::new().split_admin_plane().service_with(
+        "iris",
+        IRIS,
+        &upstream.url(),
+        "auth = \"key\"",
+    );
+    if !extra_server.is_empty() {
+        builder = builder.server(extra_server);
+    }
+    builder.start().await
+}
+
+#[tokio::test]
+async fn probe_listener_serves_the_probes_and_nothing_else() {
+    let upstream = MockUpstream::start().await;
+    let gw = split_gateway(&upstream, "").await;
+    gw.wait_ready().await;
+    let probe = gw.probe_addr.expect("probe listener");
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let (status, body) = plain(&gw, probe, Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let (_, body) = plain(&gw, probe, Method::GET, "/readyz").await;
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("readiness is JSON");
+    assert_eq!(ready["status"], "ready");
+    for (method, path) in [
+        (Method::GET, "/metrics"),
+        (Method::GET, "/services"),
+        (Method::POST, "/services/iris/listkeys"),
+        (Method::POST, "/services/iris/regenerateKeys"),
+        (Method::GET, "/activity"),
+        (Method::POST, "/reload"),
+        (Method::GET, "/roles"),
+        (Method::GET, "/role-assignments"),
+        (Method::GET, "/api/v1/service/iris/score"),
+    ] {
+        let (status, body) = plain(&gw, probe, method.clone(), path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert!(body.contains(r#""code":"not_found""#), "{body}");
+    }
+    let (status, _) = plain(&gw, probe, Method::POST, "/readyz").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn metrics_listener_serves_metrics_without_a_credential_and_nothing_else() {
+    let upstream = MockUpstream::start().await;
+    let gw = split_gateway(&upstream, "").await;
+    let metrics = gw.metrics_addr.expect("metrics listener");
+    let (status, text) = plain(&gw, metrics, Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("scoregate_build_info{version="), "{text}");
+    for (method, path) in [
+        (Method::GET, "/healthz"),
+        (Method::GET, "/readyz"),
+        (Method::GET, "/services"),
+        (Method::POST, "/services/iris/listkeys"),
+        (Method::GET, "/activity"),
+    ] {
+        let (status, body) = plain(&gw, metrics, method.clone(), path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+    }
+    // The admin listener still asks for a credential (public_metrics is off).
+    let (status, _) = plain(&gw, gw.admin_addr, Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn admin_allow_cidrs_guards_the_management_api_not_the_probe_and_metrics_ports() {
+    let upstream = MockUpstream::start().await;
+    let gw = split_gateway(&upstream, "admin_allow_cidrs = [\"192.0.2.0/24\"]").await;
+    // Requests come from 127.0.0.1, outside the admin allow list.
+    let (status, _) = plain(&gw, gw.admin_addr, Method::GET, "/healthz").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = plain(&gw, gw.probe_addr.expect("probe"), Method::GET, "/livez").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = plain(
+        &gw,
+        gw.metrics_addr.expect("metrics"),
+        Method::GET,
+        "/metrics",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unauthenticated_metrics_carry_no_secret() {
+    let upstream = MockUpstream::start().await;
+    let gw = split_gateway(&upstream, "").await;
+    gw.wait_ready().await;
+    let admin = Admin::of(&gw).await;
+    let (primary, secondary) = admin.keys("iris").await;
+    let score = gw.url("/api/v1/service/iris/score");
+    for credential in [
+        primary.as_str(),
+        secondary.as_str(),
+        "a-wrong-key-of-some-length-xyz",
+    ] {
+        within(
+            "score",
+            gw.client()
+                .post(&score)
+                .bearer_auth(credential)
+                .body("{}")
+                .send(),
+        )
+        .await
+        .expect("scoring answered");
+    }
+    let token = support::admin_http::read_admin_token(&gw.dir().join("state"));
+    let (status, text) = plain(
+        &gw,
+        gw.metrics_addr.expect("metrics"),
+        Method::GET,
+        "/metrics",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains(r#"scoregate_key_auth_total{service="iris",slot="secondary"} 1"#),
+        "{text}"
+    );
+    for (what, secret) in [
+        ("primary key", primary.as_str()),
+        ("secondary key", secondary.as_str()),
+        ("admin credential", token.as_str()),
+        ("refused key", "a-wrong-key-of-some-length-xyz"),
+    ] {
+        assert!(!text.contains(&secret[..16]), "{what} in /metrics");
+    }
+}
+
+#[tokio::test]
+async fn probe_command_exits_0_when_ready_and_1_otherwise() {
+    let upstream = MockUpstream::start().await;
+    // `iris` is ready; nothing listens behind `down`, so the gateway is alive but not ready.
+    let gw = split_gateway(&upstream, "").await;
+    gw.wait_ready().await;
+    let probe = gw.probe_addr.expect("probe listener").to_string();
+    let limit = Duration::from_secs(15);
+    let ok = run(&["probe", "--address", &probe], limit).await;
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(ok.stdout.contains("/readyz: 200 OK"), "{ok:?}");
+
+    let down = GatewayBuilder::new()
+        .split_admin_plane()
+        .service("down", IRIS, &format!("http://{}", free_port()))
+        .start()
+        .await;
+    let probe = down.probe_addr.expect("probe listener").to_string();
+    let alive = run(&["probe", "--address", &probe, "--path", "/livez"], limit).await;
+    assert!(alive.status.success(), "{alive:?}");
+    let not_ready = run(&["probe", "--address", &probe], limit).await;
+    assert_eq!(not_ready.status.code(), Some(1), "{not_ready:?}");
+    assert!(not_ready.stderr.contains("unhealthy: 503"), "{not_ready:?}");
+    assert!(not_ready.stderr.contains("not_ready"), "{not_ready:?}");
+
+    let closed = free_port().to_string();
+    let refused = run(&["probe", "--address", &closed], limit).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("cannot connect"), "{refused:?}");
+    let bad = run(&["probe", "--address", &probe, "--path", "readyz"], limit).await;
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(bad.stderr.contains("is not a path"), "{bad:?}");
+}
+
+#[tokio::test]
+async fn an_operator_provided_admin_credential_is_used_and_never_written() {
+    let upstream = MockUpstream::start().await;
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let file = secrets.path().join("admin.token");
+    let credential = "operator-chosen-admin-credential-0123456789";
+    std::fs::write(&file, format!("{credential}\n")).expect("write credential");
+    let gw = GatewayBuilder::new()
+        .server(&format!("admin_token_file = \"{}\"", file.display()))
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .start()
+        .await;
+    let url = gw.admin_url("/services/iris/listkeys");
+    let (status, _, body) = support::admin_http::send(
+        gw.admin_client(),
+        Method::POST,
+        &url,
+        Some(credential),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let keys: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert!(keys["primaryKey"].is_string(), "{keys}");
+    assert!(
+        !gw.dir().join("state").join("admin.token").exists(),
+        "no generated credential next to the operator's"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        format!("{credential}\n"),
+        "the operator's file is left alone"
+    );
+}
