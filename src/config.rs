@@ -143,6 +143,9 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.
     pub health_interval: Duration,
+    /// How often watched sources (config, certificate, key, signing-key, role-assignment and
+    /// credential files) are checked; a change on disk applies within about this long.
+    pub watch_interval: Duration,
     /// Serve `GET /metrics` without a credential (default: `metrics/read` is required).
     pub public_metrics: bool,
     /// Open connections on the scoring listener; beyond it new connections wait in the

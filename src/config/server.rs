@@ -149,6 +149,7 @@ impl Validator<'_> {
                 5_000,
                 10,
             ),
+            watch_interval: self.millis("server.watch_interval_ms", raw.watch_interval_ms, 500, 10),
             public_metrics: raw.public_metrics.unwrap_or(false),
             max_connections: self.count(
                 "server.max_connections",
