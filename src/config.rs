@@ -1,15 +1,16 @@
 //! Turns the TOML file into a validated [`Config`]: typed addresses, durations, routes, upstream
 //! URLs and a loaded TLS certificate.
 //!
-//! [`load_and_validate`] is the only entry point; startup, `check-config` and (later) reload all
-//! call it, so the check an operator runs is the check the gateway applies. Validation collects
-//! every problem and reports them together, each prefixed with the key it concerns
+//! [`load_and_validate`] is the only entry point; startup, `check-config` and reload all call it,
+//! so the check an operator runs is the check the gateway applies. Validation collects every
+//! problem and reports them together, each prefixed with the key it concerns
 //! (`service[1].upstream: ...`). Relative paths are resolved against the config file's directory.
 //! This module reads files but opens no sockets and spawns no tasks.
 //!
-//! Settings that cannot change without a restart: `server.listen`, `server.admin_listen`,
-//! `server.probe_listen`, `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
-//! `server.admin_token_file`.
+//! Settings that cannot change without a restart (`reload::restart_only` names them when a reload
+//! changes one): `server.listen`, `server.admin_listen`, `server.probe_listen`,
+//! `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
+//! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
 mod raw;
 mod roles;

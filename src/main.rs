@@ -312,13 +312,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the open-file limit towards the hard limit so `max_connections` is reachable (each
-/// connection is a descriptor, plus the upstream side).
+/// Raises the open-file limit to the hard limit so `max_connections` is reachable (each
+/// connection is a descriptor, plus the upstream side), also when a reload raises it later.
 fn raise_fd_limit(max_connections: usize) {
     let wanted = (max_connections as u64)
         .saturating_mul(2)
         .saturating_add(1024);
-    match rlimit::increase_nofile_limit(wanted) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(got) if got < wanted => tracing::warn!(
             limit = got,
             max_connections,

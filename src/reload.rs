@@ -386,30 +386,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.worker_threads",
         o.worker_threads != n.worker_threads,
     );
-    check(
-        "server.max_connections",
-        o.max_connections != n.max_connections,
-    );
-    check(
-        "server listener limits",
-        (
-            o.max_header_bytes,
-            o.max_headers,
-            o.http2_max_concurrent_streams,
-        ) != (
-            n.max_header_bytes,
-            n.max_headers,
-            n.http2_max_concurrent_streams,
-        ) || (
-            o.header_read_timeout,
-            o.tls_handshake_timeout,
-            o.idle_release,
-        ) != (
-            n.header_read_timeout,
-            n.tls_handshake_timeout,
-            n.idle_release,
-        ),
-    );
     let (ot, nt) = (&old.telemetry, &new.telemetry);
     check(
         "telemetry output",
