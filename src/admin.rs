@@ -13,8 +13,14 @@
 //! - `/readyz`: 200 once listeners are up and every upstream answered its health probe; 503
 //!   otherwise and while draining, with per-service detail (names and health, nothing secret).
 //! - `/metrics`: the Prometheus text format; no series carries a credential.
-//! - the management API (`management`, `authz`, `roles`): `/services`, `/services/{name}/...`,
-//!   `/activity`, `/reload`, `/roles`, `/role-assignments`.
+//! - the management API (`management`, `authz`, `roles`), each route behind one action:
+//!   `GET /services` (`services/read`); `POST /services/{name}/listkeys`,
+//!   `/services/{name}/regenerateKeys`, `/services/{name}/token`,
+//!   `/services/{name}/rotateSigningKey` (their own actions, see `management`);
+//!   `GET /activity?limit=N` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
+//!   `GET /role-assignments` (`roles/read`); `POST /role-assignments`,
+//!   `DELETE /role-assignments/{id}` (`roles/assign`). A known path with another method is 405
+//!   with `Allow`; anything else 404.
 //!
 //! On the probe and metrics listeners every other path is 404, and `admin_allow_cidrs` does not
 //! apply (it guards the management API; restrict those ports with a network policy instead).

@@ -2,7 +2,7 @@
 //! the small JSON body the client sees.
 //!
 //! This module decides *how* an outcome maps to a response; it does not log and does not count.
-//! `proxy::finish` and the admin handlers do that with the fixed `code()` string, so metrics labels
+//! `telemetry::request_log::finish` and the admin handlers do that with the fixed `code()` string, so metrics labels
 //! and client bodies share one vocabulary. The mapping functions are exhaustive matches with no
 //! wildcard arm: a new variant does not compile until someone decides its status, side and code.
 

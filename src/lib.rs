@@ -11,9 +11,12 @@
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
 //!   the Prometheus registry.
-//! - [`runtime`]: the shared state handlers read (route table behind `ArcSwap`).
+//! - [`runtime`]: the one immutable `RuntimeState` (routes, per-service state, certificate, TLS,
+//!   identity, roles, admin credential, changeable telemetry options) behind one `StateCell`;
+//!   `runtime/build.rs` builds a complete candidate without writing anything.
 //! - [`health`]: upstream health probes for `/readyz`.
-//! - [`reload`]: live reconfiguration (SIGHUP, `POST /reload`, file changes) and certificate swaps.
+//! - [`reload`]: the one reload loop (`Applier`): observes every source, builds a candidate,
+//!   commits its pending writes and swaps it whole, or keeps the last good; management writes.
 //! - [`admission`]: concurrency limit and wait queue, rate limits, network rules.
 //! - [`admin`]: the admin listener (health, readiness, metrics, management API).
 //! - [`server`]: accept loops, TLS handshakes, serving, the drain sequence.
@@ -23,7 +26,13 @@
 //! - [`demo`]: the `scoregate demo` command.
 //! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
-//! - [`watch`]: change detection for key files (and later certificates, JWKS and config).
+//! - [`watch`]: the background loop that drives the applier (file polls every
+//!   `watch_interval_ms`, fetched JWKS, signing-key retirement, rate-bucket eviction).
+//! - [`app`]: the composition root: binds listeners, starts telemetry, assembles the gateway,
+//!   runs every listener and the drain.
+//! - [`gateway`]: `Gateway`, what every handler holds (state cell, metrics, record sink,
+//!   activity log, lifecycle flags, applier).
+//! - [`fingerprint`]: cheap file fingerprints the sources use to notice a change.
 
 #![forbid(unsafe_code)]
 
