@@ -31,8 +31,6 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::fingerprint::Fingerprint;
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
 
 pub use raw::RawConfig;
 
@@ -96,10 +94,19 @@ pub struct TelemetryConfig {
     pub request_records: bool,
     /// Lines waiting for the writer before request records are dropped.
     pub queue_capacity: usize,
-    pub redaction: Redaction,
+    /// Query parameters whose values records hide (`None`: the built-in list of
+    /// `telemetry::redact`).
+    pub redact_query_params: Option<Vec<String>>,
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
+}
+
+/// Diagnostic output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

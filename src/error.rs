@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+/// A boxed error from below the gateway (hyper, the upstream connector), kept as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
@@ -164,7 +167,7 @@ pub enum GatewayError {
 
     // ---- upstream ----
     #[error("could not connect to the scoring container")]
-    UpstreamConnect(#[source] crate::proxy::upstream::BoxError),
+    UpstreamConnect(#[source] BoxError),
     #[error("the scoring container failed while answering")]
     UpstreamProtocol(#[source] hyper::Error),
     #[error("the scoring container sent no response headers within {} ms", .after.as_millis())]

@@ -47,6 +47,8 @@ pub struct RuntimeState {
     pub admin: AdminCredentials,
     /// `ComputeType` of every record.
     pub compute_type: Arc<str>,
+    /// Applied to every recorded URL (`redact_query_params`).
+    redaction: Redaction,
     /// Counts published states (1 is the first).
     pub generation: u64,
 }
@@ -83,7 +85,7 @@ impl RuntimeState {
 
     /// Applied to every recorded URL.
     pub fn redaction(&self) -> &Redaction {
-        &self.config.telemetry.redaction
+        &self.redaction
     }
 
     /// Ready = every upstream answered its latest health probe and every JWKS URL has been

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use super::raw;
-use super::{RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
+use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
 
 impl Validator<'_> {
     pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
@@ -83,9 +81,7 @@ impl Validator<'_> {
             output,
             request_records: raw.request_records.unwrap_or(true),
             queue_capacity,
-            redaction: raw
-                .redact_query_params
-                .map_or_else(Redaction::default, Redaction::new),
+            redact_query_params: raw.redact_query_params,
             log_filter,
             log_format,
         }

@@ -25,6 +25,7 @@ use crate::auth::jwt::{CacheCounters, TokenAuthority};
 use crate::auth::keys::{KeyError, KeyFile, KeyFileState, KeySet};
 use crate::config::{AuthMode, Config, ServiceConfig, TrustedIssuer, TrustedKeys};
 use crate::telemetry::metrics::{Metrics, ServiceMetrics};
+use crate::telemetry::redact::Redaction;
 
 /// Why a candidate state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +155,12 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
             assignments: Arc::clone(&inputs.assignments),
             admin,
             compute_type: Arc::from(inputs.config.server.compute_type.as_str()),
+            redaction: inputs
+                .config
+                .telemetry
+                .redact_query_params
+                .clone()
+                .map_or_else(Redaction::default, Redaction::new),
             config: Arc::clone(&inputs.config),
             generation: ctx.previous.map_or(1, |p| p.generation + 1),
         },
