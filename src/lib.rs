@@ -32,6 +32,8 @@
 //!   runs every listener and the drain.
 //! - [`gateway`]: `Gateway`, what every handler holds (state cell, metrics, record sink,
 //!   activity log, lifecycle flags, applier).
+//! - [`source`]: the shape every source of state has (observe → fingerprint → read → validate,
+//!   keep the last good), with [`fingerprint`]'s cheap file fingerprints.
 //! - [`fingerprint`]: cheap file fingerprints the sources use to notice a change.
 
 #![forbid(unsafe_code)]
@@ -54,6 +56,7 @@ pub mod runtime;
 pub mod sample_model;
 pub mod server;
 pub mod shutdown;
+pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

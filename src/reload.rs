@@ -29,7 +29,6 @@
 
 mod files;
 mod report;
-pub mod source;
 mod sources;
 mod writes;
 
@@ -43,7 +42,7 @@ use crate::runtime::build::{self, Candidate, Context, PendingWrite};
 use crate::runtime::{BuildError, RuntimeState, StateCell, StateCert};
 use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::Metrics;
-use source::Change;
+use crate::source::Change;
 use sources::{Event, Sources};
 
 pub use writes::WriteError;

@@ -224,12 +224,12 @@ impl CredentialFile {
     }
 }
 
-impl crate::reload::source::Source for CredentialFile {
+impl crate::source::Source for CredentialFile {
     type Value = Option<AdminCredentials>;
     type Error = CredentialError;
 
-    fn observe(&self) -> crate::reload::source::Version {
-        vec![crate::reload::source::Fingerprint::of(&self.path)]
+    fn observe(&self) -> crate::source::Version {
+        vec![crate::source::Fingerprint::of(&self.path)]
     }
 
     fn load(

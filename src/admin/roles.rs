@@ -234,12 +234,12 @@ impl AssignmentFile {
     }
 }
 
-impl crate::reload::source::Source for AssignmentFile {
+impl crate::source::Source for AssignmentFile {
     type Value = Vec<Assignment>;
     type Error = AssignmentError;
 
-    fn observe(&self) -> crate::reload::source::Version {
-        vec![crate::reload::source::Fingerprint::of(&self.path)]
+    fn observe(&self) -> crate::source::Version {
+        vec![crate::source::Fingerprint::of(&self.path)]
     }
 
     fn load(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use rustls::sign::CertifiedKey;
 
-use super::source::{Fingerprint, Source, Version};
+use crate::source::{Fingerprint, Source, Version};
 use crate::config::{self, Config, ConfigError};
 use crate::tls::{self, LoadError};
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::files::{CertPair, ConfigFile};
-use super::source::{Change, Source, Watched};
+use crate::source::{Change, Source, Watched};
 use crate::admin::authz::CredentialFile;
 use crate::admin::roles::AssignmentFile;
 use crate::auth::jwt::TokenAuthority;
