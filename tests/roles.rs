@@ -717,6 +717,13 @@ actions = ["services/keys/regenerate"]
         .expect("the new primary key is shown once")
         .to_owned();
     assert_ne!(new_primary, old_primary);
+    // The untouched secondary stays unread: the role cannot list keys.
+    assert_eq!(
+        rotated.json()["secondaryKey"],
+        Value::Null,
+        "{}",
+        rotated.text
+    );
 
     // The new key scores at once; the old one is refused.
     for (key, expected) in [
@@ -755,6 +762,118 @@ actions = ["services/keys/regenerate"]
                 && e["initiator"] == "ci-pipeline"
                 && e["service"] == "iris"
                 && e["result"] == "Succeeded"),
+        "{entries:#?}"
+    );
+}
+
+/// The README's `KeyRotator` (`services/keys/*` minus `list` and `set`): it rotates a slot and sees
+/// only that slot's new key, and it cannot choose a key value. Contributor (which can list keys
+/// anyway) may do both; a custom role granted `services/keys/set` may set a value without
+/// reading the other slot.
+#[tokio::test]
+async fn a_rotator_neither_reads_the_other_slot_nor_plants_a_key() {
+    let upstream = MockUpstream::start().await;
+    let idp = Idp::new();
+    let gw = gateway(
+        &upstream,
+        &idp,
+        r#"
+[[role]]
+name = "KeyRotator"
+description = "Rotate keys, never read them back"
+actions = ["services/keys/*"]
+not_actions = ["services/keys/list", "services/keys/set"]
+
+[[role]]
+name = "KeySetter"
+description = "Installs chosen keys, never reads them back"
+actions = ["services/keys/regenerate", "services/keys/set"]
+
+[[role_assignment]]
+principal = "rotator"
+role = "KeyRotator"
+scope = "service:a"
+
+[[role_assignment]]
+principal = "setter"
+role = "KeySetter"
+scope = "service:a"
+"#,
+    )
+    .await;
+    let owner = bootstrap_credential(&gw).await;
+    let keys = || async { post(&gw, "/services/a/listkeys", &owner, None).await.json() };
+    let rotator = idp.token("rotator", &[]);
+
+    let before = keys().await;
+    let rotated = post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &rotator,
+        Some(&regenerate_secondary()),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let shown = rotated.json();
+    let after = keys().await;
+    assert_eq!(
+        shown["primaryKey"],
+        Value::Null,
+        "live primary leaked: {shown}"
+    );
+    assert_eq!(shown["secondaryKey"], after["secondaryKey"], "{shown}");
+    assert_ne!(after["secondaryKey"], before["secondaryKey"]);
+    assert_eq!(after["primaryKey"], before["primaryKey"]);
+
+    // Planting a known key needs services/keys/set: refused before anything is written.
+    let planted = "planted-key-0123456789abcdef0123456789abcdef";
+    post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &rotator,
+        Some(&json!({"keyType": "Primary", "keyValue": planted})),
+    )
+    .await
+    .assert_forbidden("services/keys/set", "rotator chooses a value");
+    assert_eq!(keys().await, after, "a refused keyValue changed the keys");
+
+    // A role granted services/keys/set installs the value and still sees only that slot.
+    let setter = idp.token("setter", &[]);
+    let set = post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &setter,
+        Some(&json!({"keyType": "Primary", "keyValue": planted})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    assert_eq!(set.json()["primaryKey"], planted);
+    assert_eq!(set.json()["secondaryKey"], Value::Null, "{}", set.text);
+
+    // Contributor holds services/keys/list and services/keys/set: the full pair, Azure's shape.
+    let contributor = idp.token("contrib", &["Contributor"]);
+    let chosen = "contributor-key-0123456789abcdef0123456789ab";
+    let full = post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &contributor,
+        Some(&json!({"keyType": "Secondary", "keyValue": chosen})),
+    )
+    .await;
+    assert_eq!(full.status, StatusCode::OK, "{}", full.text);
+    assert_eq!(
+        full.json(),
+        json!({"primaryKey": planted, "secondaryKey": chosen})
+    );
+
+    let entries = activity(&gw, &owner).await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["operationName"] == "regenerateKeys"
+                && e["initiator"] == "rotator"
+                && e["result"] == "Denied"
+                && e["reason"] == "missing permission services/keys/set"),
         "{entries:#?}"
     );
 }

@@ -29,6 +29,9 @@ pub enum Action {
     ServicesRead,
     KeysList,
     KeysRegenerate,
+    /// Choosing the new key's value in `regenerateKeys` (`keyValue`): separate from rotating,
+    /// so a rotator cannot plant a key it knows.
+    KeysSet,
     TokenIssue,
     SigningKeysRotate,
     ActivityRead,
@@ -39,10 +42,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::ServicesRead,
         Self::KeysList,
         Self::KeysRegenerate,
+        Self::KeysSet,
         Self::TokenIssue,
         Self::SigningKeysRotate,
         Self::ActivityRead,
@@ -57,6 +61,7 @@ impl Action {
             Self::ServicesRead => "services/read",
             Self::KeysList => "services/keys/list",
             Self::KeysRegenerate => "services/keys/regenerate",
+            Self::KeysSet => "services/keys/set",
             Self::TokenIssue => "services/token/issue",
             Self::SigningKeysRotate => "services/signingkeys/rotate",
             Self::ActivityRead => "activity/read",
