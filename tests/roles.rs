@@ -213,7 +213,7 @@ async fn built_in_roles_follow_the_seed_table_on_every_management_route() {
     let entries = activity(&gw, &bootstrap_credential(&gw).await).await;
     assert!(
         entries.iter().any(|e| e["operationName"] == "listKeys"
-            && e["initiator"] == "seed-Reader"
+            && e["initiator"] == "idp:seed-Reader"
             && e["service"] == "a"
             && e["result"] == "Denied"
             && e["reason"] == "missing permission services/keys/list"),
@@ -221,7 +221,7 @@ async fn built_in_roles_follow_the_seed_table_on_every_management_route() {
     );
     assert!(
         entries.iter().any(|e| e["operationName"] == "assignRole"
-            && e["initiator"] == "seed-Owner"
+            && e["initiator"] == "idp:seed-Owner"
             && e["result"] == "Succeeded"),
         "{entries:#?}"
     );
@@ -542,7 +542,7 @@ async fn runtime_role_assignments_apply_on_the_next_call_persist_and_are_audited
     for operation in ["assignRole", "removeRoleAssignment"] {
         assert!(
             entries.iter().any(|e| e["operationName"] == operation
-                && e["initiator"] == "carol"
+                && e["initiator"] == "idp:carol"
                 && e["result"] == "Succeeded"),
             "{operation} by carol in {entries:#?}"
         );
@@ -759,7 +759,7 @@ actions = ["services/keys/regenerate"]
         entries
             .iter()
             .any(|e| e["operationName"] == "regenerateKeys"
-                && e["initiator"] == "ci-pipeline"
+                && e["initiator"] == "idp:ci-pipeline"
                 && e["service"] == "iris"
                 && e["result"] == "Succeeded"),
         "{entries:#?}"
@@ -871,9 +871,59 @@ scope = "service:a"
         entries
             .iter()
             .any(|e| e["operationName"] == "regenerateKeys"
-                && e["initiator"] == "rotator"
+                && e["initiator"] == "idp:rotator"
                 && e["result"] == "Denied"
                 && e["reason"] == "missing permission services/keys/set"),
         "{entries:#?}"
     );
+}
+
+/// An identity token whose `sub` is one of scoregate's own initiators (`bootstrap-admin`, `cli`,
+/// `file-watch`, `signal`, `anonymous`) is recorded, and issued tokens, as `idp:<sub>`: it cannot
+/// pass for the bootstrap Owner or for a change made on the host.
+#[tokio::test]
+async fn identity_subjects_cannot_impersonate_built_in_initiators() {
+    let upstream = MockUpstream::start().await;
+    let idp = Idp::new();
+    let gw = gateway(&upstream, &idp, "").await;
+    let reserved = [
+        "bootstrap-admin",
+        "cli",
+        "file-watch",
+        "signal",
+        "anonymous",
+    ];
+    for name in reserved {
+        let token = idp.token(name, &["Contributor"]);
+        let issued = post(&gw, "/services/tok/token", &token, None).await;
+        assert_eq!(issued.status, StatusCode::OK, "{name}: {}", issued.text);
+        let access = issued.json()["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_owned();
+        assert_eq!(
+            support::jwt::segment(&access, 1)["sub"],
+            format!("idp:{name}"),
+            "the issued token's subject for identity sub {name}"
+        );
+        let reloaded = post(&gw, "/reload", &token, None).await;
+        assert_eq!(reloaded.status, StatusCode::OK, "{name}: {}", reloaded.text);
+    }
+    let entries = activity(&gw, &bootstrap_credential(&gw).await).await;
+    for name in reserved {
+        for operation in ["issueToken", "reloadConfig"] {
+            let by = |initiator: &str| {
+                entries
+                    .iter()
+                    .filter(|e| e["operationName"] == operation && e["initiator"] == initiator)
+                    .count()
+            };
+            assert_eq!(
+                by(&format!("idp:{name}")),
+                1,
+                "{operation} by idp:{name}: {entries:#?}"
+            );
+            assert_eq!(by(name), 0, "{operation} shown as {name}: {entries:#?}");
+        }
+    }
 }

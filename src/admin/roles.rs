@@ -273,7 +273,7 @@ pub fn authorize(
     if principal.token_roles.iter().any(|r| grants(r, &Scope::All)) {
         return Ok(());
     }
-    let assigned = |a: &Assignment| a.principal == principal.id && grants(&a.role, &a.scope);
+    let assigned = |a: &Assignment| principal.is_named(&a.principal) && grants(&a.role, &a.scope);
     if policy.assignments.iter().any(assigned) || assigned_by_api.iter().any(assigned) {
         return Ok(());
     }
