@@ -358,13 +358,26 @@ async fn dispatch(
             .map_err(|e| ApiError::ReloadRejected(e.to_string())),
         Route::Service { name, op } => {
             let body = read_body(req).await?;
-            management::service_op(gw, &principal, name, op, body).await
+            let holds = |extra: Action| {
+                roles::authorize(
+                    &principal,
+                    extra,
+                    route.service(),
+                    state.policy(),
+                    &state.assignments,
+                )
+                .is_ok()
+            };
+            management::service_op(gw, &principal, &holds, name, op, body).await
         }
         Route::Healthz | Route::Readyz => Err(ApiError::RouteNotFound),
     };
     if route.audited() {
         let outcome = match &result {
             Ok(_) => entry(&principal.id, Outcome::Succeeded),
+            // A permission the operation needs beyond the route's own (`services/keys/set`).
+            Err(ApiError::Forbidden(missing)) => entry(&principal.id, Outcome::Denied)
+                .reason(format!("missing permission {}", missing.as_str())),
             Err(e) => entry(&principal.id, Outcome::Failed).reason(e.code()),
         };
         gw.activity.record(outcome);

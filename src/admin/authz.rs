@@ -29,6 +29,9 @@ pub enum Action {
     ServicesRead,
     KeysList,
     KeysRegenerate,
+    /// Choosing the new key's value in `regenerateKeys` (`keyValue`): separate from rotating,
+    /// so a rotator cannot plant a key it knows.
+    KeysSet,
     TokenIssue,
     SigningKeysRotate,
     ActivityRead,
@@ -39,10 +42,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::ServicesRead,
         Self::KeysList,
         Self::KeysRegenerate,
+        Self::KeysSet,
         Self::TokenIssue,
         Self::SigningKeysRotate,
         Self::ActivityRead,
@@ -57,6 +61,7 @@ impl Action {
             Self::ServicesRead => "services/read",
             Self::KeysList => "services/keys/list",
             Self::KeysRegenerate => "services/keys/regenerate",
+            Self::KeysSet => "services/keys/set",
             Self::TokenIssue => "services/token/issue",
             Self::SigningKeysRotate => "services/signingkeys/rotate",
             Self::ActivityRead => "activity/read",
@@ -68,16 +73,35 @@ impl Action {
     }
 }
 
+/// The prefix of every identity-provider principal: `idp:<sub>`. Names without it
+/// (`bootstrap-admin`, `cli`, `file-watch`, `signal`, `anonymous`) belong to scoregate itself,
+/// so no identity token, whatever its `sub`, can appear as one of them in the activity log or
+/// in the subject of the tokens it is issued.
+pub const IDENTITY_PREFIX: &str = "idp:";
+
 /// An authenticated management caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminPrincipal {
-    /// Shown as the `initiator` of activity entries and matched by role assignments; never a
-    /// credential. `bootstrap-admin`, or the identity token's subject.
+    /// Shown as the `initiator` of activity entries and used as the subject of tokens issued to
+    /// the caller; never a credential. `bootstrap-admin`, or `idp:<sub>` for an identity token.
     pub id: String,
+    /// The identity token's `sub` as issued (what role assignments name); `None` for the
+    /// bootstrap credential.
+    pub subject: Option<String>,
     /// The bootstrap credential's holder: an Owner of everything.
     pub owner: bool,
     /// Roles named by the identity token's roles claim (scope `*`).
     pub token_roles: Vec<String>,
+}
+
+impl AdminPrincipal {
+    /// Whether a role assignment's `principal` names this caller: an identity principal by its
+    /// `sub` or by its full `idp:<sub>` id. The bootstrap credential needs no assignment.
+    pub fn is_named(&self, assigned: &str) -> bool {
+        self.subject
+            .as_deref()
+            .is_some_and(|sub| assigned == sub || assigned == self.id)
+    }
 }
 
 /// The trusted identity provider for management callers (`[identity]`), e.g. Azure AD: tokens
@@ -130,7 +154,8 @@ impl Identity {
             Some(_) => return Err(AuthFailure::TokenClaims),
         };
         Ok(AdminPrincipal {
-            id: sub.to_owned(),
+            id: format!("{IDENTITY_PREFIX}{sub}"),
+            subject: Some(sub.to_owned()),
             owner: false,
             token_roles,
         })
@@ -276,6 +301,7 @@ impl AdminCredentials {
         if bool::from(crate::auth::sha256(&[presented]).ct_eq(&self.bootstrap)) {
             return Ok(AdminPrincipal {
                 id: "bootstrap-admin".to_owned(),
+                subject: None,
                 owner: true,
                 token_roles: Vec::new(),
             });

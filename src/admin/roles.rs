@@ -3,9 +3,10 @@
 //! A role is a set of action patterns (`services/*`) minus `not_actions`; `*` matches any run of
 //! characters. Built-in roles mirror Azure ML's: **Owner** (everything), **Contributor**
 //! (everything but `roles/assign`), **Reader** (read-only, plus issuing tokens, because calling a
-//! token-mode service needs one; never key material). A principal holds roles through
-//! assignments, each with a scope (`*` or `service:NAME`): assignments from the config file, from
-//! the API (persisted in `state_dir/role-assignments.json`), and the `roles` claim of a trusted
+//! token-mode service needs one; never key material). Owner and Contributor hold
+//! `services/keys/set` (choosing a key value): they can list keys anyway. A principal holds
+//! roles through assignments, each with a scope (`*` or `service:NAME`): assignments from the
+//! config file, from the API (persisted in `state_dir/role-assignments.json`), and the `roles` claim of a trusted
 //! identity token (scope `*`). Everything not granted is denied.
 
 use std::path::{Path, PathBuf};
@@ -272,7 +273,7 @@ pub fn authorize(
     if principal.token_roles.iter().any(|r| grants(r, &Scope::All)) {
         return Ok(());
     }
-    let assigned = |a: &Assignment| a.principal == principal.id && grants(&a.role, &a.scope);
+    let assigned = |a: &Assignment| principal.is_named(&a.principal) && grants(&a.role, &a.scope);
     if policy.assignments.iter().any(assigned) || assigned_by_api.iter().any(assigned) {
         return Ok(());
     }
