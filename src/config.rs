@@ -52,7 +52,7 @@ pub struct Config {
     /// Trusted identity provider for management callers.
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
-    pub policy: crate::admin::roles::Policy,
+    pub policy: crate::policy::Policy,
     /// The watched files as they were just before they were read.
     pub fingerprints: FileFingerprints,
 }
@@ -100,6 +100,11 @@ pub struct TelemetryConfig {
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
+}
+
+/// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
+pub fn acceptable_admin_credential(credential: &str) -> bool {
+    credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 /// Diagnostic output format.

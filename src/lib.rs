@@ -5,7 +5,9 @@
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`] (`raw` holds the serde types).
 //! - [`tls`]: rustls server configuration and the live certificate resolver.
-//! - [`auth`]: who is calling (`Principal`); key and token verification.
+//! - [`auth`]: who is calling (`Principal`); key and token verification; `admin` the management
+//!   API's callers (bootstrap credential, identity provider).
+//! - [`policy`]: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.
 //! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
 //!   the pooled client, `body` the streaming bodies and the record guard.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
@@ -49,6 +51,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod gateway;
 pub mod health;
+pub mod policy;
 pub mod probe;
 pub mod proxy;
 pub mod reload;

@@ -40,9 +40,9 @@ use crate::auth::jwt::trusted::{Fetched, FetchedTx};
 use crate::config::{self, Config};
 use crate::runtime::build::{self, Candidate, Context, PendingWrite};
 use crate::runtime::{BuildError, RuntimeState, StateCell, StateCert};
+use crate::source::Change;
 use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::Metrics;
-use crate::source::Change;
 use sources::{Event, Sources};
 
 pub use writes::WriteError;

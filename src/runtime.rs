@@ -18,9 +18,9 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::admin::authz::{AdminCredentials, Identity};
-use crate::admin::roles::{Assignment, Policy};
+use crate::auth::admin::{AdminCredentials, Identity};
 use crate::config::Config;
+use crate::policy::{Assignment, Policy};
 use crate::telemetry::redact::Redaction;
 
 pub use build::BuildError;

@@ -202,7 +202,7 @@ impl Validator<'_> {
     fn admin_token_file(&mut self, file: &str) -> PathBuf {
         let path = self.path(file);
         match std::fs::read_to_string(&path) {
-            Ok(text) if crate::admin::authz::acceptable(text.trim()) => {}
+            Ok(text) if super::acceptable_admin_credential(text.trim()) => {}
             Ok(_) => self.issue(
                 "server.admin_token_file",
                 format!(

@@ -15,15 +15,15 @@ use rustls::sign::CertifiedKey;
 use zeroize::Zeroizing;
 
 use super::{RuntimeState, Service, StateCert};
-use crate::admin::authz::{AdminCredentials, CredentialError, CredentialFile, Identity};
-use crate::admin::roles::Assignment;
 use crate::auth::ServiceAuth;
+use crate::auth::admin::{AdminCredentials, CredentialError, CredentialFile, Identity};
 use crate::auth::jwt::cache::TokenCache;
 use crate::auth::jwt::signing::{SigningError, SigningFile, SigningFileState};
 use crate::auth::jwt::trusted::{FetchedTx, Issuer, IssuerId, IssuerKeys, JwksError, KeyMap};
 use crate::auth::jwt::{CacheCounters, TokenAuthority};
 use crate::auth::keys::{KeyError, KeyFile, KeyFileState, KeySet};
 use crate::config::{AuthMode, Config, ServiceConfig, TrustedIssuer, TrustedKeys};
+use crate::policy::Assignment;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics};
 use crate::telemetry::redact::Redaction;
 
@@ -56,7 +56,7 @@ pub enum BuildError {
     #[error("admin credential: {0}")]
     Admin(#[source] CredentialError),
     #[error("role assignments: {0}")]
-    Assignments(#[source] crate::admin::roles::AssignmentError),
+    Assignments(#[source] crate::policy::AssignmentError),
     #[error("service {0:?}: its key or signing-key source was not loaded")]
     NotLoaded(String),
 }
