@@ -12,6 +12,7 @@
 //! `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
 //! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
+mod cluster;
 mod raw;
 mod roles;
 mod server;
@@ -20,6 +21,7 @@ mod service;
 mod tests;
 mod token;
 
+pub use cluster::{ClusterConfig, EtcdConfig};
 pub use roles::IdentityConfig;
 
 use std::fmt;
@@ -53,6 +55,8 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
     pub policy: crate::policy::Policy,
+    /// Where shared state lives: this process (`local`) or an etcd namespace (fleet mode).
+    pub cluster: ClusterConfig,
     /// The watched files as they were just before they were read.
     pub fingerprints: FileFingerprints,
 }
@@ -470,6 +474,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         let policy = self.policy(raw.roles, raw.role_assignments, &names);
+        let cluster = self.cluster(&raw.cluster);
         Config {
             source: path.to_owned(),
             server,
@@ -477,6 +482,7 @@ impl Validator<'_> {
             telemetry,
             identity,
             policy,
+            cluster,
             fingerprints: FileFingerprints::default(),
         }
     }

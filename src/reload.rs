@@ -381,6 +381,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.admin_token_file",
         o.admin_token_file != n.admin_token_file,
     );
+    check("cluster", old.cluster != new.cluster);
     check(
         "server.worker_threads",
         o.worker_threads != n.worker_threads,

@@ -20,6 +20,25 @@ pub struct RawConfig {
     pub roles: Vec<RawRole>,
     #[serde(default, rename = "role_assignment")]
     pub role_assignments: Vec<RawAssignment>,
+    #[serde(default)]
+    pub cluster: RawCluster,
+}
+
+/// `[cluster]`: where shared state lives (fleet mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub backend: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub namespace: Option<String>,
+    pub instance: Option<String>,
+    pub seal_key_file: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub dial_timeout_ms: Option<u64>,
 }
 
 /// `[identity]`: the trusted identity provider for management callers.
