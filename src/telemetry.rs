@@ -2,7 +2,7 @@
 //!
 //! `metrics` owns the Prometheus registry; `request_log` builds request records; `activity` the
 //! management activity log; `sink` writes both to their output; `redact` is the only way URLs and
-//! headers reach a log.
+//! headers reach a log; `trace` reads and continues W3C trace context; `role` names the instance.
 //! Diagnostics always go to stderr so stdout can carry the machine-readable record stream.
 //! This module decides no request outcomes.
 
@@ -11,13 +11,18 @@ mod json_line;
 pub mod metrics;
 pub mod redact;
 pub mod request_log;
+pub mod role;
 pub mod sink;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
 /// The one environment variable that sets the diagnostic filter (`tracing` directives, e.g.
 /// `info,scoregate=debug`). Declared here so all `SCOREGATE_*` overrides live in one place.
 pub const LOG_ENV: &str = "SCOREGATE_LOG";
+
+/// The pod's name (Kubernetes downward API), the `RoleInstance` of records when set.
+pub const POD_NAME_ENV: &str = "POD_NAME";
 
 /// Diagnostic output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -154,6 +154,11 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
             assignments: Arc::clone(&inputs.assignments),
             admin,
             compute_type: Arc::from(inputs.config.server.compute_type.as_str()),
+            // Decided once per process: a replica keeps its name across reloads.
+            role_instance: ctx.previous.map_or_else(
+                || Arc::from(crate::telemetry::role::instance(None)),
+                |p| Arc::clone(&p.role_instance),
+            ),
             config: Arc::clone(&inputs.config),
             generation: ctx.previous.map_or(1, |p| p.generation + 1),
         },
