@@ -104,6 +104,9 @@ pub struct TelemetryConfig {
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `RoleName` of records and activity entries that concern no service (unrouted requests,
+    /// configuration reloads); services have their own (`ServiceConfig::role_name`).
+    pub role_name: String,
 }
 
 /// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
@@ -254,6 +257,9 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimit>,
     /// Extra CA (PEM) to verify an `https://` upstream with, besides the system roots.
     pub upstream_ca: Option<PathBuf>,
+    /// `RoleName` of this service's records and activity entries (Application Insights'
+    /// `cloud_RoleName`); the service name unless configured.
+    pub role_name: String,
 }
 
 /// A token bucket per caller: `requests_per_second` sustained, `burst` at once.

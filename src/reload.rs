@@ -155,6 +155,7 @@ impl Applier {
         let Candidate { state, writes } = build::build(&ctx, &sources.inputs())?;
         commit_writes(&mut sources, writes)?;
         let cell = StateCell::new(state, resolver);
+        handles.activity.bind(&cell);
         let inner = Inner {
             serial: tokio::sync::Mutex::new(()),
             sources: Mutex::new(sources),

@@ -91,6 +91,7 @@ pub struct RawTelemetry {
     pub redact_query_params: Option<Vec<String>>,
     pub log: Option<String>,
     pub log_format: Option<String>,
+    pub role_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +152,7 @@ pub struct RawService {
     pub allow_cidrs: Option<Vec<String>>,
     pub rate_limit: Option<RawRateLimit>,
     pub upstream_ca: Option<String>,
+    pub role_name: Option<String>,
 }
 
 /// `[service.rate_limit]`: a token bucket per caller.
