@@ -111,6 +111,9 @@ impl Validator<'_> {
                 format!("{} exists and is not a directory", state_dir.display()),
             );
         }
+        for problem in crate::state::check_state_dir(&state_dir) {
+            self.issue("server.state_dir", problem);
+        }
         let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
         if compute_type.is_empty() || compute_type.len() > 64 {
