@@ -95,6 +95,9 @@ pub struct TelemetryConfig {
     pub request_records: bool,
     /// Lines waiting for the writer before request records are dropped.
     pub queue_capacity: usize,
+    /// Bytes held by records waiting for (or being written by) the writer before request
+    /// records are dropped.
+    pub queue_max_bytes: usize,
     pub redaction: Redaction,
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,

@@ -61,6 +61,15 @@ impl Validator<'_> {
                 format!("{queue_capacity} is not between 16 and 1048576"),
             );
         }
+        let queue_max_bytes = raw
+            .queue_max_bytes
+            .unwrap_or(crate::telemetry::sink::QueueLimits::DEFAULT_BYTES);
+        if !(65_536..=1 << 30).contains(&queue_max_bytes) {
+            self.issue(
+                "telemetry.queue_max_bytes",
+                format!("{queue_max_bytes} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"),
+            );
+        }
         let log_filter = raw.log.unwrap_or_else(|| "info".to_owned());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             self.issue(
@@ -83,6 +92,7 @@ impl Validator<'_> {
             output,
             request_records: raw.request_records.unwrap_or(true),
             queue_capacity,
+            queue_max_bytes,
             redaction: raw
                 .redact_query_params
                 .map_or_else(Redaction::default, Redaction::new),
