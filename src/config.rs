@@ -98,6 +98,9 @@ pub struct TelemetryConfig {
     pub request_records: bool,
     /// Lines waiting for the writer before request records are dropped.
     pub queue_capacity: usize,
+    /// Bytes held by records waiting for (or being written by) the writer before request
+    /// records are dropped.
+    pub queue_max_bytes: usize,
     /// Query parameters whose values records hide (`None`: the built-in list of
     /// `telemetry::redact`).
     pub redact_query_params: Option<Vec<String>>,

@@ -390,8 +390,19 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let (ot, nt) = (&old.telemetry, &new.telemetry);
     check(
         "telemetry output",
-        (&ot.output, ot.queue_capacity, &ot.log_filter, ot.log_format)
-            != (&nt.output, nt.queue_capacity, &nt.log_filter, nt.log_format),
+        (
+            &ot.output,
+            ot.queue_capacity,
+            ot.queue_max_bytes,
+            &ot.log_filter,
+            ot.log_format,
+        ) != (
+            &nt.output,
+            nt.queue_capacity,
+            nt.queue_max_bytes,
+            &nt.log_filter,
+            nt.log_format,
+        ),
     );
     changed
 }

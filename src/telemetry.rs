@@ -68,12 +68,16 @@ pub fn start_records(
     // (`request_records` is reloadable); the sink itself always accepts them.
     sink::RecordSink::spawn(
         output,
-        config.queue_capacity,
+        sink::QueueLimits {
+            lines: config.queue_capacity,
+            bytes: config.queue_max_bytes,
+        },
         true,
         sink::SinkCounters {
             dropped: metrics.records_dropped.clone(),
             write_errors: metrics.record_write_errors.clone(),
             activity_dropped: metrics.activity_dropped.clone(),
+            queue_bytes: metrics.record_queue_bytes.clone(),
         },
     )
 }

@@ -88,6 +88,7 @@ pub struct RawTelemetry {
     pub file_keep: Option<usize>,
     pub request_records: Option<bool>,
     pub queue_capacity: Option<usize>,
+    pub queue_max_bytes: Option<usize>,
     pub redact_query_params: Option<Vec<String>>,
     pub log: Option<String>,
     pub log_format: Option<String>,

@@ -59,6 +59,15 @@ impl Validator<'_> {
                 format!("{queue_capacity} is not between 16 and 1048576"),
             );
         }
+        let queue_max_bytes = raw
+            .queue_max_bytes
+            .unwrap_or(crate::telemetry::sink::QueueLimits::DEFAULT_BYTES);
+        if !(65_536..=1 << 30).contains(&queue_max_bytes) {
+            self.issue(
+                "telemetry.queue_max_bytes",
+                format!("{queue_max_bytes} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"),
+            );
+        }
         let log_filter = raw.log.unwrap_or_else(|| "info".to_owned());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             self.issue(
@@ -81,6 +90,7 @@ impl Validator<'_> {
             output,
             request_records: raw.request_records.unwrap_or(true),
             queue_capacity,
+            queue_max_bytes,
             redact_query_params: raw.redact_query_params,
             log_filter,
             log_format,
@@ -119,6 +129,9 @@ impl Validator<'_> {
                 "server.state_dir",
                 format!("{} exists and is not a directory", state_dir.display()),
             );
+        }
+        for problem in crate::state::check_state_dir(&state_dir) {
+            self.issue("server.state_dir", problem);
         }
         let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
