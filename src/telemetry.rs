@@ -25,7 +25,6 @@ pub use crate::config::LogFormat;
 /// The pod's name (Kubernetes downward API), the `RoleInstance` of records when set.
 pub const POD_NAME_ENV: &str = "POD_NAME";
 
-
 /// Installs the global tracing subscriber. Called once by `main`, never by the library, so tests
 /// can install their own.
 pub fn init_diagnostics(default_filter: &str, format: LogFormat) {
