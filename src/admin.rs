@@ -13,8 +13,15 @@
 //! - `/readyz`: 200 once listeners are up and every upstream answered its health probe; 503
 //!   otherwise and while draining, with per-service detail (names and health, nothing secret).
 //! - `/metrics`: the Prometheus text format; no series carries a credential.
-//! - the management API (`management`, `authz`, `roles`): `/services`, `/services/{name}/...`,
-//!   `/activity`, `/reload`, `/roles`, `/role-assignments`.
+//! - the management API (`management`; callers from `auth::admin`, permissions from `policy`),
+//!   each route behind one action:
+//!   `GET /services` (`services/read`); `POST /services/{name}/listkeys`,
+//!   `/services/{name}/regenerateKeys`, `/services/{name}/token`,
+//!   `/services/{name}/rotateSigningKey` (their own actions, see `management`);
+//!   `GET /activity?limit=N` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
+//!   `GET /role-assignments` (`roles/read`); `POST /role-assignments`,
+//!   `DELETE /role-assignments/{id}` (`roles/assign`). A known path with another method is 405
+//!   with `Allow`; anything else 404.
 //!
 //! On the probe and metrics listeners every other path is 404, and `admin_allow_cidrs` does not
 //! apply (it guards the management API; restrict those ports with a network policy instead).
@@ -35,11 +42,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 
-pub mod authz;
 pub mod management;
-pub mod roles;
 
-use authz::Action;
+use crate::policy::{self, Action};
 use management::{ApiError, ServiceOp};
 use std::net::IpAddr;
 
@@ -304,7 +309,7 @@ async fn dispatch(
             return Err(ApiError::Unauthenticated(failure));
         }
     };
-    if let Err(missing) = roles::authorize(
+    if let Err(missing) = policy::authorize(
         &principal,
         action,
         route.service(),
@@ -353,7 +358,7 @@ async fn dispatch(
         Route::Service { name, op } => {
             let body = read_body(req).await?;
             let holds = |extra: Action| {
-                roles::authorize(
+                policy::authorize(
                     &principal,
                     extra,
                     route.service(),

@@ -1,15 +1,16 @@
 //! Turns the TOML file into a validated [`Config`]: typed addresses, durations, routes, upstream
 //! URLs and a loaded TLS certificate.
 //!
-//! [`load_and_validate`] is the only entry point; startup, `check-config` and (later) reload all
-//! call it, so the check an operator runs is the check the gateway applies. Validation collects
-//! every problem and reports them together, each prefixed with the key it concerns
+//! [`load_and_validate`] is the only entry point; startup, `check-config` and reload all call it,
+//! so the check an operator runs is the check the gateway applies. Validation collects every
+//! problem and reports them together, each prefixed with the key it concerns
 //! (`service[1].upstream: ...`). Relative paths are resolved against the config file's directory.
 //! This module reads files but opens no sockets and spawns no tasks.
 //!
-//! Settings that cannot change without a restart: `server.listen`, `server.admin_listen`,
-//! `server.probe_listen`, `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
-//! `server.admin_token_file`.
+//! Settings that cannot change without a restart (`reload::restart_only` names them when a reload
+//! changes one): `server.listen`, `server.admin_listen`, `server.probe_listen`,
+//! `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
+//! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
 mod raw;
 mod roles;
@@ -30,8 +31,6 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::fingerprint::Fingerprint;
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
 
 pub use raw::RawConfig;
 
@@ -40,6 +39,9 @@ pub const DEFAULT_SCORING_TIMEOUT: Duration = Duration::from_millis(60_000);
 
 /// Azure ML's request payload limit through its front end (AZUREML-CONTRACT A2).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+
+/// `[telemetry] queue_max_bytes` when not configured: 16 MiB of records in memory.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// A fully validated configuration.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ pub struct Config {
     /// Trusted identity provider for management callers.
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
-    pub policy: crate::admin::roles::Policy,
+    pub policy: crate::policy::Policy,
     /// The watched files as they were just before they were read.
     pub fingerprints: FileFingerprints,
 }
@@ -98,10 +100,24 @@ pub struct TelemetryConfig {
     /// Bytes held by records waiting for (or being written by) the writer before request
     /// records are dropped.
     pub queue_max_bytes: usize,
-    pub redaction: Redaction,
+    /// Query parameters whose values records hide (`None`: the built-in list of
+    /// `telemetry::redact`).
+    pub redact_query_params: Option<Vec<String>>,
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
+}
+
+/// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
+pub fn acceptable_admin_credential(credential: &str) -> bool {
+    credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Diagnostic output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +162,9 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.
     pub health_interval: Duration,
+    /// How often watched sources (config, certificate, key, signing-key, role-assignment and
+    /// credential files) are checked; a change on disk applies within about this long.
+    pub watch_interval: Duration,
     /// Serve `GET /metrics` without a credential (default: `metrics/read` is required).
     pub public_metrics: bool,
     /// Open connections on the scoring listener; beyond it new connections wait in the

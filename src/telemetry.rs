@@ -19,12 +19,7 @@ use tracing_subscriber::EnvFilter;
 /// `info,scoregate=debug`). Declared here so all `SCOREGATE_*` overrides live in one place.
 pub const LOG_ENV: &str = "SCOREGATE_LOG";
 
-/// Diagnostic output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::config::LogFormat;
 
 /// Installs the global tracing subscriber. Called once by `main`, never by the library, so tests
 /// can install their own.

@@ -23,14 +23,14 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::authz::{Action, AdminPrincipal};
 use super::{AdminResponse, json as json_response};
-use crate::admin::roles::{Assignment, Scope};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
 use crate::error::{AuthFailure, error_body};
 use crate::gateway::Gateway;
+use crate::policy::{Action, AdminPrincipal};
+use crate::policy::{Assignment, Scope};
 use crate::reload::WriteError;
 use crate::runtime::{RuntimeState, Service};
 

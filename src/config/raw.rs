@@ -92,6 +92,7 @@ pub struct RawServer {
     pub idle_release_ms: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
+    pub watch_interval_ms: Option<u64>,
     pub public_metrics: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,

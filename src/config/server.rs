@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use super::raw;
-use super::{RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
+use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
 
 impl Validator<'_> {
     pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
@@ -63,7 +61,7 @@ impl Validator<'_> {
         }
         let queue_max_bytes = raw
             .queue_max_bytes
-            .unwrap_or(crate::telemetry::sink::QueueLimits::DEFAULT_BYTES);
+            .unwrap_or(super::DEFAULT_QUEUE_MAX_BYTES);
         if !(65_536..=1 << 30).contains(&queue_max_bytes) {
             self.issue(
                 "telemetry.queue_max_bytes",
@@ -93,9 +91,7 @@ impl Validator<'_> {
             request_records: raw.request_records.unwrap_or(true),
             queue_capacity,
             queue_max_bytes,
-            redaction: raw
-                .redact_query_params
-                .map_or_else(Redaction::default, Redaction::new),
+            redact_query_params: raw.redact_query_params,
             log_filter,
             log_format,
         }
@@ -162,6 +158,7 @@ impl Validator<'_> {
                 5_000,
                 10,
             ),
+            watch_interval: self.millis("server.watch_interval_ms", raw.watch_interval_ms, 500, 10),
             public_metrics: raw.public_metrics.unwrap_or(false),
             max_connections: self.count(
                 "server.max_connections",
@@ -218,7 +215,7 @@ impl Validator<'_> {
     fn admin_token_file(&mut self, file: &str) -> PathBuf {
         let path = self.path(file);
         match std::fs::read_to_string(&path) {
-            Ok(text) if crate::admin::authz::acceptable(text.trim()) => {}
+            Ok(text) if super::acceptable_admin_credential(text.trim()) => {}
             Ok(_) => self.issue(
                 "server.admin_token_file",
                 format!(
