@@ -304,8 +304,10 @@ async fn dispatch(
     {
         Ok(p) => p,
         Err(failure) => {
-            gw.activity
-                .record(entry("anonymous", Outcome::Denied).reason(failure.reason()));
+            gw.activity.record(
+                entry(crate::telemetry::activity::ANONYMOUS, Outcome::Denied)
+                    .reason(failure.reason()),
+            );
             return Err(ApiError::Unauthenticated(failure));
         }
     };
