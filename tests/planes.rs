@@ -342,3 +342,67 @@ async fn admin_listener_serves_tls_and_with_client_ca_refuses_clients_without_a_
         Ok(StatusCode::OK)
     );
 }
+
+/// The admin listener's certificate is re-read with a configuration reload: after the files are
+/// replaced and `POST /reload` (sent over TLS) answers, a new
+/// connection is served with the new certificate.
+#[tokio::test]
+async fn a_reload_gives_new_admin_connections_the_replaced_certificate() {
+    use support::certs::{TestCa, client_config, peer_leaf, try_connect, write_atomic};
+    let upstream = MockUpstream::start().await;
+    let (first_ca, second_ca) = (TestCa::new("admin CA 1"), TestCa::new("admin CA 2"));
+    let (first, second) = (
+        first_ca.server_leaf("admin 1"),
+        second_ca.server_leaf("admin 2"),
+    );
+    let files = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (
+        files.path().join("admin.crt"),
+        files.path().join("admin.key"),
+    );
+    write_atomic(&cert, &first.cert_pem);
+    write_atomic(&key, &first.key_pem);
+    let gw = GatewayBuilder::new()
+        .service("iris", IRIS, &upstream.url())
+        .server(&format!(
+            "admin_tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .await;
+    let both = client_config(&[&first_ca, &second_ca], None, &[b"http/1.1"]);
+    let presented = || async {
+        peer_leaf(
+            &try_connect(gw.admin_addr, both.clone())
+                .await
+                .expect("TLS handshake with the admin listener"),
+        )
+    };
+    assert_eq!(presented().await, first.cert_der);
+
+    write_atomic(&cert, &second.cert_pem);
+    write_atomic(&key, &second.key_pem);
+    let https = reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(first_ca.pem.as_bytes()).expect("CA 1"),
+            reqwest::Certificate::from_pem(second_ca.pem.as_bytes()).expect("CA 2"),
+        ])
+        .resolve("localhost", gw.admin_addr)
+        .no_proxy()
+        .http1_only()
+        .build()
+        .expect("HTTPS client");
+    let token = gw.admin_token().await;
+    let reloaded = within(
+        "POST /reload over TLS",
+        https
+            .post(format!("https://localhost:{}/reload", gw.admin_addr.port()))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await
+    .expect("reload answered");
+    assert_eq!(reloaded.status(), StatusCode::OK);
+    assert_eq!(presented().await, second.cert_der);
+}
