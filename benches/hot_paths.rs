@@ -143,7 +143,26 @@ fn request(c: &mut Criterion) {
             (id.clone(), id.clone(), id)
         });
     });
+    trace_context(&mut g);
     g.finish();
+}
+
+/// W3C trace context per request: read (or start) the trace, then the `traceparent` sent
+/// upstream.
+fn trace_context(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use scoregate::telemetry::trace::TraceContext;
+    let mut continued = HeaderMap::new();
+    continued.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    g.bench_function("trace_continued_and_sent", |b| {
+        b.iter(|| TraceContext::from_headers(black_box(&continued)).traceparent());
+    });
+    let none = HeaderMap::new();
+    g.bench_function("trace_new_and_sent", |b| {
+        b.iter(|| TraceContext::from_headers(black_box(&none)).traceparent());
+    });
 }
 
 /// `RecordSink::emit` with a record-sized line: the per-thread scratch line, the lock and the

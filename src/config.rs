@@ -12,6 +12,7 @@
 //! `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
 //! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
+mod cluster;
 mod raw;
 mod roles;
 mod server;
@@ -20,6 +21,7 @@ mod service;
 mod tests;
 mod token;
 
+pub use cluster::{ClusterConfig, EtcdConfig};
 pub use roles::IdentityConfig;
 
 use std::fmt;
@@ -40,9 +42,6 @@ pub const DEFAULT_SCORING_TIMEOUT: Duration = Duration::from_millis(60_000);
 /// Azure ML's request payload limit through its front end (AZUREML-CONTRACT A2).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
 
-/// `[telemetry] queue_max_bytes` when not configured: 16 MiB of records in memory.
-pub const DEFAULT_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
-
 /// A fully validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -56,6 +55,8 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
     pub policy: crate::policy::Policy,
+    /// Where shared state lives: this process (`local`) or an etcd namespace (fleet mode).
+    pub cluster: ClusterConfig,
     /// The watched files as they were just before they were read.
     pub fingerprints: FileFingerprints,
 }
@@ -106,12 +107,18 @@ pub struct TelemetryConfig {
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `RoleName` of records and activity entries that concern no service (unrouted requests,
+    /// configuration reloads); services have their own (`ServiceConfig::role_name`).
+    pub role_name: String,
 }
 
 /// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
 pub fn acceptable_admin_credential(credential: &str) -> bool {
     credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
+
+/// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Diagnostic output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +266,9 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimit>,
     /// Extra CA (PEM) to verify an `https://` upstream with, besides the system roots.
     pub upstream_ca: Option<PathBuf>,
+    /// `RoleName` of this service's records and activity entries (Application Insights'
+    /// `cloud_RoleName`); the service name unless configured.
+    pub role_name: String,
 }
 
 /// A token bucket per caller: `requests_per_second` sustained, `burst` at once.
@@ -479,6 +489,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         let policy = self.policy(raw.roles, raw.role_assignments, &names);
+        let cluster = self.cluster(&raw.cluster);
         Config {
             source: path.to_owned(),
             server,
@@ -486,6 +497,7 @@ impl Validator<'_> {
             telemetry,
             identity,
             policy,
+            cluster,
             fingerprints: FileFingerprints::default(),
         }
     }

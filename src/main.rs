@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Fleet mode (`[cluster] backend = "etcd"`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
     SampleModel {
         #[arg(long, default_value = "127.0.0.1:5001")]
@@ -93,6 +98,12 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Print a new seal key (32 random bytes, base64) for `[cluster] seal_key_file`.
+    SealKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +185,11 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
+        Command::Cluster {
+            command: ClusterCommand::SealKey,
+        } => {
+            print_result(scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from))
+        }
         Command::Token {
             command:
                 TokenCommand::Issue {
@@ -267,8 +283,17 @@ fn read_value(value: Option<String>) -> anyhow::Result<Option<String>> {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load_and_validate(path) {
         Ok(c) => {
+            let cluster = match c.cluster.etcd() {
+                None => "local".to_owned(),
+                Some(e) => format!(
+                    "etcd namespace {} as instance {}, {} endpoint(s)",
+                    e.namespace,
+                    e.instance,
+                    e.endpoints.len()
+                ),
+            };
             println!(
-                "{}: OK ({} service(s), scoring listener {}, admin listener {}, TLS {})",
+                "{}: OK ({} service(s), scoring listener {}, admin listener {}, TLS {}, cluster {cluster})",
                 path.display(),
                 c.services.len(),
                 c.server.listen,

@@ -155,6 +155,7 @@ impl Applier {
         let Candidate { state, writes } = build::build(&ctx, &sources.inputs())?;
         commit_writes(&mut sources, writes)?;
         let cell = StateCell::new(state, resolver);
+        handles.activity.bind(&cell);
         let inner = Inner {
             serial: tokio::sync::Mutex::new(()),
             sources: Mutex::new(sources),
@@ -381,6 +382,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.admin_token_file",
         o.admin_token_file != n.admin_token_file,
     );
+    check("cluster", old.cluster != new.cluster);
     check(
         "server.worker_threads",
         o.worker_threads != n.worker_threads,

@@ -52,6 +52,8 @@ pub struct RuntimeState {
     pub compute_type: Arc<str>,
     /// Applied to every recorded URL (`redact_query_params`).
     redaction: Redaction,
+    /// `RoleInstance` of every record and activity entry (`telemetry::role::instance`).
+    pub role_instance: Arc<str>,
     /// Counts published states (1 is the first).
     pub generation: u64,
 }
@@ -84,6 +86,13 @@ impl RuntimeState {
     /// Roles and the config file's role assignments.
     pub fn policy(&self) -> &Policy {
         &self.config.policy
+    }
+
+    /// `RoleName` of records and entries about `service` (`None`: about no service).
+    pub fn role_name(&self, service: Option<&str>) -> &str {
+        service
+            .and_then(|name| self.by_name(name))
+            .map_or(&self.config.telemetry.role_name, |s| &s.config.role_name)
     }
 
     /// Applied to every recorded URL.

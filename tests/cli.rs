@@ -443,3 +443,16 @@ async fn token_issue_prints_a_token_the_gateway_accepts() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn cluster_seal_key_prints_a_fresh_32_byte_key() {
+    let a = process::run(&["cluster", "seal-key"], support::DEADLINE).await;
+    let b = process::run(&["cluster", "seal-key"], support::DEADLINE).await;
+    assert!(a.status.success(), "{}", a.stderr);
+    assert!(
+        scoregate::cluster::seal::SealKey::parse(&a.stdout).is_some(),
+        "{:?}",
+        a.stdout
+    );
+    assert_ne!(a.stdout, b.stdout, "each key is random");
+}

@@ -122,7 +122,20 @@ impl Validator<'_> {
             redact_query_params: raw.redact_query_params,
             log_filter,
             log_format,
+            role_name: self.role_name("telemetry.role_name", raw.role_name, "scoregate"),
         }
+    }
+
+    /// A `role_name`: 1 to 256 printable characters (it becomes a record field and a tag on
+    /// exported telemetry).
+    pub(super) fn role_name(&mut self, key: &str, raw: Option<String>, default: &str) -> String {
+        let Some(name) = raw else {
+            return default.to_owned();
+        };
+        if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
+            self.issue(key, "must be 1 to 256 printable characters");
+        }
+        name
     }
 
     pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {

@@ -162,6 +162,11 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
                 .redact_query_params
                 .clone()
                 .map_or_else(Redaction::default, Redaction::new),
+            // Decided once per process: a replica keeps its name across reloads.
+            role_instance: ctx.previous.map_or_else(
+                || Arc::from(crate::telemetry::role::instance(None)),
+                |p| Arc::clone(&p.role_instance),
+            ),
             config: Arc::clone(&inputs.config),
             generation: ctx.previous.map_or(1, |p| p.generation + 1),
         },

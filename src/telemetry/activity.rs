@@ -14,12 +14,13 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
 use super::sink::RecordSink;
+use crate::runtime::StateCell;
 
 /// Entries kept in memory for `GET /activity` (besides the anonymous refusals).
 pub const RING_CAPACITY: usize = 1000;
@@ -65,6 +66,13 @@ pub struct ActivityRecord {
     /// and in the record stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The service's `role_name` (or `telemetry.role_name` for entries about no service); set
+    /// by [`ActivityLog::record`].
+    #[serde(rename = "RoleName")]
+    pub role_name: Option<String>,
+    /// The replica that did it; set by [`ActivityLog::record`].
+    #[serde(rename = "RoleInstance")]
+    pub role_instance: Option<Arc<str>>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -84,6 +92,8 @@ impl ActivityRecord {
             request_id: None,
             reason: None,
             count: None,
+            role_name: None,
+            role_instance: None,
         }
     }
 
@@ -125,6 +135,9 @@ impl ActivityRecord {
 pub struct ActivityLog {
     rings: Mutex<Rings>,
     sink: RecordSink,
+    /// The published state, for each entry's `RoleName` and `RoleInstance` (bound once the
+    /// first state exists; entries before that name the service and the host directly).
+    state: OnceLock<StateCell>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +153,7 @@ impl ActivityLog {
         Self {
             rings: Mutex::new(Rings::default()),
             sink,
+            state: OnceLock::new(),
         }
     }
 
@@ -149,7 +163,28 @@ impl ActivityLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn record(&self, entry: ActivityRecord) {
+    /// Reads role names and the instance from `cell` from now on (the first binding stays).
+    pub fn bind(&self, cell: &StateCell) {
+        let _ = self.state.set(cell.clone());
+    }
+
+    pub fn record(&self, mut entry: ActivityRecord) {
+        let service = entry.service.as_deref();
+        let (role_name, role_instance) = match self.state.get() {
+            Some(cell) => {
+                let state = cell.load();
+                (
+                    state.role_name(service).to_owned(),
+                    Arc::clone(&state.role_instance),
+                )
+            }
+            None => (
+                service.unwrap_or("scoregate").to_owned(),
+                Arc::from(super::role::instance(None)),
+            ),
+        };
+        entry.role_name = Some(role_name);
+        entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
         let mut rings = self.rings();
         if entry.is_anonymous_denial() {

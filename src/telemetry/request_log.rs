@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use http::header::HeaderValue;
+use http::uri::PathAndQuery;
 
 use super::json_line::JsonObject;
 use crate::auth::Principal;
@@ -94,8 +95,39 @@ fn record_line(
     o.u64("ResponseBytes", ctx.response_bytes);
     o.opt_str("ErrorCode", ctx.error.as_ref().map(GatewayError::code));
     o.display("ClientIp", ctx.client_ip);
+    o.display("OperationId", ctx.trace.trace_id);
+    match ctx.trace.parent_id {
+        Some(parent) => o.display("ParentId", parent),
+        None => o.null("ParentId"),
+    }
+    o.display("SpanId", ctx.trace.span_id);
+    o.display("Name", Name(ctx));
+    o.str(
+        "RoleName",
+        service.map_or(&state.config.telemetry.role_name, |s| &s.config.role_name),
+    );
+    o.str("RoleInstance", &state.role_instance);
     o.end();
     line.push(b'\n');
+}
+
+/// The operation name: the method and the path after the route prefix, without the query
+/// (`POST /score`); the whole path when no route matched.
+struct Name<'a>(&'a RequestCtx);
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ctx = self.0;
+        let path = ctx.url.as_ref().map_or("/", PathAndQuery::path);
+        let rest = match &ctx.service {
+            Some(s) => match path.get(s.config.route.len()..) {
+                Some("") | None => "/",
+                Some(rest) => rest,
+            },
+            None => path,
+        };
+        write!(f, "{} {rest}", ctx.method)
+    }
 }
 
 /// Completes a request's telemetry: settles the outcome of a request that ended early, updates
