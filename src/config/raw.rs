@@ -89,6 +89,8 @@ pub struct RawServer {
     pub tls_handshake_timeout_ms: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub idle_release_ms: Option<u64>,
+    pub lingering_timeout_ms: Option<u64>,
+    pub lingering_max_bytes: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
     pub public_metrics: Option<bool>,

@@ -452,3 +452,21 @@ fn unreadable_file_is_a_read_error() {
             .starts_with("cannot read config file /nonexistent/scoregate.toml")
     );
 }
+
+#[test]
+fn lingering_bounds_have_defaults_and_are_validated_by_key() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.lingering_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.lingering_max_bytes, 64 * 1024 * 1024);
+    let issues = d.issues(&format!(
+        "[server]\nlingering_timeout_ms = 100000000000\nlingering_max_bytes = 2000000000000\n{MINIMAL}"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "server.lingering_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+            "server.lingering_max_bytes: 2000000000000 exceeds the maximum of 1099511627776 (1 TiB)",
+        ]
+    );
+}
