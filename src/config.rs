@@ -235,6 +235,14 @@ pub struct ServiceConfig {
     pub max_queue_length: usize,
     /// A body stream (either direction) that moves no data for this long is cut off.
     pub body_idle_timeout: Duration,
+    /// A client that takes no response data for this long is disconnected (slot freed).
+    pub send_timeout: Duration,
+    /// The whole exchange, from admission to the end of the response (`None`: unbounded).
+    pub request_timeout: Option<Duration>,
+    /// A request body slower than this (bytes per second, over each `min_body_rate_window`) is
+    /// cut off with 408 (0: no minimum).
+    pub min_body_rate: u64,
+    pub min_body_rate_window: Duration,
     /// Client addresses allowed to call the service (`None`: all).
     pub allow_cidrs: Option<Vec<ipnet::IpNet>>,
     pub rate_limit: Option<RateLimit>,

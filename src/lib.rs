@@ -8,7 +8,8 @@
 //! - [`auth`]: who is calling (`Principal`); key and token verification.
 //! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
 //!   the pooled client, `body` the streaming bodies and the record guard, `linger` discards the
-//!   unread rest of a request body answered early.
+//!   unread rest of a request body answered early, `watchdog` ends requests whose client stopped
+//!   taking the response or that passed their deadline.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
 //!   the Prometheus registry.

@@ -24,6 +24,7 @@ pub mod body;
 pub mod headers;
 pub mod linger;
 pub mod upstream;
+pub mod watchdog;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -150,6 +151,8 @@ pub struct RequestCtx {
     pub queue_wait: Option<Duration>,
     /// The upstream slot, held until the response body has been streamed.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Enforces `send_timeout_ms` and `request_timeout_ms` from admission on.
+    pub watch: Option<Arc<watchdog::Watch>>,
 }
 
 impl RequestCtx {
@@ -178,6 +181,7 @@ impl RequestCtx {
             error: None,
             queue_wait: None,
             permit: None,
+            watch: None,
         }
     }
 
@@ -198,6 +202,12 @@ pub struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let Some(watch) = self.ctx.watch.take() {
+            watch.finished();
+            if let Some(stalled) = watch.fired() {
+                self.ctx.error = Some(stalled);
+            }
+        }
         crate::telemetry::request_log::finish(&self.gw, &mut self.ctx);
     }
 }
@@ -220,7 +230,12 @@ pub async fn handle(
     });
     // The body stays here until `upstream_request` takes it, so a refusal can discard it.
     let mut body = Some(body);
-    let response = match pipeline(&mut fin, parts, &mut body).await {
+    let outcome = pipeline(&mut fin, parts, &mut body).await;
+    if let Some(watch) = &fin.ctx.watch {
+        // The head is ready: from now on the client has to take the response.
+        watch.sending();
+    }
+    let response = match outcome {
         Ok((resp, lease)) => {
             let (parts, body) = resp.into_parts();
             fin.ctx.status = parts.status.as_u16();
@@ -250,7 +265,9 @@ pub async fn handle(
             if let Some(unread) = unread
                 && !matches!(
                     err,
-                    GatewayError::ClientBodyTimeout { .. } | GatewayError::ClientDisconnected
+                    GatewayError::ClientBodyTimeout { .. }
+                        | GatewayError::ClientBodyTooSlow { .. }
+                        | GatewayError::ClientDisconnected
                 )
             {
                 // A refusal is >= 400: clients stop uploading when they see it, so its end
@@ -269,7 +286,8 @@ async fn pipeline(
     body: &mut Option<Incoming>,
 ) -> Result<(Response<Incoming>, Lease), GatewayError> {
     let Finish { gw, ctx, conn } = fin;
-    let conn: &ConnInfo = &conn.0;
+    let conn_arc = &conn.0;
+    let conn: &ConnInfo = conn_arc;
     let (service, strip) = select_service(gw, ctx, &req)?;
     ctx.service = Some(Arc::clone(&service));
     service.metrics.inflight.inc();
@@ -284,6 +302,16 @@ async fn pipeline(
     })?;
     ctx.queue_wait = Some(waited);
     ctx.permit = Some(permit);
+    // From here on the request holds a slot: bound how long a client can keep it.
+    let deadline = service
+        .config
+        .request_timeout
+        .map(|d| d.saturating_sub(ctx.start.elapsed()));
+    ctx.watch = Some(watchdog::Watch::start(
+        Arc::clone(conn_arc),
+        service.config.send_timeout,
+        deadline,
+    ));
     let upstream_req = upstream_request(&service, ctx, conn, req, body, strip)?;
     let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
@@ -441,6 +469,10 @@ fn upstream_request(
                 limit: service.config.max_body_bytes,
                 progress,
                 idle: body::IdleTimer::new(service.config.body_idle_timeout),
+                rate: body::MinRate::new(
+                    service.config.min_body_rate,
+                    service.config.min_body_rate_window,
+                ),
             }
         }
         _ => RequestBody::Empty,
@@ -511,6 +543,9 @@ async fn forward(
         }
         Ok(Err(_)) if fault == Some(BodyFault::Idle) => Err(GatewayError::ClientBodyTimeout {
             after: service.config.body_idle_timeout,
+        }),
+        Ok(Err(_)) if fault == Some(BodyFault::TooSlow) => Err(GatewayError::ClientBodyTooSlow {
+            min_rate: service.config.min_body_rate,
         }),
         Ok(Err(UpstreamError::Connect(e))) => Err(GatewayError::UpstreamConnect(e)),
         Ok(Err(UpstreamError::Http(e))) => {

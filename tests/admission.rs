@@ -14,6 +14,7 @@ mod admission {
     pub mod order;
     pub mod queue;
     pub mod rate;
+    pub mod slow_clients;
     pub mod tls_peers;
 }
 

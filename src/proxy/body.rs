@@ -62,6 +62,7 @@ pub struct Unread {
 const BODY_CLIENT_ERROR: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
 const BODY_IDLE: u8 = 3;
+const BODY_TOO_SLOW: u8 = 4;
 
 /// The request body stopped for a reason that belongs to the client, not the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub enum BodyFault {
     TooLarge,
     /// No data for longer than the idle timeout.
     Idle,
+    /// Slower than `min_body_rate_bytes_per_s`.
+    TooSlow,
 }
 
 impl Progress {
@@ -96,6 +99,7 @@ impl Progress {
             BODY_CLIENT_ERROR => Some(BodyFault::ClientError),
             BODY_TOO_LARGE => Some(BodyFault::TooLarge),
             BODY_IDLE => Some(BodyFault::Idle),
+            BODY_TOO_SLOW => Some(BodyFault::TooSlow),
             _ => None,
         }
     }
@@ -129,6 +133,8 @@ pub enum RequestBodyError {
     TooLarge { limit: u64 },
     #[error("request body stalled")]
     Idle,
+    #[error("request body too slow")]
+    TooSlow,
     /// The upstream answered before reading the whole body; the rest is not forwarded.
     #[error("request body no longer forwarded: the upstream has answered")]
     Stopped,
@@ -177,6 +183,58 @@ impl IdleTimer {
     }
 }
 
+/// A minimum data rate, checked over consecutive windows as data arrives: a body that trickles
+/// (each piece inside the idle timeout, so it never stalls) still cannot hold its admission slot
+/// for long. A body with no data at all is the idle timer's business.
+#[derive(Debug)]
+pub struct MinRate {
+    /// Bytes per second; 0: no minimum.
+    per_s: u64,
+    window: Duration,
+    /// Start of the current window (`None` until the first poll).
+    since: Option<tokio::time::Instant>,
+    bytes: u64,
+}
+
+impl MinRate {
+    pub fn new(per_s: u64, window: Duration) -> Self {
+        Self {
+            per_s,
+            window,
+            since: None,
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes; `false` when a whole window passed below the rate.
+    fn record(&mut self, n: usize) -> bool {
+        if self.per_s == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        self.bytes += n as u64;
+        let elapsed = now.duration_since(since);
+        if elapsed < self.window {
+            return true;
+        }
+        let needed = u128::from(self.per_s) * elapsed.as_millis() / 1000;
+        if u128::from(self.bytes) < needed {
+            return false;
+        }
+        self.since = Some(now);
+        self.bytes = 0;
+        true
+    }
+
+    /// Starts the first window when the body is first asked for.
+    fn start(&mut self) {
+        if self.since.is_none() && self.per_s != 0 {
+            self.since = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
 /// The body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -186,6 +244,7 @@ pub enum RequestBody {
         /// Holds the client's body (see [`Progress::take_rest`]).
         progress: Arc<Progress>,
         idle: IdleTimer,
+        rate: MinRate,
     },
 }
 
@@ -201,10 +260,12 @@ impl Body for RequestBody {
             limit,
             progress,
             idle,
+            rate,
         } = self.get_mut()
         else {
             return Poll::Ready(None);
         };
+        rate.start();
         let mut source = progress.source();
         source.uninvited = false;
         let Some(inner) = source.body.as_mut() else {
@@ -236,6 +297,10 @@ impl Body for RequestBody {
                 }
                 drop(source);
                 if let Some(data) = frame.data_ref() {
+                    if !rate.record(data.len()) {
+                        progress.outcome.store(BODY_TOO_SLOW, Ordering::Release);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooSlow)));
+                    }
                     let total = progress
                         .bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed)
@@ -411,7 +476,37 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
+        // The send timeout runs while a frame waits for the client, not while the upstream is.
+        let watch = self
+            .finish
+            .as_ref()
+            .and_then(|f| f.ctx.watch.as_ref())
+            .map(Arc::clone);
+        if let Some(watch) = &watch {
+            watch.asked();
+        }
+        let polled = self.poll_next_frame(cx);
+        if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (&watch, &polled) {
+            watch.sending();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint()
+    }
+}
+
+impl ProxyBody {
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self;
         match &mut this.kind {
             Kind::Full(bytes) => {
                 let frame = bytes.take();
@@ -500,7 +595,7 @@ impl Body for ProxyBody {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream {
@@ -509,7 +604,7 @@ impl Body for ProxyBody {
         }
     }
 
-    fn size_hint(&self) -> SizeHint {
+    fn hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
