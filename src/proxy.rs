@@ -40,7 +40,7 @@ use hyper::body::Incoming;
 
 use crate::auth::Principal;
 use crate::config::AuthMode;
-use crate::error::GatewayError;
+use crate::error::{AuthFailure, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::Service;
 use body::{BodyFault, Progress, ProxyBody, RequestBody, Unread};
@@ -427,17 +427,22 @@ fn upstream_request(
         // The scoring container never sees the caller's key or token.
         parts.headers.remove(header::AUTHORIZATION);
     }
-    if let Some(name) = service
+    // Only the gateway speaks for the caller's identity: whatever the auth mode, a client-sent
+    // subject is dropped under every spelling a server might read as its name.
+    let configured = service
         .config
         .token
         .as_ref()
-        .and_then(|t| t.subject_header.as_ref())
-    {
-        // Only the gateway speaks for the caller's identity: a client-sent value is dropped.
-        parts.headers.remove(name);
-        if let Principal::Token { subject, .. } = &ctx.principal
-            && let Ok(value) = HeaderValue::from_str(subject)
-        {
+        .and_then(|t| t.subject_header.as_ref());
+    headers::remove_lookalikes(&mut parts.headers, &headers::X_SCOREGATE_SUBJECT);
+    if let Some(name) = configured {
+        if *name != headers::X_SCOREGATE_SUBJECT {
+            headers::remove_lookalikes(&mut parts.headers, name);
+        }
+        if let Principal::Token { subject, .. } = &ctx.principal {
+            // Verification refused subjects that are not valid header values (401).
+            let value = HeaderValue::from_str(subject)
+                .map_err(|_| GatewayError::Unauthenticated(AuthFailure::TokenClaims))?;
             parts.headers.insert(name.clone(), value);
         }
     }
