@@ -10,7 +10,9 @@
 //!   API's callers (bootstrap credential, identity provider).
 //! - [`policy`]: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.
 //! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
-//!   the pooled client, `body` the streaming bodies and the record guard.
+//!   the pooled client, `body` the streaming bodies and the record guard, `linger` discards the
+//!   unread rest of a request body answered early, `watchdog` ends requests whose client stopped
+//!   taking the response or that passed their deadline.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
 //!   the Prometheus registry.

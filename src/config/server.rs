@@ -33,6 +33,12 @@ impl ServerConfig {
     }
 }
 
+/// `lingering_timeout_ms`: nginx's `lingering_timeout` is 5 s.
+const DEFAULT_LINGERING_TIMEOUT_MS: u64 = 5_000;
+/// `lingering_max_bytes`: 64 MiB reads in well under a second on a fast link, and keeps a
+/// refused upload from making the gateway read for ever.
+const DEFAULT_LINGERING_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Validator<'_> {
     pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
         let output = match raw.output.as_deref().unwrap_or("stdout") {
@@ -192,6 +198,17 @@ impl Validator<'_> {
                 1,
             ),
             idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 1_000, 0),
+            lingering_timeout: self.millis(
+                "server.lingering_timeout_ms",
+                raw.lingering_timeout_ms,
+                DEFAULT_LINGERING_TIMEOUT_MS,
+                0,
+            ),
+            lingering_max_bytes: self.bytes(
+                "server.lingering_max_bytes",
+                raw.lingering_max_bytes,
+                DEFAULT_LINGERING_MAX_BYTES,
+            ),
             worker_threads: raw.worker_threads,
             health_interval: self.millis(
                 "server.health_interval_ms",

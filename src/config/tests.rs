@@ -540,3 +540,43 @@ fn admin_listener_on_the_network_warns_and_admin_tls_is_validated() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn lingering_bounds_have_defaults_and_are_validated_by_key() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.lingering_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.lingering_max_bytes, 64 * 1024 * 1024);
+    let issues = d.issues(&format!(
+        "[server]\nlingering_timeout_ms = 100000000000\nlingering_max_bytes = 2000000000000\n{MINIMAL}"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "server.lingering_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+            "server.lingering_max_bytes: 2000000000000 exceeds the maximum of 1099511627776 (1 TiB)",
+        ]
+    );
+}
+
+#[test]
+fn slow_client_bounds_have_defaults_and_are_validated_by_key() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.send_timeout, Duration::from_secs(30));
+    assert_eq!(s.request_timeout, None);
+    assert_eq!(s.min_body_rate, 500);
+    assert_eq!(s.min_body_rate_window, Duration::from_secs(10));
+    let issues = d.issues(&format!(
+        "{MINIMAL}send_timeout_ms = 0\nrequest_timeout_ms = 100000000000\nmin_body_rate_window_ms = 10\n"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "service[0].send_timeout_ms: 0 is below the minimum of 1 ms",
+            "service[0].request_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+            "service[0].min_body_rate_window_ms: 10 is below the minimum of 100 ms",
+        ]
+    );
+}
