@@ -157,16 +157,7 @@ impl Validator<'_> {
             raw.probe_listen.as_deref(),
             raw.metrics_listen.as_deref(),
         );
-        let state_dir = self.path(raw.state_dir.as_deref().unwrap_or("state"));
-        if state_dir.exists() && !state_dir.is_dir() {
-            self.issue(
-                "server.state_dir",
-                format!("{} exists and is not a directory", state_dir.display()),
-            );
-        }
-        for problem in crate::state::check_state_dir(&state_dir) {
-            self.issue("server.state_dir", problem);
-        }
+        let state_dir = self.state_dir(raw.state_dir.as_deref());
         let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
         if compute_type.is_empty() || compute_type.len() > 64 {
@@ -250,6 +241,21 @@ impl Validator<'_> {
                 .admin_tls
                 .and_then(|tls| self.tls_table("server.admin_tls", tls)),
         }
+    }
+
+    /// `server.state_dir` (default `state`): a directory if it exists, private to its owner.
+    fn state_dir(&mut self, raw: Option<&str>) -> PathBuf {
+        let state_dir = self.path(raw.unwrap_or("state"));
+        if state_dir.exists() && !state_dir.is_dir() {
+            self.issue(
+                "server.state_dir",
+                format!("{} exists and is not a directory", state_dir.display()),
+            );
+        }
+        for problem in crate::state::check_state_dir(&state_dir) {
+            self.issue("server.state_dir", problem);
+        }
+        state_dir
     }
 
     /// `probe_listen` and `metrics_listen`, optional, each on an address of its own.
