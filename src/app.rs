@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::gateway::{Gateway, Parts};
 use crate::reload::{Applier, Handles};
@@ -71,10 +72,24 @@ pub async fn run(
     let credential = admin::authz::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let health_wake = Arc::new(tokio::sync::Notify::new());
+    // Fleet mode: the namespace is read (or the local snapshot loaded) before the first state is
+    // built from it.
+    let cluster = match config.cluster.etcd() {
+        Some(etcd) => Some(
+            Cluster::open(
+                Arc::clone(etcd),
+                &config.server.state_dir,
+                &telemetry.metrics,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let handles = Handles {
         metrics: Arc::clone(&telemetry.metrics),
         activity: Arc::clone(&activity),
         health_wake: Arc::clone(&health_wake),
+        cluster: cluster.clone(),
     };
     // Reading files and generating first keys block.
     let (applier, state) =
@@ -91,6 +106,13 @@ pub async fn run(
     let health = tokio::spawn(health::probe_loop(Arc::clone(&gw)));
     let watcher = tokio::spawn(watch::watch_loop(Arc::clone(&gw)));
     let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
+    let sync = cluster.map(|c| {
+        tokio::spawn(crate::cluster::sync::run(
+            c,
+            gw.applier.clone(),
+            gw.lifecycle.stop_background.clone(),
+        ))
+    });
     tracing::info!(
         file = %credential.display(),
         "management API: the bootstrap admin credential is in this file"
@@ -110,6 +132,9 @@ pub async fn run(
     health.abort();
     hangup.abort();
     let _ = watcher.await;
+    if let Some(sync) = sync {
+        let _ = sync.await;
+    }
     Ok(outcome)
 }
 

@@ -6,4 +6,5 @@ mod support;
 
 mod fleet {
     pub mod client;
+    pub mod shared;
 }

@@ -183,6 +183,8 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignmentFile {
     pub path: PathBuf,
+    /// Fleet mode: one etcd key per assignment under this prefix.
+    pub shared: Option<crate::cluster::SharedKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,11 +205,25 @@ impl AssignmentFile {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             path: state_dir.join(Self::FILE),
+            shared: None,
         }
     }
 
     /// The assignments on disk (none when the file does not exist).
     pub fn read(&self) -> Result<Vec<Assignment>, AssignmentError> {
+        if let Some(shared) = &self.shared {
+            // One key per assignment: concurrent adds on different replicas never conflict.
+            let mut list = Vec::new();
+            for (key, bytes) in shared.read_prefix() {
+                let a: Assignment =
+                    serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
+                        path: PathBuf::from(&key),
+                        reason: e.to_string(),
+                    })?;
+                list.push(a);
+            }
+            return Ok(list);
+        }
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
                 path: self.path.clone(),
@@ -239,7 +255,10 @@ impl crate::reload::source::Source for AssignmentFile {
     type Error = AssignmentError;
 
     fn observe(&self) -> crate::reload::source::Version {
-        vec![crate::reload::source::Fingerprint::of(&self.path)]
+        match &self.shared {
+            Some(shared) => vec![shared.prefix_stamp()],
+            None => vec![crate::reload::source::Fingerprint::of(&self.path)],
+        }
     }
 
     fn load(

@@ -109,6 +109,8 @@ pub enum Generated {
 #[derive(Debug)]
 pub struct PendingWrite {
     pub path: PathBuf,
+    /// Fleet mode: the value goes to etcd (create-if-absent, or compare-and-swap).
+    pub shared: Option<crate::cluster::SharedKey>,
     pub bytes: Zeroizing<Vec<u8>>,
     pub generated: Generated,
 }
@@ -172,6 +174,7 @@ fn admin_credentials(
     let (credentials, bytes) = file.generate().map_err(BuildError::Admin)?;
     writes.push(PendingWrite {
         path: file.path.clone(),
+        shared: file.shared.clone(),
         bytes,
         generated: Generated::Admin {
             file: file.clone(),
@@ -234,6 +237,7 @@ fn pending_keys(
     let state = KeyFileState::written(Arc::clone(&shared), &bytes, "scoregate");
     writes.push(PendingWrite {
         path: file.path().to_owned(),
+        shared: file.shared.clone(),
         bytes,
         generated: Generated::Keys {
             service: service.to_owned(),
@@ -273,6 +277,7 @@ fn token_authority(
             let state = SigningFileState::written(Arc::clone(&shared), &bytes, "scoregate");
             writes.push(PendingWrite {
                 path: file.path().to_owned(),
+                shared: file.shared.clone(),
                 bytes,
                 generated: Generated::Signing {
                     service: name.clone(),

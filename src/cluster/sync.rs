@@ -1,0 +1,94 @@
+//! The sync loop: keeps the replica's copy of its namespace current from etcd's watch and runs a
+//! reload cycle after every change, so the change is built and published like any other source's.
+//!
+//! It resumes a broken watch from the revision after the last one copied (so nothing is missed
+//! while etcd or the network was down); if etcd has compacted that revision away, it reads the
+//! whole namespace again. While etcd cannot be reached it retries with a bounded backoff and the
+//! replica keeps serving from the state it last applied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Cluster;
+use super::etcd::WatchEvent;
+use crate::reload::{Applier, Trigger};
+
+/// Longest wait between two attempts to reach etcd.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs until `stop` is cancelled.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    applier: Applier,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let outcome = follow(&cluster, &applier).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "etcd watch lost; serving the last applied state");
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = session => {}
+        }
+        cluster.set_connected(false);
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One session: (re)connect, catch up, and follow the watch until it fails.
+async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::ClusterError> {
+    let prefix = cluster.config.prefix();
+    cluster.client.authenticate().await?;
+    let mut watch = cluster
+        .client
+        .watch(&prefix, cluster.mirror.revision() + 1)
+        .await?;
+    cluster.set_connected(true);
+    // The copy may be ahead of the published state (a snapshot start, a change that arrived
+    // just before a failure): apply it now.
+    applier.run(Trigger::Cluster).await;
+    loop {
+        match watch.next().await? {
+            WatchEvent::Changes { revision, events } => {
+                let received = Instant::now();
+                let newest = events
+                    .iter()
+                    .map(|c| match c {
+                        super::etcd::Change::Put(kv) => kv.mod_revision,
+                        super::etcd::Change::Delete { mod_revision, .. } => *mod_revision,
+                    })
+                    .max();
+                let has_events = newest.is_some();
+                // A progress notification (no events) moves the copy to the store's revision.
+                cluster.mirror.apply(events, newest.unwrap_or(revision));
+                cluster.save_snapshot();
+                applier.run(Trigger::Cluster).await;
+                if has_events {
+                    cluster
+                        .metrics
+                        .apply_seconds
+                        .observe(received.elapsed().as_secs_f64());
+                }
+            }
+            WatchEvent::Compacted(revision) => {
+                tracing::warn!(
+                    revision,
+                    "the etcd revision to resume from was compacted; reading the namespace again"
+                );
+                let (kvs, revision) = cluster.client.get_prefix(&prefix).await?;
+                cluster.mirror.replace(kvs, revision);
+                cluster.save_snapshot();
+                applier.run(Trigger::Cluster).await;
+                watch = cluster.client.watch(&prefix, revision + 1).await?;
+            }
+        }
+    }
+}
