@@ -29,7 +29,6 @@
 
 mod files;
 mod report;
-pub mod source;
 mod sources;
 mod writes;
 
@@ -42,9 +41,9 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::{self, Config};
 use crate::runtime::build::{self, Candidate, Context, Generated, PendingWrite};
 use crate::runtime::{BuildError, RuntimeState, StateCell, StateCert};
+use crate::source::Change;
 use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::Metrics;
-use source::Change;
 use sources::{Event, Sources};
 
 pub use writes::WriteError;
@@ -187,6 +186,7 @@ impl Applier {
             cluster.set_applied(revision);
         }
         let cell = StateCell::new(state, resolver);
+        handles.activity.bind(&cell);
         let inner = Inner {
             serial: tokio::sync::Mutex::new(()),
             sources: Mutex::new(sources),
@@ -464,35 +464,22 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.worker_threads",
         o.worker_threads != n.worker_threads,
     );
-    check(
-        "server.max_connections",
-        o.max_connections != n.max_connections,
-    );
-    check(
-        "server listener limits",
-        (
-            o.max_header_bytes,
-            o.max_headers,
-            o.http2_max_concurrent_streams,
-        ) != (
-            n.max_header_bytes,
-            n.max_headers,
-            n.http2_max_concurrent_streams,
-        ) || (
-            o.header_read_timeout,
-            o.tls_handshake_timeout,
-            o.idle_release,
-        ) != (
-            n.header_read_timeout,
-            n.tls_handshake_timeout,
-            n.idle_release,
-        ),
-    );
     let (ot, nt) = (&old.telemetry, &new.telemetry);
     check(
         "telemetry output",
-        (&ot.output, ot.queue_capacity, &ot.log_filter, ot.log_format)
-            != (&nt.output, nt.queue_capacity, &nt.log_filter, nt.log_format),
+        (
+            &ot.output,
+            ot.queue_capacity,
+            ot.queue_max_bytes,
+            &ot.log_filter,
+            ot.log_format,
+        ) != (
+            &nt.output,
+            nt.queue_capacity,
+            nt.queue_max_bytes,
+            &nt.log_filter,
+            nt.log_format,
+        ),
     );
     changed
 }

@@ -88,9 +88,11 @@ pub struct RawTelemetry {
     pub file_keep: Option<usize>,
     pub request_records: Option<bool>,
     pub queue_capacity: Option<usize>,
+    pub queue_max_bytes: Option<usize>,
     pub redact_query_params: Option<Vec<String>>,
     pub log: Option<String>,
     pub log_format: Option<String>,
+    pub role_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,7 @@ pub struct RawServer {
     pub idle_release_ms: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
+    pub watch_interval_ms: Option<u64>,
     pub public_metrics: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
@@ -150,6 +153,7 @@ pub struct RawService {
     pub allow_cidrs: Option<Vec<String>>,
     pub rate_limit: Option<RawRateLimit>,
     pub upstream_ca: Option<String>,
+    pub role_name: Option<String>,
 }
 
 /// `[service.rate_limit]`: a token bucket per caller.

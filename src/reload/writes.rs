@@ -19,7 +19,6 @@ use zeroize::Zeroizing;
 
 use super::sources::Sources;
 use super::{Applier, Own, Trigger};
-use crate::admin::roles::{Assignment, AssignmentError};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, NewKeys, Secret};
@@ -27,6 +26,7 @@ use crate::cluster::{ClusterError, SharedKey};
 
 /// How long a committed fleet write waits for its change to be applied here.
 const APPLY_LIMIT: Duration = Duration::from_secs(10);
+use crate::policy::{Assignment, AssignmentError};
 
 /// Why a management write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ impl SharedOp {
 }
 
 /// The mod revision a shared source's applied value was read at (0: absent).
-fn applied_revision(seen: &super::source::Version) -> i64 {
+fn applied_revision(seen: &crate::source::Version) -> i64 {
     seen.first()
         .copied()
         .flatten()
