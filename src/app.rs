@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::gateway::{Gateway, Parts};
 use crate::reload::{Applier, Handles};
@@ -68,6 +67,7 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
+    tokio::pin!(shutdown);
     state::ensure_state_dir(&config.server.state_dir)?;
     let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
@@ -75,14 +75,21 @@ pub async fn run(
     // Fleet mode: the namespace is read (or the local snapshot loaded) before the first state is
     // built from it.
     let cluster = match config.cluster.etcd() {
-        Some(etcd) => Some(
-            Cluster::open(
-                Arc::clone(etcd),
+        Some(etcd) => {
+            let mut answering = vec![&listeners.admin];
+            answering.extend(listeners.probe.as_ref());
+            let open = crate::cluster::unsynced::open_or_wait(
+                etcd,
                 &config.server.state_dir,
                 &telemetry.metrics,
-            )
-            .await?,
-        ),
+                &answering,
+            );
+            // A replica still waiting for its first sync stops at once when asked to.
+            tokio::select! {
+                cluster = open => Some(cluster?),
+                () = &mut shutdown => return Ok(Drained::Complete),
+            }
+        }
         None => None,
     };
     let handles = Handles {

@@ -20,12 +20,14 @@
 //! - [`seal`]: AES-256-GCM sealing of every secret stored, with the etcd key as associated data.
 //! - [`mirror`]: the local copy of the namespace and its sealed snapshot in `state_dir`.
 //! - [`sync`]: the watch loop that feeds the copy and triggers the applier.
+//! - [`unsynced`]: a replica that never synced waits for etcd, answering "not ready" meanwhile.
 
 pub mod etcd;
 pub mod mirror;
 mod proto;
 pub mod seal;
 pub mod sync;
+pub mod unsynced;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,7 +105,8 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    fn register(metrics: &Metrics) -> Self {
+    /// Registers the fleet series in `metrics`' registry (once per process).
+    pub fn register(metrics: &Metrics) -> Self {
         let r = metrics.registry();
         let connected = IntGauge::new(
             "scoregate_cluster_connected",
@@ -171,7 +174,7 @@ impl Cluster {
     pub async fn open(
         config: Arc<EtcdConfig>,
         state_dir: &std::path::Path,
-        metrics: &Metrics,
+        metrics: &ClusterMetrics,
     ) -> Result<Arc<Self>, ClusterError> {
         let client = Client::new(&config)?;
         let mirror = Mirror::default();
@@ -205,7 +208,7 @@ impl Cluster {
         };
         let (applied, _) = tokio::sync::watch::channel(0);
         let cluster = Arc::new(Self {
-            metrics: ClusterMetrics::register(metrics),
+            metrics: metrics.clone(),
             config,
             client,
             mirror,
@@ -388,6 +391,8 @@ impl SharedKey {
         match txn {
             Txn::Committed(revision) => {
                 self.cluster.mirror.committed(&self.key, sealed, revision);
+                // A restart while etcd is down must find what this replica created.
+                self.cluster.save_snapshot();
                 Ok(revision)
             }
             Txn::Conflict { .. } => Err(ClusterError::Conflict(self.key.clone())),

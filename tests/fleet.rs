@@ -6,5 +6,6 @@ mod support;
 
 mod fleet {
     pub mod client;
+    pub mod outage;
     pub mod shared;
 }
