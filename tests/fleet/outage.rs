@@ -256,3 +256,83 @@ async fn a_replica_that_never_synced_is_not_ready_and_invents_nothing_until_etcd
     let (primary, _) = admin.keys("m").await;
     assert_eq!(score(&gw, "/m", &primary).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn killing_the_etcd_leader_under_load_fails_no_scoring_request_and_writes_resume() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let mut etcd = Etcd::cluster().await;
+    let upstream = MockUpstream::start().await;
+    let a = Arc::new(replica(etcd.cluster_toml("leader", "a"), &upstream.url()).await);
+    let b = Arc::new(replica(etcd.cluster_toml("leader", "b"), &upstream.url()).await);
+    let admin_a = Admin::of(&a).await;
+    let keys = admin_a.keys("m").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for gw in [&a, &b, &a, &b] {
+        let (gw, stop, ok, failed, key) = (
+            Arc::clone(gw),
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            keys.0.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if score(&gw, "/m", &key).await == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    wait_until("load is flowing", || async {
+        ok.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+
+    // Find and kill the leader.
+    let config = scoregate::config::parse_and_validate(
+        &format!(
+            "{}\n[[service]]\nname = \"x\"\nroute = \"/\"\nupstream = \"http://127.0.0.1:1\"\n",
+            etcd.cluster_toml("leader", "tool")
+        ),
+        &etcd.dir().join("tool.toml"),
+    )
+    .expect("tool config");
+    let client = scoregate::cluster::etcd::Client::new(config.cluster.etcd().expect("etcd"))
+        .expect("client");
+    let statuses = client.status().await;
+    let leader = statuses
+        .iter()
+        .position(|s| s.leader == Some(true))
+        .unwrap_or_else(|| panic!("a leader among {statuses:?}"));
+    let before = ok.load(Ordering::Relaxed);
+    etcd.members[leader].kill().await;
+    etcd.wait_healthy().await; // the two others elected a new leader
+    wait_until("load kept flowing after the kill", || async {
+        ok.load(Ordering::Relaxed) >= before + 20
+    })
+    .await;
+
+    // Writes resume: once the remaining members have a leader, a write commits and reaches
+    // the other replica.
+    let (status, body) = regenerate(&admin_a, "Secondary").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new_secondary = body["secondaryKey"]
+        .as_str()
+        .expect("secondaryKey")
+        .to_owned();
+    wait_score(&b, "/m", &new_secondary, StatusCode::OK).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed scoring requests");
+    assert!(ok.load(Ordering::Relaxed) >= before + 20);
+}
