@@ -114,11 +114,13 @@ pub async fn run(
     let watcher = tokio::spawn(watch::watch_loop(Arc::clone(&gw)));
     let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
     let sync = cluster.map(|c| {
-        tokio::spawn(crate::cluster::sync::run(
-            c,
-            gw.applier.clone(),
-            gw.lifecycle.stop_background.clone(),
-        ))
+        let stop = gw.lifecycle.stop_background.clone();
+        let registration =
+            tokio::spawn(crate::cluster::sync::register(Arc::clone(&c), stop.clone()));
+        let watch = tokio::spawn(crate::cluster::sync::run(c, gw.applier.clone(), stop));
+        async move {
+            let _ = tokio::join!(registration, watch);
+        }
     });
     tracing::info!(
         file = %credential.display(),
@@ -140,7 +142,7 @@ pub async fn run(
     hangup.abort();
     let _ = watcher.await;
     if let Some(sync) = sync {
-        let _ = sync.await;
+        sync.await;
     }
     Ok(outcome)
 }

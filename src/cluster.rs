@@ -10,9 +10,11 @@
 //! create-if-absent); the call answers once the watch has brought that revision back and a
 //! cycle has applied it ([`Cluster::wait_applied`]). etcd is never on the scoring path.
 //!
-//! Layout under `/scoregate/<namespace>/` (values of secrets sealed, [`seal`]):
-//! `keys/<service>`, `signing/<service>`, `admin`, `assignments/<id>` (plain JSON),
-//! `seal-check` (proves every replica uses the same seal key).
+//! Layout under `/scoregate/<namespace>/` (values of secrets sealed, [`seal`]): the shared
+//! state under `state/` (watched): `state/keys/<service>`, `state/signing/<service>`,
+//! `state/admin`, `state/assignments/<id>` (plain JSON), `state/seal-check` (proves every
+//! replica uses the same seal key); and `replicas/<instance>` (plain JSON, bound to a lease:
+//! live replicas and the revision each has applied).
 //!
 //! - `proto`: the etcd v3 bindings `build.rs` generates with protox (no system `protoc`).
 //! - [`etcd`]: a thin client: prefix reads with their revision, watches from a revision that
@@ -179,7 +181,7 @@ impl Cluster {
         let client = Client::new(&config)?;
         let mirror = Mirror::default();
         let snapshot = state_dir.join(SNAPSHOT_FILE);
-        let prefix = config.prefix();
+        let prefix = state_prefix(&config);
         let from_etcd = async {
             client.authenticate().await?;
             client.get_prefix(&prefix).await
@@ -253,9 +255,20 @@ impl Cluster {
         }
     }
 
-    /// The full etcd key of `relative` (e.g. `keys/model`).
+    /// `/scoregate/<namespace>/state/`: the shared state, watched and copied.
+    pub fn state_prefix(&self) -> String {
+        state_prefix(&self.config)
+    }
+
+    /// `/scoregate/<namespace>/replicas/`: lease-bound registrations of live replicas (not
+    /// watched: they change as replicas apply changes, and must not trigger cycles themselves).
+    pub fn replicas_prefix(&self) -> String {
+        format!("{}replicas/", self.config.prefix())
+    }
+
+    /// The full etcd key of `relative` (e.g. `keys/model`) in the shared state.
     pub fn key(&self, relative: &str) -> String {
-        format!("{}{relative}", self.config.prefix())
+        format!("{}{relative}", self.state_prefix())
     }
 
     /// A shared source's binding to `relative`.
@@ -303,10 +316,14 @@ impl Cluster {
 
     /// Writes the sealed snapshot of the copy (failures are logged: the copy in memory stays).
     pub(crate) fn save_snapshot(&self) {
-        if let Err(e) = self.mirror.save(&self.snapshot, &self.config.prefix()) {
+        if let Err(e) = self.mirror.save(&self.snapshot, &self.state_prefix()) {
             tracing::warn!(file = %self.snapshot.display(), error = %e, "cannot write the cluster snapshot");
         }
     }
+}
+
+fn state_prefix(config: &EtcdConfig) -> String {
+    format!("{}state/", config.prefix())
 }
 
 /// A shared source's etcd key. Equal when the key is (the cluster is the process's one).
@@ -402,5 +419,64 @@ impl SharedKey {
     /// [`Self::put_if`] from blocking code (the builder's first values, under the applier).
     pub fn put_if_blocking(&self, expected: i64, plain: &[u8]) -> Result<i64, ClusterError> {
         tokio::runtime::Handle::current().block_on(self.put_if(expected, plain))
+    }
+}
+
+/// `GET /cluster`: what an operator needs to see whether a change has reached every replica.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    pub backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<etcd::MemberStatus>,
+    /// Live replicas (lease-bound registrations), by instance; `None` when etcd cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<sync::Registration>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The view of `cluster` (`None`: the local backend).
+pub async fn view(cluster: Option<&Arc<Cluster>>) -> View {
+    let Some(c) = cluster else {
+        return View {
+            backend: "local",
+            namespace: None,
+            instance: None,
+            connected: None,
+            applied_revision: None,
+            endpoints: Vec::new(),
+            replicas: None,
+            error: None,
+        };
+    };
+    let (replicas, error) = match c.client.get_prefix(&c.replicas_prefix()).await {
+        Ok((kvs, _)) => (
+            Some(
+                kvs.iter()
+                    .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                    .collect(),
+            ),
+            None,
+        ),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    View {
+        backend: "etcd",
+        namespace: Some(c.config.namespace.clone()),
+        instance: Some(c.config.instance.clone()),
+        connected: Some(c.is_connected()),
+        applied_revision: Some(c.applied_revision()),
+        endpoints: c.client.status().await,
+        replicas,
+        error,
     }
 }

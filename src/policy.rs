@@ -30,10 +30,12 @@ pub enum Action {
     ConfigReload,
     RolesRead,
     RolesAssign,
+    /// `GET /cluster`: fleet mode's backend, endpoints and replicas (nothing secret).
+    ClusterRead,
 }
 
 impl Action {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::ServicesRead,
         Self::KeysList,
         Self::KeysRegenerate,
@@ -45,6 +47,7 @@ impl Action {
         Self::ConfigReload,
         Self::RolesRead,
         Self::RolesAssign,
+        Self::ClusterRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Action {
             Self::ConfigReload => "config/reload",
             Self::RolesRead => "roles/read",
             Self::RolesAssign => "roles/assign",
+            Self::ClusterRead => "cluster/read",
         }
     }
 }
@@ -169,6 +173,7 @@ pub fn builtin_roles() -> Vec<Role> {
                 "metrics/read",
                 "roles/read",
                 "services/token/issue",
+                "cluster/read",
             ],
             &[],
         ),
@@ -419,7 +424,8 @@ mod tests {
                 Action::TokenIssue,
                 Action::ActivityRead,
                 Action::MetricsRead,
-                Action::RolesRead
+                Action::RolesRead,
+                Action::ClusterRead
             ]
         );
     }

@@ -388,7 +388,7 @@ impl Inner {
 
 /// Reads the whole namespace again (blocking; a first start that lost a create race).
 fn resync(cluster: &Cluster) -> Result<(), ClusterError> {
-    let prefix = cluster.config.prefix();
+    let prefix = cluster.state_prefix();
     let (kvs, revision) =
         tokio::runtime::Handle::current().block_on(cluster.client.get_prefix(&prefix))?;
     cluster.mirror.replace(kvs, revision);

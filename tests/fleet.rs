@@ -8,4 +8,5 @@ mod fleet {
     pub mod client;
     pub mod outage;
     pub mod shared;
+    pub mod view;
 }

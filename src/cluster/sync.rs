@@ -45,7 +45,7 @@ pub async fn run(
 
 /// One session: (re)connect, catch up, and follow the watch until it fails.
 async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::ClusterError> {
-    let prefix = cluster.config.prefix();
+    let prefix = cluster.state_prefix();
     cluster.client.authenticate().await?;
     let mut watch = cluster
         .client
@@ -90,5 +90,71 @@ async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::Clust
                 watch = cluster.client.watch(&prefix, revision + 1).await?;
             }
         }
+    }
+}
+
+/// How long a registration outlives its replica.
+const LEASE_TTL_S: i64 = 10;
+/// How often the lease is refreshed and the registration updated.
+const REFRESH: Duration = Duration::from_secs(3);
+
+/// What a replica publishes about itself under `replicas/<instance>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub instance: String,
+    pub applied_revision: i64,
+    pub version: String,
+    /// Unix seconds.
+    pub started_at: u64,
+}
+
+/// Keeps this replica's lease-bound registration current until `stop`, then revokes it.
+pub async fn register(cluster: Arc<Cluster>, stop: tokio_util::sync::CancellationToken) {
+    let key = format!("{}{}", cluster.replicas_prefix(), cluster.config.instance);
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut lease = 0;
+    let mut published: Option<i64> = None;
+    loop {
+        let step = async {
+            if lease == 0 {
+                lease = cluster.client.grant(LEASE_TTL_S).await?;
+                published = None;
+            } else if !cluster.client.keep_alive_once(lease).await? {
+                lease = 0;
+                return Ok::<_, super::etcd::EtcdError>(());
+            }
+            let applied = cluster.applied_revision();
+            if published != Some(applied) {
+                let value = Registration {
+                    instance: cluster.config.instance.clone(),
+                    applied_revision: applied,
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    started_at,
+                };
+                let bytes = serde_json::to_vec(&value).unwrap_or_default();
+                cluster.client.put(&key, bytes, lease).await?;
+                published = Some(applied);
+            }
+            Ok(())
+        };
+        if let Err(e) = step.await {
+            tracing::debug!(error = %e, "replica registration not refreshed");
+            if !e.is_unavailable() {
+                lease = 0;
+            }
+        }
+        // Registrations follow applied changes quickly, and the lease well within its TTL.
+        let mut applied = cluster.applied.subscribe();
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(REFRESH) => {}
+            _ = applied.changed() => {}
+        }
+    }
+    if lease != 0 {
+        let _ = cluster.client.revoke(lease).await;
     }
 }

@@ -223,7 +223,7 @@ async fn no_secret_is_stored_in_etcd_in_plaintext() {
     let text = String::from_utf8_lossy(&dump);
     for key in ["keys/m", "signing/tok", "admin", "seal-check"] {
         assert!(
-            text.contains(&format!("/scoregate/sealed/{key}")),
+            text.contains(&format!("/scoregate/sealed/state/{key}")),
             "{key} is stored: {text}"
         );
     }
