@@ -163,9 +163,13 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
                 .redact_query_params
                 .clone()
                 .map_or_else(Redaction::default, Redaction::new),
-            // Decided once per process: a replica keeps its name across reloads.
+            // Decided once per process: a replica keeps its name across reloads. In fleet mode
+            // it is `[cluster] instance`, the name its registration and activity carry.
             role_instance: ctx.previous.map_or_else(
-                || Arc::from(crate::telemetry::role::instance(None)),
+                || {
+                    let configured = inputs.config.cluster.etcd().map(|e| e.instance.as_str());
+                    Arc::from(crate::telemetry::role::instance(configured))
+                },
                 |p| Arc::clone(&p.role_instance),
             ),
             config: Arc::clone(&inputs.config),

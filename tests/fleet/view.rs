@@ -27,6 +27,14 @@ async fn get_cluster_lists_live_replicas_and_the_revision_each_applied() {
     assert_eq!(view["instance"], "pod-a");
     assert_eq!(view["connected"], true);
     assert_eq!(view["endpoints"][0]["healthy"], true, "{view}");
+    // Records carry the configured instance as RoleInstance.
+    let (primary, _) = admin_a.keys("m").await;
+    assert_eq!(
+        super::shared::score(&a, "/m", &primary).await,
+        StatusCode::OK
+    );
+    let records = a.wait_for_records(1).await;
+    assert_eq!(records[0]["RoleInstance"], "pod-a", "{}", records[0]);
 
     // A rotation on B: its commit revision shows up as every replica's applied revision.
     let (status, body) = admin_b
