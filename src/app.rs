@@ -117,7 +117,14 @@ pub async fn run(
         let stop = gw.lifecycle.stop_background.clone();
         let registration =
             tokio::spawn(crate::cluster::sync::register(Arc::clone(&c), stop.clone()));
-        let watch = tokio::spawn(crate::cluster::sync::run(c, gw.applier.clone(), stop));
+        let applier = gw.applier.clone();
+        let apply = move || {
+            let applier = applier.clone();
+            async move {
+                applier.run(crate::reload::Trigger::Cluster).await;
+            }
+        };
+        let watch = tokio::spawn(crate::cluster::sync::run(c, apply, stop));
         async move {
             let _ = tokio::join!(registration, watch);
         }

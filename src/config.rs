@@ -117,6 +117,9 @@ pub fn acceptable_admin_credential(credential: &str) -> bool {
     credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
+/// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// Diagnostic output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -11,21 +11,21 @@ use std::time::{Duration, Instant};
 
 use super::Cluster;
 use super::etcd::WatchEvent;
-use crate::reload::{Applier, Trigger};
 
 /// Longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Runs until `stop` is cancelled.
-pub async fn run(
-    cluster: Arc<Cluster>,
-    applier: Applier,
-    stop: tokio_util::sync::CancellationToken,
-) {
+/// Runs until `stop` is cancelled. `apply` runs one reload cycle (the applier's, with
+/// `Trigger::Cluster`; passed in so this module does not depend on `reload`).
+pub async fn run<F, Fut>(cluster: Arc<Cluster>, apply: F, stop: tokio_util::sync::CancellationToken)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
-            let outcome = follow(&cluster, &applier).await;
+            let outcome = follow(&cluster, &apply).await;
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, "etcd watch lost; serving the last applied state");
             }
@@ -44,7 +44,11 @@ pub async fn run(
 }
 
 /// One session: (re)connect, catch up, and follow the watch until it fails.
-async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::ClusterError> {
+async fn follow<F, Fut>(cluster: &Cluster, apply: &F) -> Result<(), super::ClusterError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let prefix = cluster.state_prefix();
     cluster.client.authenticate().await?;
     let mut watch = cluster
@@ -54,7 +58,7 @@ async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::Clust
     cluster.set_connected(true);
     // The copy may be ahead of the published state (a snapshot start, a change that arrived
     // just before a failure): apply it now.
-    applier.run(Trigger::Cluster).await;
+    apply().await;
     loop {
         match watch.next().await? {
             WatchEvent::Changes { revision, events } => {
@@ -70,7 +74,7 @@ async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::Clust
                 // A progress notification (no events) moves the copy to the store's revision.
                 cluster.mirror.apply(events, newest.unwrap_or(revision));
                 cluster.save_snapshot();
-                applier.run(Trigger::Cluster).await;
+                apply().await;
                 if has_events {
                     cluster
                         .metrics
@@ -86,7 +90,7 @@ async fn follow(cluster: &Cluster, applier: &Applier) -> Result<(), super::Clust
                 let (kvs, revision) = cluster.client.get_prefix(&prefix).await?;
                 cluster.mirror.replace(kvs, revision);
                 cluster.save_snapshot();
-                applier.run(Trigger::Cluster).await;
+                apply().await;
                 watch = cluster.client.watch(&prefix, revision + 1).await?;
             }
         }

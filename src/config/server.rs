@@ -61,7 +61,7 @@ impl Validator<'_> {
         }
         let queue_max_bytes = raw
             .queue_max_bytes
-            .unwrap_or(crate::telemetry::sink::QueueLimits::DEFAULT_BYTES);
+            .unwrap_or(super::DEFAULT_QUEUE_MAX_BYTES);
         if !(65_536..=1 << 30).contains(&queue_max_bytes) {
             self.issue(
                 "telemetry.queue_max_bytes",
