@@ -6,6 +6,7 @@ mod support;
 
 mod fleet {
     pub mod client;
+    pub mod measure;
     pub mod outage;
     pub mod shared;
     pub mod view;
