@@ -49,7 +49,8 @@ use seal::SealError;
 /// The snapshot file in `state_dir`.
 pub const SNAPSHOT_FILE: &str = "cluster-snapshot.json";
 const SEAL_CHECK: &str = "seal-check";
-const SEAL_CHECK_TEXT: &[u8] = b"scoregate seal check v1";
+/// What the namespace's `seal-check` value holds, sealed.
+pub const SEAL_CHECK_TEXT: &[u8] = b"scoregate seal check v1";
 
 /// Why a fleet-mode operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 mod support;
 
 mod fleet {
+    pub mod cli;
     pub mod client;
     pub mod measure;
     pub mod outage;
