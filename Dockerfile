@@ -51,7 +51,9 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false \
 # Dependency layer: compile every dependency against stub sources, so this layer is reused until
 # Cargo.toml or Cargo.lock change. Then remove the stub's own artifacts so the real build below
 # cannot mistake them for up to date (COPY keeps the sources' older timestamps).
-COPY Cargo.toml Cargo.lock ./
+# build.rs generates the etcd client from proto/ (fleet mode), in the stub build too.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
