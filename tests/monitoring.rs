@@ -64,6 +64,25 @@ fn names_exported(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// One scrape of `gw`'s metrics listener.
+async fn scrape(gw: &TestGateway) -> String {
+    let url = format!(
+        "http://{}/metrics",
+        gw.metrics_addr.expect("metrics listener")
+    );
+    within("scrape", async {
+        gw.admin_client()
+            .get(&url)
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text")
+    })
+    .await
+}
+
 /// A gateway with every kind of service, driven through each outcome the pack charts.
 async fn driven_gateway(upstream: &MockUpstream) -> TestGateway {
     let gw = GatewayBuilder::new()
@@ -111,22 +130,7 @@ async fn driven_gateway(upstream: &MockUpstream) -> TestGateway {
 async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     let upstream = MockUpstream::start().await;
     let gw = driven_gateway(&upstream).await;
-    let url = format!(
-        "http://{}/metrics",
-        gw.metrics_addr.expect("metrics listener")
-    );
-    let text = within("scrape", async {
-        gw.admin_client()
-            .get(&url)
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("metrics text")
-    })
-    .await;
-    let exported = names_exported(&text);
+    let exported = names_exported(&scrape(&gw).await);
 
     let dashboard = names_used("grafana-dashboard.json");
     let rules = names_used("prometheus-rules.yaml");
@@ -166,22 +170,7 @@ async fn a_fleet_mode_gateway_exports_the_fleet_only_names() {
         .start()
         .await;
     gw.wait_ready().await;
-    let url = format!(
-        "http://{}/metrics",
-        gw.metrics_addr.expect("metrics listener")
-    );
-    let text = within("scrape", async {
-        gw.admin_client()
-            .get(&url)
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("metrics text")
-    })
-    .await;
-    let exported = names_exported(&text);
+    let exported = names_exported(&scrape(&gw).await);
     for name in FLEET_ONLY {
         assert!(exported.contains(name), "{name} not exported in fleet mode");
     }
