@@ -29,6 +29,17 @@ fn echo_request(gw: &TestGateway) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
+/// Opens a new TLS connection and sends one echo request on it, in a task: the task ends once
+/// the gateway has accepted the connection and answered.
+fn spawn_echo_on_a_new_connection(gw: &TestGateway) -> tokio::task::JoinHandle<StatusCode> {
+    let pki = gw.pki().clone();
+    let (addr, req) = (gw.scoring_addr, echo_request(gw));
+    tokio::spawn(async move {
+        let tls = pki.tls_connect(addr, MODERN, &[b"http/1.1"]).await;
+        wire::send_h1_over(TokioIo::new(tls), req).await.status()
+    })
+}
+
 #[tokio::test]
 async fn a_connection_beyond_max_connections_is_served_once_another_closes() {
     let upstream = MockUpstream::start().await;
@@ -48,12 +59,7 @@ async fn a_connection_beyond_max_connections_is_served_once_another_closes() {
         .tls_connect(gw.scoring_addr, MODERN, &[b"http/1.1"])
         .await;
 
-    let pki = gw.pki().clone();
-    let (addr, req) = (gw.scoring_addr, echo_request(&gw));
-    let mut third = tokio::spawn(async move {
-        let tls = pki.tls_connect(addr, MODERN, &[b"http/1.1"]).await;
-        wire::send_h1_over(TokioIo::new(tls), req).await.status()
-    });
+    let mut third = spawn_echo_on_a_new_connection(&gw);
     assert!(
         tokio::time::timeout(QUIET, &mut third).await.is_err(),
         "a third connection was served while two were open (max_connections = 2)"
@@ -81,12 +87,7 @@ async fn a_reload_that_raises_max_connections_serves_the_waiting_connection() {
         .pki()
         .tls_connect(gw.scoring_addr, MODERN, &[b"http/1.1"])
         .await;
-    let pki = gw.pki().clone();
-    let (addr, req) = (gw.scoring_addr, echo_request(&gw));
-    let mut second = tokio::spawn(async move {
-        let tls = pki.tls_connect(addr, MODERN, &[b"http/1.1"]).await;
-        wire::send_h1_over(TokioIo::new(tls), req).await.status()
-    });
+    let mut second = spawn_echo_on_a_new_connection(&gw);
     assert!(
         tokio::time::timeout(QUIET, &mut second).await.is_err(),
         "a second connection was served while one was open (max_connections = 1)"
