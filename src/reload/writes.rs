@@ -101,6 +101,30 @@ impl SharedOp {
 }
 
 /// The mod revision a shared source's applied value was read at (0: absent).
+/// A whole-value write of one source: in fleet mode a put guarded by the revision this replica
+/// applied, else the file written here.
+fn put_or_write<T, E>(
+    shared: Option<&crate::cluster::SharedKey>,
+    seen: &crate::source::Version,
+    bytes: zeroize::Zeroizing<Vec<u8>>,
+    out: T,
+    write: impl FnOnce(&[u8]) -> Result<(), E>,
+) -> Result<Plan<T>, WriteError>
+where
+    WriteError: From<E>,
+{
+    if let Some(key) = shared {
+        let op = SharedOp::Put {
+            key: key.clone(),
+            expected: applied_revision(seen),
+            bytes,
+        };
+        return Ok(Plan::Shared { out, op });
+    }
+    write(&bytes)?;
+    Ok(Plan::Local(out))
+}
+
 fn applied_revision(seen: &crate::source::Version) -> i64 {
     seen.first()
         .copied()
@@ -184,17 +208,9 @@ impl Applier {
                 .keys()
                 .ok_or_else(|| WriteError::Gone(name.clone()))?;
             let (_, shown, bytes) = file.regenerate(current, slot, value, &initiator)?;
-            if let Some(key) = &file.shared {
-                let expected = applied_revision(watched.seen());
-                let op = SharedOp::Put {
-                    key: key.clone(),
-                    expected,
-                    bytes,
-                };
-                return Ok(Plan::Shared { out: shown, op });
-            }
-            file.write(&bytes)?;
-            Ok(Plan::Local(shown))
+            put_or_write(file.shared.as_ref(), watched.seen(), bytes, shown, |b| {
+                file.write(b)
+            })
         })
         .await
     }
@@ -220,17 +236,9 @@ impl Applier {
                     .set()
                     .ok_or_else(|| WriteError::Gone(name.clone()))?;
                 let (_, kid, bytes) = file.rotate(current, &initiator)?;
-                if let Some(key) = &file.shared {
-                    let expected = applied_revision(watched.seen());
-                    let op = SharedOp::Put {
-                        key: key.clone(),
-                        expected,
-                        bytes,
-                    };
-                    return Ok(Plan::Shared { out: kid, op });
-                }
-                file.write(&bytes)?;
-                Ok(Plan::Local(kid))
+                put_or_write(file.shared.as_ref(), watched.seen(), bytes, kid, |b| {
+                    file.write(b)
+                })
             },
         )
         .await
