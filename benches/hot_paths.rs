@@ -143,7 +143,26 @@ fn request(c: &mut Criterion) {
             (id.clone(), id.clone(), id)
         });
     });
+    trace_context(&mut g);
     g.finish();
+}
+
+/// W3C trace context per request: read (or start) the trace, then the `traceparent` sent
+/// upstream.
+fn trace_context(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use scoregate::telemetry::trace::TraceContext;
+    let mut continued = HeaderMap::new();
+    continued.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    g.bench_function("trace_continued_and_sent", |b| {
+        b.iter(|| TraceContext::from_headers(black_box(&continued)).traceparent());
+    });
+    let none = HeaderMap::new();
+    g.bench_function("trace_new_and_sent", |b| {
+        b.iter(|| TraceContext::from_headers(black_box(&none)).traceparent());
+    });
 }
 
 /// `RecordSink::emit` with a record-sized line: the per-thread scratch line, the lock and the
@@ -152,17 +171,18 @@ fn request(c: &mut Criterion) {
 /// pauses the buffer would grow to megabytes between the writer's turns, which real traffic
 /// does not do.
 fn records(c: &mut Criterion) {
-    use prometheus::IntCounter;
-    use scoregate::telemetry::sink::{RecordOutput, RecordSink, SinkCounters};
+    use prometheus::{IntCounter, IntGauge};
+    use scoregate::telemetry::sink::{QueueLimits, RecordOutput, RecordSink, SinkCounters};
     const BURST: u64 = 150;
     let counters = SinkCounters {
         dropped: IntCounter::new("dropped", "dropped").expect("counter"),
         write_errors: IntCounter::new("write_errors", "write errors").expect("counter"),
         activity_dropped: IntCounter::new("activity_dropped", "activity").expect("counter"),
+        queue_bytes: IntGauge::new("queue_bytes", "queue bytes").expect("gauge"),
     };
     let (sink, writer) = RecordSink::spawn(
         RecordOutput::Writer(Box::new(std::io::sink())),
-        16_384,
+        QueueLimits::lines(16_384),
         true,
         counters,
     )

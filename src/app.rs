@@ -68,7 +68,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
     state::ensure_state_dir(&config.server.state_dir)?;
-    let credential = admin::authz::CredentialFile::of(&config.server).path;
+    let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let health_wake = Arc::new(tokio::sync::Notify::new());
     let handles = Handles {

@@ -1,16 +1,18 @@
 //! Turns the TOML file into a validated [`Config`]: typed addresses, durations, routes, upstream
 //! URLs and a loaded TLS certificate.
 //!
-//! [`load_and_validate`] is the only entry point; startup, `check-config` and (later) reload all
-//! call it, so the check an operator runs is the check the gateway applies. Validation collects
-//! every problem and reports them together, each prefixed with the key it concerns
+//! [`load_and_validate`] is the only entry point; startup, `check-config` and reload all call it,
+//! so the check an operator runs is the check the gateway applies. Validation collects every
+//! problem and reports them together, each prefixed with the key it concerns
 //! (`service[1].upstream: ...`). Relative paths are resolved against the config file's directory.
 //! This module reads files but opens no sockets and spawns no tasks.
 //!
-//! Settings that cannot change without a restart: `server.listen`, `server.admin_listen`,
-//! `server.probe_listen`, `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
-//! `server.admin_token_file`.
+//! Settings that cannot change without a restart (`reload::restart_only` names them when a reload
+//! changes one): `server.listen`, `server.admin_listen`, `server.probe_listen`,
+//! `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
+//! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
+mod cluster;
 mod raw;
 mod roles;
 mod server;
@@ -19,6 +21,7 @@ mod service;
 mod tests;
 mod token;
 
+pub use cluster::{ClusterConfig, EtcdConfig};
 pub use roles::IdentityConfig;
 
 use std::fmt;
@@ -30,8 +33,6 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::fingerprint::Fingerprint;
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
 
 pub use raw::RawConfig;
 
@@ -53,7 +54,9 @@ pub struct Config {
     /// Trusted identity provider for management callers.
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
-    pub policy: crate::admin::roles::Policy,
+    pub policy: crate::policy::Policy,
+    /// Where shared state lives: this process (`local`) or an etcd namespace (fleet mode).
+    pub cluster: ClusterConfig,
     /// The watched files as they were just before they were read.
     pub fingerprints: FileFingerprints,
 }
@@ -95,10 +98,33 @@ pub struct TelemetryConfig {
     pub request_records: bool,
     /// Lines waiting for the writer before request records are dropped.
     pub queue_capacity: usize,
-    pub redaction: Redaction,
+    /// Bytes held by records waiting for (or being written by) the writer before request
+    /// records are dropped.
+    pub queue_max_bytes: usize,
+    /// Query parameters whose values records hide (`None`: the built-in list of
+    /// `telemetry::redact`).
+    pub redact_query_params: Option<Vec<String>>,
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `RoleName` of records and activity entries that concern no service (unrouted requests,
+    /// configuration reloads); services have their own (`ServiceConfig::role_name`).
+    pub role_name: String,
+}
+
+/// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
+pub fn acceptable_admin_credential(credential: &str) -> bool {
+    credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Diagnostic output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +175,9 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.
     pub health_interval: Duration,
+    /// How often watched sources (config, certificate, key, signing-key, role-assignment and
+    /// credential files) are checked; a change on disk applies within about this long.
+    pub watch_interval: Duration,
     /// Serve `GET /metrics` without a credential (default: `metrics/read` is required).
     pub public_metrics: bool,
     /// Open connections on the scoring listener; beyond it new connections wait in the
@@ -248,6 +277,9 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimit>,
     /// Extra CA (PEM) to verify an `https://` upstream with, besides the system roots.
     pub upstream_ca: Option<PathBuf>,
+    /// `RoleName` of this service's records and activity entries (Application Insights'
+    /// `cloud_RoleName`); the service name unless configured.
+    pub role_name: String,
 }
 
 /// A token bucket per caller: `requests_per_second` sustained, `burst` at once.
@@ -468,6 +500,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         let policy = self.policy(raw.roles, raw.role_assignments, &names);
+        let cluster = self.cluster(&raw.cluster);
         Config {
             source: path.to_owned(),
             server,
@@ -475,6 +508,7 @@ impl Validator<'_> {
             telemetry,
             identity,
             policy,
+            cluster,
             fingerprints: FileFingerprints::default(),
         }
     }

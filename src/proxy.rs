@@ -13,8 +13,8 @@
 //! 4. `authenticate`: the service's auth mode turns credentials into a `Principal` (401).
 //! 5. `rate_limit`: the caller's token bucket (429).
 //! 6. admission: a slot in the upstream, waiting in the FIFO queue if needed (503).
-//! 7. `upstream_request`: strip hop-by-hop headers, add forwarding and request-id headers, rewrite
-//!    the URI to the upstream with the route prefix removed.
+//! 7. `upstream_request`: strip hop-by-hop headers, add forwarding, request-id and trace-context
+//!    (`traceparent` naming the gateway's span, `tracestate`) headers, rewrite the URI to the upstream with the route prefix removed.
 //! 8. `forward`: the pooled client under the scoring timeout (504) with connect errors as 502.
 //! 9. `response_filter`: strip hop-by-hop headers, add request-id and refresh-after headers.
 //!
@@ -43,6 +43,7 @@ use crate::config::AuthMode;
 use crate::error::{AuthFailure, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::Service;
+use crate::telemetry::trace::TraceContext;
 use body::{BodyFault, Progress, ProxyBody, RequestBody, Unread};
 use upstream::{Lease, UpstreamError};
 
@@ -122,6 +123,8 @@ impl Drop for OpenRequest {
 pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub client_request_id: Option<HeaderValue>,
+    /// The caller's trace continued (or a new one) with the gateway's span in it.
+    pub trace: TraceContext,
     pub start: Instant,
     pub start_wall: SystemTime,
     pub method: Method,
@@ -161,6 +164,7 @@ impl RequestCtx {
         Self {
             request_id: headers::request_id(h),
             client_request_id: h.get(&headers::X_MS_CLIENT_REQUEST_ID).cloned(),
+            trace: TraceContext::from_headers(h),
             start: Instant::now(),
             start_wall: SystemTime::now(),
             method: req.method.clone(),
@@ -459,6 +463,8 @@ fn upstream_request(
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // W3C Trace Context: the gateway's span is the scoring container's parent.
+    ctx.trace.set_upstream_headers(&mut parts.headers);
     parts
         .headers
         .insert(header::HOST, service.host_header.clone());

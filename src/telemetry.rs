@@ -2,7 +2,7 @@
 //!
 //! `metrics` owns the Prometheus registry; `request_log` builds request records; `activity` the
 //! management activity log; `sink` writes both to their output; `redact` is the only way URLs and
-//! headers reach a log.
+//! headers reach a log; `trace` reads and continues W3C trace context; `role` names the instance.
 //! Diagnostics always go to stderr so stdout can carry the machine-readable record stream.
 //! This module decides no request outcomes.
 
@@ -11,7 +11,9 @@ mod json_line;
 pub mod metrics;
 pub mod redact;
 pub mod request_log;
+pub mod role;
 pub mod sink;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,12 +21,9 @@ use tracing_subscriber::EnvFilter;
 /// `info,scoregate=debug`). Declared here so all `SCOREGATE_*` overrides live in one place.
 pub const LOG_ENV: &str = "SCOREGATE_LOG";
 
-/// Diagnostic output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::config::LogFormat;
+/// The pod's name (Kubernetes downward API), the `RoleInstance` of records when set.
+pub const POD_NAME_ENV: &str = "POD_NAME";
 
 /// Installs the global tracing subscriber. Called once by `main`, never by the library, so tests
 /// can install their own.
@@ -68,12 +67,16 @@ pub fn start_records(
     // (`request_records` is reloadable); the sink itself always accepts them.
     sink::RecordSink::spawn(
         output,
-        config.queue_capacity,
+        sink::QueueLimits {
+            lines: config.queue_capacity,
+            bytes: config.queue_max_bytes,
+        },
         true,
         sink::SinkCounters {
             dropped: metrics.records_dropped.clone(),
             write_errors: metrics.record_write_errors.clone(),
             activity_dropped: metrics.activity_dropped.clone(),
+            queue_bytes: metrics.record_queue_bytes.clone(),
         },
     )
 }

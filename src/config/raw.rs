@@ -20,6 +20,25 @@ pub struct RawConfig {
     pub roles: Vec<RawRole>,
     #[serde(default, rename = "role_assignment")]
     pub role_assignments: Vec<RawAssignment>,
+    #[serde(default)]
+    pub cluster: RawCluster,
+}
+
+/// `[cluster]`: where shared state lives (fleet mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub backend: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub namespace: Option<String>,
+    pub instance: Option<String>,
+    pub seal_key_file: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub dial_timeout_ms: Option<u64>,
 }
 
 /// `[identity]`: the trusted identity provider for management callers.
@@ -69,9 +88,11 @@ pub struct RawTelemetry {
     pub file_keep: Option<usize>,
     pub request_records: Option<bool>,
     pub queue_capacity: Option<usize>,
+    pub queue_max_bytes: Option<usize>,
     pub redact_query_params: Option<Vec<String>>,
     pub log: Option<String>,
     pub log_format: Option<String>,
+    pub role_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +114,7 @@ pub struct RawServer {
     pub lingering_max_bytes: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
+    pub watch_interval_ms: Option<u64>,
     pub public_metrics: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
@@ -137,6 +159,7 @@ pub struct RawService {
     pub allow_cidrs: Option<Vec<String>>,
     pub rate_limit: Option<RawRateLimit>,
     pub upstream_ca: Option<String>,
+    pub role_name: Option<String>,
 }
 
 /// `[service.rate_limit]`: a token bucket per caller.

@@ -1,11 +1,10 @@
 //! Validation of `[server]`, `[server.tls]` and `[telemetry]`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::raw;
-use super::{RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
+use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
 
 /// `lingering_timeout_ms`: nginx's `lingering_timeout` is 5 s.
 const DEFAULT_LINGERING_TIMEOUT_MS: u64 = 5_000;
@@ -67,6 +66,15 @@ impl Validator<'_> {
                 format!("{queue_capacity} is not between 16 and 1048576"),
             );
         }
+        let queue_max_bytes = raw
+            .queue_max_bytes
+            .unwrap_or(super::DEFAULT_QUEUE_MAX_BYTES);
+        if !(65_536..=1 << 30).contains(&queue_max_bytes) {
+            self.issue(
+                "telemetry.queue_max_bytes",
+                format!("{queue_max_bytes} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"),
+            );
+        }
         let log_filter = raw.log.unwrap_or_else(|| "info".to_owned());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             self.issue(
@@ -89,15 +97,29 @@ impl Validator<'_> {
             output,
             request_records: raw.request_records.unwrap_or(true),
             queue_capacity,
-            redaction: raw
-                .redact_query_params
-                .map_or_else(Redaction::default, Redaction::new),
+            queue_max_bytes,
+            redact_query_params: raw.redact_query_params,
             log_filter,
             log_format,
+            role_name: self.role_name("telemetry.role_name", raw.role_name, "scoregate"),
         }
     }
 
+    /// A `role_name`: 1 to 256 printable characters (it becomes a record field and a tag on
+    /// exported telemetry).
+    pub(super) fn role_name(&mut self, key: &str, raw: Option<String>, default: &str) -> String {
+        let Some(name) = raw else {
+            return default.to_owned();
+        };
+        if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
+            self.issue(key, "must be 1 to 256 printable characters");
+        }
+        name
+    }
+
     pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+        let (lingering_timeout, lingering_max_bytes) =
+            self.lingering(raw.lingering_timeout_ms, raw.lingering_max_bytes);
         let listen = self.addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8443");
         let admin_listen = self.addr(
             "server.admin_listen",
@@ -116,6 +138,9 @@ impl Validator<'_> {
                 "server.state_dir",
                 format!("{} exists and is not a directory", state_dir.display()),
             );
+        }
+        for problem in crate::state::check_state_dir(&state_dir) {
+            self.issue("server.state_dir", problem);
         }
         let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
@@ -148,17 +173,8 @@ impl Validator<'_> {
                 1,
             ),
             idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 1_000, 0),
-            lingering_timeout: self.millis(
-                "server.lingering_timeout_ms",
-                raw.lingering_timeout_ms,
-                DEFAULT_LINGERING_TIMEOUT_MS,
-                0,
-            ),
-            lingering_max_bytes: self.bytes(
-                "server.lingering_max_bytes",
-                raw.lingering_max_bytes,
-                DEFAULT_LINGERING_MAX_BYTES,
-            ),
+            lingering_timeout,
+            lingering_max_bytes,
             worker_threads: raw.worker_threads,
             health_interval: self.millis(
                 "server.health_interval_ms",
@@ -166,6 +182,7 @@ impl Validator<'_> {
                 5_000,
                 10,
             ),
+            watch_interval: self.millis("server.watch_interval_ms", raw.watch_interval_ms, 500, 10),
             public_metrics: raw.public_metrics.unwrap_or(false),
             max_connections: self.count(
                 "server.max_connections",
@@ -198,6 +215,23 @@ impl Validator<'_> {
         }
     }
 
+    /// `lingering_timeout_ms` and `lingering_max_bytes`.
+    fn lingering(&mut self, timeout_ms: Option<u64>, max_bytes: Option<u64>) -> (Duration, u64) {
+        (
+            self.millis(
+                "server.lingering_timeout_ms",
+                timeout_ms,
+                DEFAULT_LINGERING_TIMEOUT_MS,
+                0,
+            ),
+            self.bytes(
+                "server.lingering_max_bytes",
+                max_bytes,
+                DEFAULT_LINGERING_MAX_BYTES,
+            ),
+        )
+    }
+
     /// `probe_listen` and `metrics_listen`, optional, each on an address of its own.
     fn plane_listeners(
         &mut self,
@@ -222,7 +256,7 @@ impl Validator<'_> {
     fn admin_token_file(&mut self, file: &str) -> PathBuf {
         let path = self.path(file);
         match std::fs::read_to_string(&path) {
-            Ok(text) if crate::admin::authz::acceptable(text.trim()) => {}
+            Ok(text) if super::acceptable_admin_credential(text.trim()) => {}
             Ok(_) => self.issue(
                 "server.admin_token_file",
                 format!(

@@ -125,7 +125,9 @@ impl Validator<'_> {
                 format!("{health_path:?} is not an absolute path"),
             );
         }
+        let role_name = self.role_name(&key("role_name"), raw.role_name, &name);
         ServiceConfig {
+            role_name,
             scoring_timeout: self.millis(
                 &key("scoring_timeout_ms"),
                 raw.scoring_timeout_ms,

@@ -66,6 +66,30 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     assert_eq!(s.upstream_keepalive, Duration::from_secs(4));
     assert_eq!(s.upstream.to_string(), "http://127.0.0.1:5001");
+    assert_eq!(s.role_name, "iris", "RoleName defaults to the service name");
+    assert_eq!(c.telemetry.role_name, "scoregate");
+}
+
+#[test]
+fn role_names_are_configurable_and_checked() {
+    let d = Dir::new();
+    let c = d
+        .parse(&format!(
+            "[telemetry]\nrole_name = \"edge\"\n{MINIMAL}role_name = \"iris-model\"\n"
+        ))
+        .expect("valid");
+    assert_eq!(c.services[0].role_name, "iris-model");
+    assert_eq!(c.telemetry.role_name, "edge");
+    let issues = d.issues(&format!(
+        "[telemetry]\nrole_name = \"a\\nb\"\n{MINIMAL}role_name = \"\"\n"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "service[0].role_name: must be 1 to 256 printable characters",
+            "telemetry.role_name: must be 1 to 256 printable characters",
+        ]
+    );
 }
 
 #[test]
@@ -491,4 +515,24 @@ fn slow_client_bounds_have_defaults_and_are_validated_by_key() {
             "service[0].min_body_rate_window_ms: 10 is below the minimum of 100 ms",
         ]
     );
+}
+
+#[test]
+fn record_queue_bytes_default_and_bounds() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.telemetry.queue_max_bytes, 16 * 1024 * 1024);
+    let c = d
+        .parse(&format!("[telemetry]\nqueue_max_bytes = 65536\n{MINIMAL}"))
+        .expect("64 KiB is allowed");
+    assert_eq!(c.telemetry.queue_max_bytes, 65_536);
+    for bad in ["1024", "2147483648"] {
+        let issues = d.issues(&format!("[telemetry]\nqueue_max_bytes = {bad}\n{MINIMAL}"));
+        assert_eq!(
+            issues,
+            [format!(
+                "telemetry.queue_max_bytes: {bad} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"
+            )]
+        );
+    }
 }

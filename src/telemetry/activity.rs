@@ -7,12 +7,13 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
 use super::sink::RecordSink;
+use crate::runtime::StateCell;
 
 /// Entries kept in memory for `GET /activity`.
 pub const RING_CAPACITY: usize = 1000;
@@ -35,7 +36,8 @@ pub struct ActivityRecord {
     pub timestamp: SystemTime,
     #[serde(rename = "operationName")]
     pub operation: &'static str,
-    /// The authenticated principal, `"anonymous"` for refused unauthenticated calls, or
+    /// The authenticated principal (`bootstrap-admin`, or `idp:<sub>` for an identity token),
+    /// `"anonymous"` for refused unauthenticated calls, or
     /// `"file-watch"` / `"cli"` / `"signal"` for changes that did not come through the API.
     pub initiator: String,
     pub service: Option<String>,
@@ -46,6 +48,13 @@ pub struct ActivityRecord {
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The service's `role_name` (or `telemetry.role_name` for entries about no service); set
+    /// by [`ActivityLog::record`].
+    #[serde(rename = "RoleName")]
+    pub role_name: Option<String>,
+    /// The replica that did it; set by [`ActivityLog::record`].
+    #[serde(rename = "RoleInstance")]
+    pub role_instance: Option<Arc<str>>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -64,6 +73,8 @@ impl ActivityRecord {
             source_ip: None,
             request_id: None,
             reason: None,
+            role_name: None,
+            role_instance: None,
         }
     }
 
@@ -92,6 +103,9 @@ impl ActivityRecord {
 pub struct ActivityLog {
     ring: Mutex<VecDeque<ActivityRecord>>,
     sink: RecordSink,
+    /// The published state, for each entry's `RoleName` and `RoleInstance` (bound once the
+    /// first state exists; entries before that name the service and the host directly).
+    state: OnceLock<StateCell>,
 }
 
 impl ActivityLog {
@@ -99,10 +113,32 @@ impl ActivityLog {
         Self {
             ring: Mutex::new(VecDeque::with_capacity(64)),
             sink,
+            state: OnceLock::new(),
         }
     }
 
-    pub fn record(&self, entry: ActivityRecord) {
+    /// Reads role names and the instance from `cell` from now on (the first binding stays).
+    pub fn bind(&self, cell: &StateCell) {
+        let _ = self.state.set(cell.clone());
+    }
+
+    pub fn record(&self, mut entry: ActivityRecord) {
+        let service = entry.service.as_deref();
+        let (role_name, role_instance) = match self.state.get() {
+            Some(cell) => {
+                let state = cell.load();
+                (
+                    state.role_name(service).to_owned(),
+                    Arc::clone(&state.role_instance),
+                )
+            }
+            None => (
+                service.unwrap_or("scoregate").to_owned(),
+                Arc::from(super::role::instance(None)),
+            ),
+        };
+        entry.role_name = Some(role_name);
+        entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
         let mut ring = self
             .ring

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use http::header::HeaderValue;
+use http::uri::PathAndQuery;
 
 use super::json_line::JsonObject;
 use crate::auth::Principal;
@@ -19,6 +20,14 @@ use crate::gateway::Gateway;
 use crate::proxy::RequestCtx;
 use crate::runtime::RuntimeState;
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
+
+/// The longest `RequestUrl` written (Application Insights' `url` limit); longer ones are cut
+/// and marked (`json_line::TRUNCATED`).
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// The longest value of any other text field a client controls (`UserAgent`, `RequestId`,
+/// `ClientRequestId`, `Principal`); Application Insights' limit for names and sources.
+pub const MAX_FIELD_BYTES: usize = 1024;
 
 /// Writes the request record line (JSON and a newline). Field names are the documented ones;
 /// values come straight from the request context, so nothing is copied or allocated beyond the
@@ -36,20 +45,27 @@ fn record_line(
         "timestamp",
         humantime::format_rfc3339_micros(ctx.start_wall),
     );
-    o.opt_bytes("RequestId", Some(ctx.request_id.as_bytes()));
-    o.opt_bytes(
+    o.capped_opt_bytes(
+        "RequestId",
+        Some(ctx.request_id.as_bytes()),
+        MAX_FIELD_BYTES,
+    );
+    o.capped_opt_bytes(
         "ClientRequestId",
         ctx.client_request_id.as_ref().map(HeaderValue::as_bytes),
+        MAX_FIELD_BYTES,
     );
     o.str("HTTPMethod", ctx.method.as_str());
     let url = ctx
         .url
         .as_ref()
         .map_or(Cow::Borrowed("/"), |pq| state.redaction().url(pq.as_str()));
-    o.str("RequestUrl", &url);
-    o.opt_bytes(
+    // Redacted before it is cut, so a cut never exposes part of a sensitive value.
+    o.capped_str("RequestUrl", &url, MAX_URL_BYTES);
+    o.capped_opt_bytes(
         "UserAgent",
         ctx.user_agent.as_ref().map(HeaderValue::as_bytes),
+        MAX_FIELD_BYTES,
     );
     o.u64("StatusCode", u64::from(ctx.status));
     o.bool("Success", ctx.status < 400);
@@ -62,7 +78,10 @@ fn record_line(
         Principal::Key(slot) => Some(slot.as_str()),
         Principal::Token { subject, .. } => Some(&**subject),
     };
-    o.opt_str("Principal", principal);
+    match principal {
+        Some(p) => o.capped_str("Principal", p, MAX_FIELD_BYTES),
+        None => o.null("Principal"),
+    }
     o.opt_u64("UpstreamStatusCode", ctx.upstream_status.map(u64::from));
     o.opt_f64(
         "UpstreamDuration",
@@ -76,8 +95,39 @@ fn record_line(
     o.u64("ResponseBytes", ctx.response_bytes);
     o.opt_str("ErrorCode", ctx.error.as_ref().map(GatewayError::code));
     o.display("ClientIp", ctx.client_ip);
+    o.display("OperationId", ctx.trace.trace_id);
+    match ctx.trace.parent_id {
+        Some(parent) => o.display("ParentId", parent),
+        None => o.null("ParentId"),
+    }
+    o.display("SpanId", ctx.trace.span_id);
+    o.display("Name", Name(ctx));
+    o.str(
+        "RoleName",
+        service.map_or(&state.config.telemetry.role_name, |s| &s.config.role_name),
+    );
+    o.str("RoleInstance", &state.role_instance);
     o.end();
     line.push(b'\n');
+}
+
+/// The operation name: the method and the path after the route prefix, without the query
+/// (`POST /score`); the whole path when no route matched.
+struct Name<'a>(&'a RequestCtx);
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ctx = self.0;
+        let path = ctx.url.as_ref().map_or("/", PathAndQuery::path);
+        let rest = match &ctx.service {
+            Some(s) => match path.get(s.config.route.len()..) {
+                Some("") | None => "/",
+                Some(rest) => rest,
+            },
+            None => path,
+        };
+        write!(f, "{} {rest}", ctx.method)
+    }
 }
 
 /// Completes a request's telemetry: settles the outcome of a request that ended early, updates

@@ -43,6 +43,7 @@ pub mod admin_http;
 pub mod certs;
 pub mod check;
 pub mod curl;
+pub mod etcd;
 pub mod gateway;
 pub mod jwks;
 pub mod jwt;

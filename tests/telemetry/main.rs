@@ -7,7 +7,7 @@
 //! One test binary (`cargo test --test telemetry`) in several files: `records` (each outcome's
 //! record and metrics, redaction), `disconnects` (clients that leave, bodiless responses),
 //! `admin` (`/metrics`, the activity log), `sink` (stalled, failing and rotating outputs),
-//! `leaks` (the structural redaction check). This file holds what they share.
+//! `leaks` (the structural redaction check), `trace` (W3C trace context and role names). This file holds what they share.
 
 // The harness lives beside the suites, not under this directory.
 #[path = "../support/mod.rs"]
@@ -18,6 +18,7 @@ mod disconnects;
 mod leaks;
 mod records;
 mod sink;
+mod trace;
 
 use std::collections::BTreeSet;
 
@@ -35,7 +36,7 @@ const IRIS_SCORE: &str = "/api/v1/service/iris/score";
 const TOK_SCORE: &str = "/api/v1/service/tok/score";
 
 /// Every field of a request record, and nothing else.
-const FIELDS: [&str; 21] = [
+const FIELDS: [&str; 27] = [
     "type",
     "timestamp",
     "RequestId",
@@ -57,6 +58,12 @@ const FIELDS: [&str; 21] = [
     "ResponseBytes",
     "ErrorCode",
     "ClientIp",
+    "OperationId",
+    "ParentId",
+    "SpanId",
+    "Name",
+    "RoleName",
+    "RoleInstance",
 ];
 
 /// `iris` (key mode), `open` (no auth), `down` (nothing listens), `slow` (300 ms scoring timeout).
