@@ -120,6 +120,8 @@ impl Validator<'_> {
     pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
         let (lingering_timeout, lingering_max_bytes) =
             self.lingering(raw.lingering_timeout_ms, raw.lingering_max_bytes);
+        let (http2_idle_timeout, http2_max_connection_age, max_connections_per_ip) =
+            self.connection_bounds(&raw);
         let listen = self.addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8443");
         let admin_listen = self.addr(
             "server.admin_listen",
@@ -207,12 +209,37 @@ impl Validator<'_> {
                 65_535,
             ))
             .unwrap_or(256),
+            http2_idle_timeout,
+            http2_max_connection_age,
+            max_connections_per_ip,
             trusted_proxies: self
                 .cidrs("server.trusted_proxies", raw.trusted_proxies)
                 .unwrap_or_default(),
             admin_allow_cidrs: self.cidrs("server.admin_allow_cidrs", raw.admin_allow_cidrs),
             tls: raw.tls.and_then(|tls| self.tls(tls)),
         }
+    }
+
+    /// `http2_idle_timeout_ms`, `http2_max_connection_age_ms`, `max_connections_per_ip`.
+    fn connection_bounds(&mut self, raw: &raw::RawServer) -> (Duration, Option<Duration>, usize) {
+        let idle = self.millis(
+            "server.http2_idle_timeout_ms",
+            raw.http2_idle_timeout_ms,
+            30_000,
+            1,
+        );
+        let age = match raw.http2_max_connection_age_ms {
+            None | Some(0) => None,
+            ms => Some(self.millis("server.http2_max_connection_age_ms", ms, 0, 1)),
+        };
+        let per_ip = self.count(
+            "server.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            0,
+            0,
+            1_000_000,
+        );
+        (idle, age, per_ip)
     }
 
     /// `lingering_timeout_ms` and `lingering_max_bytes`.
