@@ -201,6 +201,9 @@ pub struct ServerConfig {
     pub admin_allow_cidrs: Option<Vec<ipnet::IpNet>>,
     /// `None` serves plain HTTP (logged as a warning at startup).
     pub tls: Option<TlsConfig>,
+    /// `[server.admin_tls]`: the admin listener's certificate (and client CA); `None` serves
+    /// it over plain HTTP. Re-read with every configuration reload.
+    pub admin_tls: Option<TlsConfig>,
 }
 
 #[derive(Clone)]

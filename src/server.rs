@@ -347,7 +347,7 @@ impl ScoringListener {
         // A request body that outlived its lingering bounds unread, or a client that stopped
         // taking its response, ends the connection here (`proxy::linger`, `proxy::watchdog`).
         let result = tokio::select! {
-            served = self.serve_http(stream, &limits, acceptor, &conn, watcher) => served,
+            served = self.serve_http(stream, acceptor, &limits, &conn, watcher) => served,
             () = conn.abandoned() => {
                 tracing::debug!(%peer, "connection closed by the gateway");
                 return;
@@ -362,8 +362,8 @@ impl ScoringListener {
     async fn serve_http(
         &self,
         stream: TcpStream,
-        limits: &Limits,
         acceptor: Option<TlsAcceptor>,
+        limits: &Limits,
         conn: &Arc<ConnInfo>,
         watcher: Watcher,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -126,6 +126,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub admin_allow_cidrs: Option<Vec<String>>,
     pub tls: Option<RawTls>,
+    pub admin_tls: Option<RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]

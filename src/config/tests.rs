@@ -478,6 +478,70 @@ fn unreadable_file_is_a_read_error() {
 }
 
 #[test]
+fn record_queue_bytes_default_and_bounds() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.telemetry.queue_max_bytes, 16 * 1024 * 1024);
+    let c = d
+        .parse(&format!("[telemetry]\nqueue_max_bytes = 65536\n{MINIMAL}"))
+        .expect("64 KiB is allowed");
+    assert_eq!(c.telemetry.queue_max_bytes, 65_536);
+    for bad in ["1024", "2147483648"] {
+        let issues = d.issues(&format!("[telemetry]\nqueue_max_bytes = {bad}\n{MINIMAL}"));
+        assert_eq!(
+            issues,
+            [format!(
+                "telemetry.queue_max_bytes: {bad} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"
+            )]
+        );
+    }
+}
+
+#[test]
+fn admin_listener_on_the_network_warns_and_admin_tls_is_validated() {
+    let d = Dir::new();
+    let warnings = |server: &str| {
+        d.parse(&format!("[server]\n{server}\n{MINIMAL}"))
+            .expect("valid")
+            .server
+            .warnings()
+    };
+    assert!(warnings("").is_empty(), "loopback by default");
+    let open = warnings("admin_listen = \"0.0.0.0:9901\"");
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(
+        open[0].starts_with("server.admin_listen: 0.0.0.0:9901 is not a loopback address")
+            && open[0].contains("server.admin_allow_cidrs is unset"),
+        "{open:?}"
+    );
+    assert!(
+        open[1].contains("[server.admin_tls] is not set"),
+        "{open:?}"
+    );
+    let guarded = warnings(
+        "admin_listen = \"0.0.0.0:9901\"\nadmin_allow_cidrs = [\"10.0.0.0/8\"]\n\
+         admin_tls = { cert = \"good.crt\", key = \"good.key\" }",
+    );
+    assert!(guarded.is_empty(), "{guarded:?}");
+
+    let issues = d.issues(&format!(
+        "[server]\nadmin_tls = {{ cert = \"missing.crt\" }}\n{MINIMAL}"
+    ));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(
+        issues[0],
+        "server.admin_tls.key: is required when [server.admin_tls] is present"
+    );
+    let issues = d.issues(&format!(
+        "[server]\nadmin_tls = {{ cert = \"good.crt\", key = \"garbage.key\" }}\n{MINIMAL}"
+    ));
+    assert!(
+        issues.len() == 1 && issues[0].starts_with("server.admin_tls.key: "),
+        "{issues:?}"
+    );
+}
+
+#[test]
 fn lingering_bounds_have_defaults_and_are_validated_by_key() {
     let d = Dir::new();
     let c = d.parse(MINIMAL).expect("valid");
@@ -515,26 +579,6 @@ fn slow_client_bounds_have_defaults_and_are_validated_by_key() {
             "service[0].min_body_rate_window_ms: 10 is below the minimum of 100 ms",
         ]
     );
-}
-
-#[test]
-fn record_queue_bytes_default_and_bounds() {
-    let d = Dir::new();
-    let c = d.parse(MINIMAL).expect("valid");
-    assert_eq!(c.telemetry.queue_max_bytes, 16 * 1024 * 1024);
-    let c = d
-        .parse(&format!("[telemetry]\nqueue_max_bytes = 65536\n{MINIMAL}"))
-        .expect("64 KiB is allowed");
-    assert_eq!(c.telemetry.queue_max_bytes, 65_536);
-    for bad in ["1024", "2147483648"] {
-        let issues = d.issues(&format!("[telemetry]\nqueue_max_bytes = {bad}\n{MINIMAL}"));
-        assert_eq!(
-            issues,
-            [format!(
-                "telemetry.queue_max_bytes: {bad} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"
-            )]
-        );
-    }
 }
 
 #[test]

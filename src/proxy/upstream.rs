@@ -194,8 +194,16 @@ impl UpstreamClient {
 
     /// `GET path` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
     /// 200 `Healthy` (AZUREML-CONTRACT B.3). The (small) body is read so the connection can be
-    /// reused by the next probe or request.
-    pub async fn probe(&self, path: &str, host: http::HeaderValue, timeout: Duration) -> bool {
+    /// reused; it goes back to the pool only if the next probe, `next_in` from now, comes before
+    /// the pool would expire it (`upstream_keepalive_ms`): an idle service then holds no upstream
+    /// connection between probes (about 29 KiB each, which adds up over many services).
+    pub async fn probe(
+        &self,
+        path: &str,
+        host: http::HeaderValue,
+        timeout: Duration,
+        next_in: Duration,
+    ) -> bool {
         let Ok(req) = Request::get(path)
             .header(http::header::HOST, host)
             .body(RequestBody::Empty)
@@ -207,7 +215,9 @@ impl UpstreamClient {
             let healthy = resp.status().is_success();
             let body = http_body_util::Limited::new(resp.into_body(), PROBE_MAX_BODY);
             http_body_util::BodyExt::collect(body).await.ok()?;
-            lease.release();
+            if next_in < lease.pool.keepalive {
+                lease.release();
+            }
             Some(healthy)
         };
         matches!(
