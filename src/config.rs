@@ -188,6 +188,13 @@ pub struct ServerConfig {
     /// Most request headers (HTTP/1); beyond it: 431.
     pub max_headers: usize,
     pub http2_max_concurrent_streams: u32,
+    /// An HTTP/2 connection with no open stream for this long is sent GOAWAY and closed.
+    pub http2_idle_timeout: Duration,
+    /// An HTTP/2 connection older than this is sent GOAWAY (`None`: no bound).
+    pub http2_max_connection_age: Option<Duration>,
+    /// Open connections from one client address; beyond it a new one is closed at once
+    /// (0: no bound).
+    pub max_connections_per_ip: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Who may reach the admin listener (`None`: anyone who can connect).

@@ -145,6 +145,8 @@ pub enum GatewayError {
     RouteNotFound,
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the request head ({size} bytes) exceeds the limit of {limit} bytes")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("the request body stalled for {} ms", .after.as_millis())]
     ClientBodyTimeout { after: Duration },
     #[error("the client closed the connection before the response was complete")]
@@ -199,6 +201,7 @@ impl GatewayError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ClientBodyTimeout { .. }
             | Self::ClientBodyTooSlow { .. }
             | Self::ClientSendTimeout { .. }
@@ -227,6 +230,7 @@ impl GatewayError {
             Self::BadRequest(_)
             | Self::RouteNotFound
             | Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
             | Self::ClientBodyTimeout { .. }
             | Self::ClientBodyTooSlow { .. }
             | Self::ClientSendTimeout { .. }
@@ -252,6 +256,7 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::RouteNotFound => "route_not_found",
             Self::BodyTooLarge { .. } => "payload_too_large",
+            Self::HeadersTooLarge { .. } => "request_header_fields_too_large",
             Self::ClientBodyTimeout { .. } => "request_body_timeout",
             Self::ClientDisconnected => "client_disconnected",
             Self::ClientBodyTooSlow { .. } => "request_body_too_slow",
@@ -277,6 +282,7 @@ impl GatewayError {
     pub const fn close_connection(&self) -> bool {
         match self {
             Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
             | Self::ClientBodyTimeout { .. }
             | Self::ClientBodyTooSlow { .. }
             | Self::ClientSendTimeout { .. }

@@ -25,7 +25,8 @@
 //! - [`admission`]: concurrency limit and wait queue, rate limits, network rules.
 //! - [`admin`]: the admin listener (health, readiness, metrics, management API), over TLS with
 //!   `[server.admin_tls]`.
-//! - [`server`]: accept loops, TLS handshakes, serving, the drain sequence.
+//! - [`server`]: accept loops, TLS handshakes, serving (`h1` parks idle HTTP/1.1 connections,
+//!   `h2` bounds HTTP/2 connections' idle time and age), the drain sequence.
 //! - [`shutdown`]: the signal future and lifecycle flags.
 //! - [`state`]: the state directory and atomic file writes.
 //! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.

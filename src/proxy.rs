@@ -341,6 +341,11 @@ fn select_service(
     req: &Parts,
 ) -> Result<(Arc<Service>, usize), GatewayError> {
     let state = gw.state();
+    let limit = state.config.server.max_header_bytes;
+    let size = head_size(req);
+    if size > limit {
+        return Err(GatewayError::HeadersTooLarge { size, limit });
+    }
     let trusted = state.trusted_proxies();
     if !trusted.is_empty() {
         let peer = ctx.client_ip;
@@ -359,6 +364,46 @@ fn select_service(
     }
     let (service, _) = state.route(path).ok_or(GatewayError::RouteNotFound)?;
     Ok((Arc::clone(service), service.config.route.len()))
+}
+
+/// The size of the request head as `max_header_bytes` counts it. HTTP/1.1: the request line and
+/// the header lines as sent (`name: value` CRLF, then the empty line). HTTP/2: the header list
+/// size of RFC 9113 §6.5.2 (every field, the pseudo-fields included, counts its name, its value
+/// and 32).
+pub fn head_size(req: &Parts) -> usize {
+    let h = &req.headers;
+    if req.version >= Version::HTTP_2 {
+        let pseudo = [
+            (":method".len(), req.method.as_str().len()),
+            (":scheme".len(), req.uri.scheme_str().map_or(0, str::len)),
+            (
+                ":authority".len(),
+                req.uri.authority().map_or(0, |a| a.as_str().len()),
+            ),
+            (
+                ":path".len(),
+                req.uri.path_and_query().map_or(1, |p| p.as_str().len()),
+            ),
+        ];
+        let pseudo: usize = pseudo.iter().map(|(n, v)| n + v + 32).sum();
+        return pseudo
+            + h.iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum::<usize>();
+    }
+    let target = match req.uri.path_and_query() {
+        Some(pq) if req.uri.authority().is_none() => pq.as_str().len(),
+        _ => req.uri.to_string().len(),
+    };
+    // "METHOD target HTTP/1.1\r\n", each "name: value\r\n", the final "\r\n".
+    req.method.as_str().len()
+        + 1
+        + target
+        + 11
+        + h.iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 2
 }
 
 /// `allow_cidrs`: refused before authentication, so a blocked network learns nothing more.

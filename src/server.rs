@@ -7,7 +7,8 @@
 //! given a new client CA by a reload). A failed TLS handshake is counted and ends only its own
 //! connection. This module does not authenticate and does not build request records; it hands
 //! each request to `proxy::handle`. HTTP/1.1 over TLS is served by `h1`, which lets idle
-//! connections give their HTTP buffers back (`idle_release_ms`).
+//! connections give their HTTP buffers back (`idle_release_ms`); HTTP/2 over TLS by `h2`, which
+//! sends GOAWAY to idle and aged connections. `max_connections_per_ip` is held at accept time.
 //!
 //! Shutdown order (STYLE §5): readiness turns 503 → pre-drain delay → stop accepting → graceful
 //! shutdown of every connection (hyper-util's watcher; `h1` watches the stop-accepting token and
@@ -32,6 +33,7 @@ use crate::config::Config;
 
 mod first_byte;
 mod h1;
+mod h2;
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
 use first_byte::FirstByteTimeout;
@@ -113,13 +115,17 @@ struct HttpServers {
 impl HttpServers {
     fn new(config: &Config) -> Self {
         let s = &config.server;
-        let header_list = u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX);
+        // hyper's own bounds sit well above `max_header_bytes`: they are inexact (HTTP/1.1: a
+        // read-buffer size a head can overshoot; HTTP/2: 431 without a body), so the exact bound
+        // and its JSON answer are the proxy's (`proxy::head_size`); these only stop heads far over it.
+        let slack = s.max_header_bytes.saturating_mul(2);
+        let header_list = u32::try_from(slack).unwrap_or(u32::MAX);
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new())
             // Also bounds the wait for the first request: the timer starts with the head read.
             .header_read_timeout(s.header_read_timeout)
-            // Heads over the read buffer bound, or with too many headers, get 431 from hyper.
-            .max_buf_size(s.max_header_bytes)
+            // Heads far over the bound, or with too many headers, get 431 from hyper.
+            .max_buf_size(slack)
             .max_headers(s.max_headers)
             .keep_alive(true);
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -133,7 +139,7 @@ impl HttpServers {
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(s.header_read_timeout)
-            .max_buf_size(s.max_header_bytes)
+            .max_buf_size(slack)
             .max_headers(s.max_headers)
             .keep_alive(true);
         auto.http2()
@@ -155,6 +161,8 @@ struct Limits {
     header_read_timeout: Duration,
     /// When idle HTTP/1.1-over-TLS connections release their buffers, and are closed.
     idle: h1::IdleLimits,
+    /// When HTTP/2 connections are sent GOAWAY.
+    h2: h2::Lifetime,
 }
 
 impl Limits {
@@ -167,6 +175,10 @@ impl Limits {
             idle: h1::IdleLimits {
                 release: s.idle_release,
                 close: s.header_read_timeout,
+            },
+            h2: h2::Lifetime {
+                idle: s.http2_idle_timeout,
+                max_age: s.http2_max_connection_age,
             },
         }
     }
@@ -181,6 +193,23 @@ struct ScoringListener {
     open: AtomicUsize,
     /// A connection closed: the accept loop may have room again.
     closed: Notify,
+    /// Open connections per client address, while `max_connections_per_ip` is set.
+    per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
+}
+
+/// The address already has `max_connections_per_ip` connections open.
+struct AddressFull;
+
+/// One connection's place under `max_connections_per_ip`; given back when it ends.
+struct IpSlot(Arc<ScoringListener>, std::net::IpAddr);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.0.per_ip.remove_if_mut(&self.1, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 /// One open connection's place under the cap; gives it back when the connection ends.
@@ -202,6 +231,7 @@ impl ScoringListener {
             limits: Mutex::new(limits),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
+            per_ip: dashmap::DashMap::new(),
         }
     }
 
@@ -213,6 +243,22 @@ impl ScoringListener {
             *held = (state.generation, Arc::new(Limits::new(&state.config)));
         }
         Arc::clone(&held.1)
+    }
+
+    /// A place for one more connection from `ip` under `max_connections_per_ip` (`Ok(None)`:
+    /// no bound is set); `Err` when the address has all it may have.
+    fn ip_slot(this: &Arc<Self>, ip: std::net::IpAddr) -> Result<Option<IpSlot>, AddressFull> {
+        let cap = this.gw.state().config.server.max_connections_per_ip;
+        if cap == 0 {
+            return Ok(None);
+        }
+        let mut n = this.per_ip.entry(ip).or_insert(0);
+        if *n >= cap {
+            return Err(AddressFull);
+        }
+        *n += 1;
+        drop(n);
+        Ok(Some(IpSlot(Arc::clone(this), ip)))
     }
 
     /// Waits until the connection count is below the current state's `max_connections` (a
@@ -256,11 +302,20 @@ impl ScoringListener {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let ip = peer.ip().to_canonical();
+                    let Ok(ip_slot) = Self::ip_slot(&this, ip) else {
+                        // Closed at once: one address cannot take every connection.
+                        this.gw.metrics.connections_refused_per_ip.inc();
+                        tracing::debug!(%peer, "connection refused: max_connections_per_ip");
+                        drop(stream);
+                        continue;
+                    };
                     this.open.fetch_add(1, Ordering::AcqRel);
                     let slot = Slot(Arc::clone(&this));
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
                         slot.0.connection(stream, peer, watcher).await;
+                        drop(ip_slot);
                         drop(slot);
                     });
                 }
@@ -289,12 +344,12 @@ impl ScoringListener {
         let limits = self.limits();
         let acceptor = self.gw.state().tls.clone().map(TlsAcceptor::from);
         let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
-        // A request body that outlived its lingering bounds unread ends the connection here:
-        // hyper would wait for it for ever (`proxy::linger`).
+        // A request body that outlived its lingering bounds unread, or a client that stopped
+        // taking its response, ends the connection here (`proxy::linger`, `proxy::watchdog`).
         let result = tokio::select! {
             served = self.serve_http(stream, acceptor, &limits, &conn, watcher) => served,
             () = conn.abandoned() => {
-                tracing::debug!(%peer, "connection closed with a request body left unread");
+                tracing::debug!(%peer, "connection closed by the gateway");
                 return;
             }
         };
@@ -337,8 +392,12 @@ impl ScoringListener {
                         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             // The HTTP/2 preface has no timer of its own.
                             let io = FirstByteTimeout::new(tls, limits.header_read_timeout);
-                            let conn = limits.http.h2.serve_connection(TokioIo::new(io), service);
-                            Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+                            let http = limits.http.h2.serve_connection(TokioIo::new(io), service);
+                            let draining = &self.gw.lifecycle.stop_accepting;
+                            let served = Box::pin(h2::serve(http, conn, limits.h2, draining)).await;
+                            // As for HTTP/1.1, the drain is signalled through `draining`.
+                            drop(watcher);
+                            served.map_err(Into::into)
                         } else {
                             let ctx = h1::Ctx {
                                 builder: &limits.http.h1,

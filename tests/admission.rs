@@ -7,6 +7,7 @@ mod support;
 
 mod admission {
     pub mod bodies;
+    pub mod connections;
     pub mod early;
     pub mod idle;
     pub mod listener;

@@ -1,6 +1,7 @@
 //! Validation of `[server]`, `[server.tls]` and `[telemetry]`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::raw;
 use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
@@ -145,6 +146,10 @@ impl Validator<'_> {
     }
 
     pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+        let (lingering_timeout, lingering_max_bytes) =
+            self.lingering(raw.lingering_timeout_ms, raw.lingering_max_bytes);
+        let (http2_idle_timeout, http2_max_connection_age, max_connections_per_ip) =
+            self.connection_bounds(&raw);
         let listen = self.addr("server.listen", raw.listen.as_deref(), "127.0.0.1:8443");
         let admin_listen = self.addr(
             "server.admin_listen",
@@ -189,17 +194,8 @@ impl Validator<'_> {
                 1,
             ),
             idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 1_000, 0),
-            lingering_timeout: self.millis(
-                "server.lingering_timeout_ms",
-                raw.lingering_timeout_ms,
-                DEFAULT_LINGERING_TIMEOUT_MS,
-                0,
-            ),
-            lingering_max_bytes: self.bytes(
-                "server.lingering_max_bytes",
-                raw.lingering_max_bytes,
-                DEFAULT_LINGERING_MAX_BYTES,
-            ),
+            lingering_timeout,
+            lingering_max_bytes,
             worker_threads: raw.worker_threads,
             health_interval: self.millis(
                 "server.health_interval_ms",
@@ -232,6 +228,9 @@ impl Validator<'_> {
                 65_535,
             ))
             .unwrap_or(256),
+            http2_idle_timeout,
+            http2_max_connection_age,
+            max_connections_per_ip,
             trusted_proxies: self
                 .cidrs("server.trusted_proxies", raw.trusted_proxies)
                 .unwrap_or_default(),
@@ -241,6 +240,45 @@ impl Validator<'_> {
                 .admin_tls
                 .and_then(|tls| self.tls_table("server.admin_tls", tls)),
         }
+    }
+
+    /// `http2_idle_timeout_ms`, `http2_max_connection_age_ms`, `max_connections_per_ip`.
+    fn connection_bounds(&mut self, raw: &raw::RawServer) -> (Duration, Option<Duration>, usize) {
+        let idle = self.millis(
+            "server.http2_idle_timeout_ms",
+            raw.http2_idle_timeout_ms,
+            30_000,
+            1,
+        );
+        let age = match raw.http2_max_connection_age_ms {
+            None | Some(0) => None,
+            ms => Some(self.millis("server.http2_max_connection_age_ms", ms, 0, 1)),
+        };
+        let per_ip = self.count(
+            "server.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            0,
+            0,
+            1_000_000,
+        );
+        (idle, age, per_ip)
+    }
+
+    /// `lingering_timeout_ms` and `lingering_max_bytes`.
+    fn lingering(&mut self, timeout_ms: Option<u64>, max_bytes: Option<u64>) -> (Duration, u64) {
+        (
+            self.millis(
+                "server.lingering_timeout_ms",
+                timeout_ms,
+                DEFAULT_LINGERING_TIMEOUT_MS,
+                0,
+            ),
+            self.bytes(
+                "server.lingering_max_bytes",
+                max_bytes,
+                DEFAULT_LINGERING_MAX_BYTES,
+            ),
+        )
     }
 
     /// `server.state_dir` (default `state`): a directory if it exists, private to its owner.

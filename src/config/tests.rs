@@ -580,3 +580,23 @@ fn slow_client_bounds_have_defaults_and_are_validated_by_key() {
         ]
     );
 }
+
+#[test]
+fn http2_lifetime_and_per_ip_bounds_have_defaults_and_are_validated_by_key() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.http2_idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.http2_max_connection_age, None);
+    assert_eq!(c.server.max_connections_per_ip, 0);
+    let issues = d.issues(&format!(
+        "[server]\nhttp2_idle_timeout_ms = 0\nhttp2_max_connection_age_ms = 100000000000\nmax_connections_per_ip = 2000000\n{MINIMAL}"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "server.http2_idle_timeout_ms: 0 is below the minimum of 1 ms",
+            "server.http2_max_connection_age_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+            "server.max_connections_per_ip: 2000000 is not between 0 and 1000000",
+        ]
+    );
+}

@@ -63,6 +63,15 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             "request_body_timeout",
         ),
         (
+            GatewayError::HeadersTooLarge {
+                size: 70_000,
+                limit: 65_536,
+            },
+            431,
+            Side::Client,
+            "request_header_fields_too_large",
+        ),
+        (
             GatewayError::ClientBodyTooSlow { min_rate: 500 },
             408,
             Side::Client,

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     pub connections_parked: IntGauge,
     pub connection_releases: IntCounter,
+    /// Connections closed at once because their address had `max_connections_per_ip` open.
+    pub connections_refused_per_ip: IntCounter,
     /// Request bodies read and discarded after their answer (`proxy::linger`), by outcome.
     pub lingering_discards: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -264,6 +266,11 @@ impl Metrics {
                 &r,
                 "scoregate_connection_releases_total",
                 "Times an idle HTTP/1.1 connection gave its HTTP buffers back.",
+            ),
+            connections_refused_per_ip: counter(
+                &r,
+                "scoregate_connections_refused_per_ip_total",
+                "Connections closed at once because their client address already had server.max_connections_per_ip open.",
             ),
             lingering_discards: counter_vec(
                 &r,

@@ -1,6 +1,7 @@
 //! Limits of the scoring listener itself: `max_connections` (a connection beyond it waits in the
 //! kernel's backlog and is served once another closes or a reload raises the cap), request heads over `max_header_bytes` or
-//! `max_headers` (431, answered by hyper before the pipeline), and
+//! `max_headers` (431: `max_header_bytes` exactly, by the pipeline with the JSON error; too many
+//! headers, by hyper), and
 //! `http2_max_concurrent_streams`.
 
 use std::fmt::Write as _;
@@ -244,5 +245,80 @@ async fn http2_streams_beyond_the_limit_wait_for_a_free_stream() {
             .filter(|s| s.path == "/gate")
             .count(),
         3
+    );
+}
+
+/// `max_header_bytes` is exact: a head of exactly the limit passes and one byte more is 431 with
+/// the JSON error, over HTTP/1.1 (counted as sent: request line, `name: value` lines, the empty
+/// line) and HTTP/2 (RFC 9113 header list size: name + value + 32 per field, pseudo-fields too).
+/// hyper's own bounds allowed about twice the limit before.
+#[tokio::test]
+async fn max_header_bytes_is_enforced_exactly_over_http1_and_http2() {
+    const LIMIT: usize = 16_384;
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .server(&format!("max_header_bytes = {LIMIT}"))
+        .service("iris", IRIS, &upstream.url())
+        .start()
+        .await;
+
+    let h1 = |pad: usize| {
+        format!(
+            "GET {IRIS}/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(pad)
+        )
+    };
+    let fixed = h1(0).len();
+    for (size, status) in [(LIMIT, 200), (LIMIT + 1, 431), (6 * LIMIT, 431)] {
+        let head = h1(size - fixed);
+        assert_eq!(head.len(), size);
+        let mut tls = gw
+            .pki()
+            .tls_connect(gw.scoring_addr, MODERN, &[b"http/1.1"])
+            .await;
+        let raw = RawResponse::parse(&wire::exchange(&mut tls, head.as_bytes()).await);
+        assert_eq!(raw.status, status, "HTTP/1.1 head of {size} bytes");
+        if size == LIMIT + 1 {
+            let body: serde_json::Value = serde_json::from_slice(&raw.body).expect("JSON");
+            assert_eq!(body["error"]["code"], "request_header_fields_too_large");
+        }
+    }
+
+    let tls = gw
+        .pki()
+        .tls_connect(gw.scoring_addr, MODERN, &[b"h2"])
+        .await;
+    let (mut h2, conn) = within("HTTP/2 handshake", h2::client::handshake(tls))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let authority = format!("localhost:{}", gw.scoring_addr.port());
+    let path = format!("{IRIS}/echo");
+    let fixed = (7 + 3 + 32) + (7 + 5 + 32) + (10 + authority.len() + 32) + (5 + path.len() + 32);
+    for (size, status) in [(LIMIT, 200), (LIMIT + 1, 431)] {
+        let pad = size - fixed - ("x-pad".len() + 32);
+        let req = http::Request::get(format!("https://{authority}{path}"))
+            .header("x-pad", "p".repeat(pad))
+            .body(())
+            .expect("request");
+        let (response, _) = h2.send_request(req, true).expect("send");
+        let response = within("HTTP/2 response", response)
+            .await
+            .expect("a response");
+        assert_eq!(response.status(), status, "HTTP/2 header list of {size}");
+        let mut body = response.into_body();
+        let mut json = Vec::new();
+        while let Some(chunk) = within("body", body.data()).await {
+            json.extend_from_slice(&chunk.expect("body"));
+        }
+        if status == 431 {
+            let body: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+            assert_eq!(body["error"]["code"], "request_header_fields_too_large");
+        }
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "only the heads at the limit were forwarded"
     );
 }
