@@ -106,7 +106,18 @@ pub struct ActivityLog {
     /// The published state, for each entry's `RoleName` and `RoleInstance` (bound once the
     /// first state exists; entries before that name the service and the host directly).
     state: OnceLock<StateCell>,
+    /// Fleet mode: every successful management write is also sent here (to the fleet's trail in
+    /// etcd, `cluster::trail`).
+    fleet: OnceLock<tokio::sync::mpsc::UnboundedSender<ActivityRecord>>,
 }
+
+/// Operations that change shared state: what the fleet's trail keeps.
+const FLEET_OPERATIONS: [&str; 4] = [
+    "regenerateKeys",
+    "rotateSigningKey",
+    "assignRole",
+    "removeRoleAssignment",
+];
 
 impl ActivityLog {
     pub fn new(sink: RecordSink) -> Self {
@@ -114,7 +125,13 @@ impl ActivityLog {
             ring: Mutex::new(VecDeque::with_capacity(64)),
             sink,
             state: OnceLock::new(),
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Sends every successful management write to `tx` from now on (fleet mode; set once).
+    pub fn forward_writes(&self, tx: tokio::sync::mpsc::UnboundedSender<ActivityRecord>) {
+        let _ = self.fleet.set(tx);
     }
 
     /// Reads role names and the instance from `cell` from now on (the first binding stays).
@@ -140,6 +157,12 @@ impl ActivityLog {
         entry.role_name = Some(role_name);
         entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
+        if let Some(tx) = self.fleet.get()
+            && matches!(entry.result, Outcome::Succeeded)
+            && FLEET_OPERATIONS.contains(&entry.operation)
+        {
+            let _ = tx.send(entry.clone());
+        }
         let mut ring = self
             .ring
             .lock()
