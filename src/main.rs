@@ -317,6 +317,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.server.admin_listen,
                 if c.server.tls.is_some() { "on" } else { "off" }
             );
+            // Valid but risky: said on stderr, the exit status stays 0.
+            for warning in c.server.warnings() {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
