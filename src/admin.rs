@@ -20,7 +20,7 @@
 //!   `GET /services` (`services/read`); `POST /services/{name}/listkeys`,
 //!   `/services/{name}/regenerateKeys`, `/services/{name}/token`,
 //!   `/services/{name}/rotateSigningKey` (their own actions, see `management`);
-//!   `GET /activity?limit=N` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
+//!   `GET /activity?limit=N[&scope=fleet]` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
 //!   `GET /role-assignments` (`roles/read`); `POST /role-assignments`,
 //!   `DELETE /role-assignments/{id}` (`roles/assign`); `GET /cluster` (`cluster/read`: the
 //!   cluster backend, etcd endpoint health, this instance and its applied revision, and the live
@@ -362,7 +362,7 @@ async fn dispatch(
     }
     let result = match route {
         Route::Metrics => Ok(metrics(gw)),
-        Route::Activity => Ok(activity(gw, req.uri().query())),
+        Route::Activity => activity(gw, req.uri().query()).await,
         Route::Services => Ok(services(gw)),
         Route::Roles => Ok(json(
             StatusCode::OK,
@@ -514,20 +514,39 @@ fn refresh_scrape_gauges(gw: &Gateway) {
     }
 }
 
-/// `GET /activity?limit=N` (default 100, at most the ring's capacity).
-fn activity(gw: &Gateway, query: Option<&str>) -> AdminResponse {
-    let limit = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("limit="))
+/// `GET /activity?limit=N` (default 100, at most the ring's capacity); with `scope=fleet` in
+/// fleet mode, the newest management writes of every replica from etcd (503
+/// `cluster_unavailable` when etcd cannot be read).
+async fn activity(gw: &Gateway, query: Option<&str>) -> Result<AdminResponse, ApiError> {
+    let param = |name: &str| {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    };
+    let limit = param("limit")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(100)
         .min(crate::telemetry::activity::RING_CAPACITY);
+    if param("scope") == Some("fleet")
+        && let Some(cluster) = gw.applier.cluster()
+    {
+        let entries = crate::cluster::trail::recent(cluster, limit)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "reading the fleet's activity trail failed");
+                ApiError::ClusterUnavailable
+            })?;
+        return Ok(json(
+            StatusCode::OK,
+            serde_json::to_vec(&entries).unwrap_or_default(),
+        ));
+    }
     let entries = gw.activity.recent(limit);
-    json(
+    Ok(json(
         StatusCode::OK,
         serde_json::to_vec(&entries).unwrap_or_default(),
-    )
+    ))
 }
 
 /// `GET /cluster` (see `cluster::View`).

@@ -115,6 +115,9 @@ pub async fn run(
     let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
     let sync = cluster.map(|c| {
         let stop = gw.lifecycle.stop_background.clone();
+        let (trail_tx, trail_rx) = tokio::sync::mpsc::unbounded_channel();
+        gw.activity.forward_writes(trail_tx);
+        let trail = tokio::spawn(crate::cluster::trail::append(Arc::clone(&c), trail_rx));
         let registration =
             tokio::spawn(crate::cluster::sync::register(Arc::clone(&c), stop.clone()));
         let applier = gw.applier.clone();
@@ -127,6 +130,8 @@ pub async fn run(
         let watch = tokio::spawn(crate::cluster::sync::run(c, apply, stop));
         async move {
             let _ = tokio::join!(registration, watch);
+            // The trail's sender lives in the activity log (as long as the gateway).
+            trail.abort();
         }
     });
     tracing::info!(

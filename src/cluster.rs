@@ -13,8 +13,9 @@
 //! Layout under `/scoregate/<namespace>/` (values of secrets sealed, [`seal`]): the shared
 //! state under `state/` (watched): `state/keys/<service>`, `state/signing/<service>`,
 //! `state/admin`, `state/assignments/<id>` (plain JSON), `state/seal-check` (proves every
-//! replica uses the same seal key); and `replicas/<instance>` (plain JSON, bound to a lease:
-//! live replicas and the revision each has applied).
+//! replica uses the same seal key); `replicas/<instance>` (plain JSON, bound to a lease:
+//! live replicas and the revision each has applied); and `activity/<time>-<instance>-<n>` (plain
+//! JSON activity entries of management writes, bound to 30-day leases).
 //!
 //! - `proto`: the etcd v3 bindings `build.rs` generates with protox (no system `protoc`).
 //! - [`etcd`]: a thin client: prefix reads with their revision, watches from a revision that
@@ -23,12 +24,14 @@
 //! - [`mirror`]: the local copy of the namespace and its sealed snapshot in `state_dir`.
 //! - [`sync`]: the watch loop that feeds the copy and triggers the applier.
 //! - [`unsynced`]: a replica that never synced waits for etcd, answering "not ready" meanwhile.
+//! - [`trail`]: the fleet's audit trail of management writes (`GET /activity?scope=fleet`).
 
 pub mod etcd;
 pub mod mirror;
 mod proto;
 pub mod seal;
 pub mod sync;
+pub mod trail;
 pub mod unsynced;
 
 use std::path::PathBuf;

@@ -284,6 +284,23 @@ impl Client {
         Ok((r.kvs, r.header.map_or(0, |h| h.revision)))
     }
 
+    /// The last `limit` keys under `prefix` in key order, newest (greatest key) first.
+    pub async fn get_prefix_last(
+        &self,
+        prefix: &str,
+        limit: i64,
+    ) -> Result<Vec<KeyValue>, EtcdError> {
+        let range = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            limit,
+            sort_order: pb::range_request::SortOrder::Descend.into(),
+            sort_target: pb::range_request::SortTarget::Key.into(),
+            ..Default::default()
+        };
+        Ok(self.range(range).await?.kvs)
+    }
+
     /// One key (`None`: absent), and the store's revision.
     pub async fn get(&self, key: &str) -> Result<(Option<KeyValue>, i64), EtcdError> {
         let range = pb::RangeRequest {

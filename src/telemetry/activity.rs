@@ -138,7 +138,18 @@ pub struct ActivityLog {
     /// The published state, for each entry's `RoleName` and `RoleInstance` (bound once the
     /// first state exists; entries before that name the service and the host directly).
     state: OnceLock<StateCell>,
+    /// Fleet mode: every successful management write is also sent here (to the fleet's trail in
+    /// etcd, `cluster::trail`).
+    fleet: OnceLock<tokio::sync::mpsc::UnboundedSender<ActivityRecord>>,
 }
+
+/// Operations that change shared state: what the fleet's trail keeps.
+const FLEET_OPERATIONS: [&str; 4] = [
+    "regenerateKeys",
+    "rotateSigningKey",
+    "assignRole",
+    "removeRoleAssignment",
+];
 
 #[derive(Debug, Default)]
 struct Rings {
@@ -154,7 +165,13 @@ impl ActivityLog {
             rings: Mutex::new(Rings::default()),
             sink,
             state: OnceLock::new(),
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Sends every successful management write to `tx` from now on (fleet mode; set once).
+    pub fn forward_writes(&self, tx: tokio::sync::mpsc::UnboundedSender<ActivityRecord>) {
+        let _ = self.fleet.set(tx);
     }
 
     fn rings(&self) -> std::sync::MutexGuard<'_, Rings> {
@@ -186,6 +203,12 @@ impl ActivityLog {
         entry.role_name = Some(role_name);
         entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
+        if let Some(tx) = self.fleet.get()
+            && matches!(entry.result, Outcome::Succeeded)
+            && FLEET_OPERATIONS.contains(&entry.operation)
+        {
+            let _ = tx.send(entry.clone());
+        }
         let mut rings = self.rings();
         if entry.is_anonymous_denial() {
             let anonymous = &mut rings.anonymous;

@@ -85,3 +85,56 @@ async fn get_cluster_on_the_local_backend_says_so() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(view, json!({"backend": "local"}));
 }
+
+#[tokio::test]
+async fn the_fleet_activity_trail_shows_every_replicas_writes_with_initiator_and_instance() {
+    let etcd = Etcd::start().await;
+    let upstream = MockUpstream::start().await;
+    let url = upstream.url();
+    let (a, b) = tokio::join!(
+        replica(&etcd, "trail", "pod-a", &url),
+        replica(&etcd, "trail", "pod-b", &url)
+    );
+    let (admin_a, admin_b) = (Admin::of(&a).await, Admin::of(&b).await);
+    let (status, body) = admin_a
+        .call(
+            Method::POST,
+            "/services/m/regenerateKeys",
+            Some(json!({"keyType": "Secondary"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = admin_b
+        .call(
+            Method::POST,
+            "/role-assignments",
+            Some(json!({"principal": "ops", "role": "Reader"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Reads are not in the trail; both writes are, from either replica.
+    let _ = admin_a.keys("m").await;
+    for admin in [&admin_a, &admin_b] {
+        wait_until("both writes in the fleet trail", || async {
+            let (status, trail) = admin
+                .call(Method::GET, "/activity?scope=fleet&limit=50", None)
+                .await;
+            let entries = trail.as_array().cloned().unwrap_or_default();
+            let has = |op: &str, instance: &str| {
+                entries.iter().any(|e| {
+                    e["operationName"] == op
+                        && e["RoleInstance"] == instance
+                        && e["initiator"] == "bootstrap-admin"
+                })
+            };
+            status == StatusCode::OK
+                && has("regenerateKeys", "pod-a")
+                && has("assignRole", "pod-b")
+                && entries.len() == 2
+        })
+        .await;
+    }
+    // The local log of A has only A's own write.
+    let local = admin_a.activity().await;
+    assert!(!local.iter().any(|e| e["operationName"] == "assignRole"));
+}
