@@ -34,21 +34,33 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every address of the configuration.
+    /// Binds every address of the configuration; an error names the listener's key and address.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         let s = &config.server;
         Ok(Self {
-            scoring: TcpListener::bind(s.listen).await?,
-            admin: TcpListener::bind(s.admin_listen).await?,
-            probe: bind_optional(s.probe_listen).await?,
-            metrics: bind_optional(s.metrics_listen).await?,
+            scoring: bind("server.listen", s.listen).await?,
+            admin: bind("server.admin_listen", s.admin_listen).await?,
+            probe: bind_optional("server.probe_listen", s.probe_listen).await?,
+            metrics: bind_optional("server.metrics_listen", s.metrics_listen).await?,
         })
     }
 }
 
-async fn bind_optional(addr: Option<std::net::SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+async fn bind(key: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{key}: {}", crate::config::listen_error(addr, &e)),
+        )
+    })
+}
+
+async fn bind_optional(
+    key: &str,
+    addr: Option<std::net::SocketAddr>,
+) -> std::io::Result<Option<TcpListener>> {
     match addr {
-        Some(addr) => TcpListener::bind(addr).await.map(Some),
+        Some(addr) => bind(key, addr).await.map(Some),
         None => Ok(None),
     }
 }
@@ -67,7 +79,9 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
-    state::ensure_state_dir(&config.server.state_dir)?;
+    let dir = &config.server.state_dir;
+    state::ensure_state_dir(dir)
+        .map_err(|e| anyhow::anyhow!("server.state_dir: cannot use {}: {e}", dir.display()))?;
     let credential = admin::authz::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let health_wake = Arc::new(tokio::sync::Notify::new());

@@ -31,6 +31,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum CliLogFormat {
     Text,
@@ -48,6 +54,17 @@ enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// `text` (one problem per line, on stderr) or `json` (one object on stdout).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+        /// Do not check that the listen addresses are free (for the file of a running gateway,
+        /// before a reload: its own listeners hold them).
+        #[arg(long)]
+        skip_listen_check: bool,
+        /// Check the file only, not this machine (state directory, record file, listen
+        /// addresses): for a file meant for another machine, e.g. one rendered for a pod.
+        #[arg(long, conflicts_with = "skip_listen_check")]
+        file_only: bool,
     },
     /// One-command first run: a sample model behind the gateway with a throwaway TLS certificate.
     Demo {
@@ -155,7 +172,21 @@ fn main() -> ExitCode {
     }
     tele::init_diagnostics("info", format.unwrap_or(LogFormat::Text));
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig {
+            config,
+            format,
+            skip_listen_check,
+            file_only,
+        } => {
+            let machine = if file_only {
+                config::MachineChecks::None
+            } else if skip_listen_check {
+                config::MachineChecks::SkipListeners
+            } else {
+                config::MachineChecks::All
+            };
+            check_config(&config, format, machine)
+        }
         Command::Run { .. } => ExitCode::FAILURE,
         Command::Demo {
             listen,
@@ -262,9 +293,13 @@ fn read_value(value: Option<String>) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match config::load_and_validate(path) {
-        Ok(c) => {
+fn check_config(
+    path: &std::path::Path,
+    format: CheckFormat,
+    machine: config::MachineChecks,
+) -> ExitCode {
+    match (config::check(path, machine), format) {
+        (Ok(c), CheckFormat::Text) => {
             println!(
                 "{}: OK ({} service(s), scoring listener {}, admin listener {}, TLS {})",
                 path.display(),
@@ -275,22 +310,39 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{e}");
+        (Ok(c), CheckFormat::Json) => {
+            let summary = serde_json::json!({
+                "file": path,
+                "ok": true,
+                "problems": [],
+                "services": c.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                "listen": c.server.listen.to_string(),
+                "admin_listen": c.server.admin_listen.to_string(),
+                "tls": c.server.tls.is_some(),
+            });
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        (Err(e), CheckFormat::Text) => config_failed(&e),
+        (Err(e), CheckFormat::Json) => {
+            println!("{}", e.to_json());
             ExitCode::from(EXIT_CONFIG)
         }
     }
 }
 
+/// The one way a configuration's problems are reported (`check-config` and `run`).
+fn config_failed(e: &config::ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
 fn run(path: &std::path::Path, format: Option<LogFormat>) -> ExitCode {
     // The configuration is read before diagnostics start (it sets their filter and format) and
-    // before any port is bound.
-    let config = match config::load_and_validate(path) {
+    // before any port is bound, with the same checks and messages as `check-config`.
+    let config = match config::check(path, config::MachineChecks::All) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return config_failed(&e),
     };
     tele::init_diagnostics(
         &config.telemetry.log_filter,
