@@ -171,17 +171,18 @@ fn trace_context(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::W
 /// pauses the buffer would grow to megabytes between the writer's turns, which real traffic
 /// does not do.
 fn records(c: &mut Criterion) {
-    use prometheus::IntCounter;
-    use scoregate::telemetry::sink::{RecordOutput, RecordSink, SinkCounters};
+    use prometheus::{IntCounter, IntGauge};
+    use scoregate::telemetry::sink::{QueueLimits, RecordOutput, RecordSink, SinkCounters};
     const BURST: u64 = 150;
     let counters = SinkCounters {
         dropped: IntCounter::new("dropped", "dropped").expect("counter"),
         write_errors: IntCounter::new("write_errors", "write errors").expect("counter"),
         activity_dropped: IntCounter::new("activity_dropped", "activity").expect("counter"),
+        queue_bytes: IntGauge::new("queue_bytes", "queue bytes").expect("gauge"),
     };
     let (sink, writer) = RecordSink::spawn(
         RecordOutput::Writer(Box::new(std::io::sink())),
-        16_384,
+        QueueLimits::lines(16_384),
         true,
         counters,
     )

@@ -13,8 +13,15 @@
 //! - `/readyz`: 200 once listeners are up and every upstream answered its health probe; 503
 //!   otherwise and while draining, with per-service detail (names and health, nothing secret).
 //! - `/metrics`: the Prometheus text format; no series carries a credential.
-//! - the management API (`management`, `authz`, `roles`): `/services`, `/services/{name}/...`,
-//!   `/activity`, `/reload`, `/roles`, `/role-assignments`.
+//! - the management API (`management`; callers from `auth::admin`, permissions from `policy`),
+//!   each route behind one action:
+//!   `GET /services` (`services/read`); `POST /services/{name}/listkeys`,
+//!   `/services/{name}/regenerateKeys`, `/services/{name}/token`,
+//!   `/services/{name}/rotateSigningKey` (their own actions, see `management`);
+//!   `GET /activity?limit=N` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
+//!   `GET /role-assignments` (`roles/read`); `POST /role-assignments`,
+//!   `DELETE /role-assignments/{id}` (`roles/assign`). A known path with another method is 405
+//!   with `Allow`; anything else 404.
 //!
 //! On the probe and metrics listeners every other path is 404, and `admin_allow_cidrs` does not
 //! apply (it guards the management API; restrict those ports with a network policy instead).
@@ -35,11 +42,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 
-pub mod authz;
 pub mod management;
-pub mod roles;
 
-use authz::Action;
+use crate::policy::{self, Action};
 use management::{ApiError, ServiceOp};
 use std::net::IpAddr;
 
@@ -304,7 +309,7 @@ async fn dispatch(
             return Err(ApiError::Unauthenticated(failure));
         }
     };
-    if let Err(missing) = roles::authorize(
+    if let Err(missing) = policy::authorize(
         &principal,
         action,
         route.service(),
@@ -352,13 +357,26 @@ async fn dispatch(
             .map_err(|e| ApiError::ReloadRejected(e.to_string())),
         Route::Service { name, op } => {
             let body = read_body(req).await?;
-            management::service_op(gw, &principal, name, op, body).await
+            let holds = |extra: Action| {
+                policy::authorize(
+                    &principal,
+                    extra,
+                    route.service(),
+                    state.policy(),
+                    &state.assignments,
+                )
+                .is_ok()
+            };
+            management::service_op(gw, &principal, &holds, name, op, body).await
         }
         Route::Healthz | Route::Readyz => Err(ApiError::RouteNotFound),
     };
     if route.audited() {
         let outcome = match &result {
             Ok(_) => entry(&principal.id, Outcome::Succeeded),
+            // A permission the operation needs beyond the route's own (`services/keys/set`).
+            Err(ApiError::Forbidden(missing)) => entry(&principal.id, Outcome::Denied)
+                .reason(format!("missing permission {}", missing.as_str())),
             Err(e) => entry(&principal.id, Outcome::Failed).reason(e.code()),
         };
         gw.activity.record(outcome);

@@ -82,7 +82,7 @@ pub async fn run(
     let dir = &config.server.state_dir;
     state::ensure_state_dir(dir)
         .map_err(|e| anyhow::anyhow!("server.state_dir: cannot use {}: {e}", dir.display()))?;
-    let credential = admin::authz::CredentialFile::of(&config.server).path;
+    let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let health_wake = Arc::new(tokio::sync::Notify::new());
     let handles = Handles {

@@ -7,6 +7,7 @@
 //! whitespace, so a key with trailing whitespace (possible over HTTP/2, where values are not
 //! trimmed) is refused rather than silently trimmed.
 
+pub mod admin;
 pub mod jwt;
 pub mod keys;
 

@@ -10,10 +10,12 @@
 //! (`service[1].upstream: ...`). Relative paths are resolved against the config file's directory.
 //! This module reads files but opens no sockets and spawns no tasks.
 //!
-//! Settings that cannot change without a restart: `server.listen`, `server.admin_listen`,
-//! `server.probe_listen`, `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
-//! `server.admin_token_file`.
+//! Settings that cannot change without a restart (`reload::restart_only` names them when a reload
+//! changes one): `server.listen`, `server.admin_listen`, `server.probe_listen`,
+//! `server.metrics_listen`, `server.worker_threads`, `server.state_dir`,
+//! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
+mod cluster;
 mod parse;
 mod preflight;
 mod raw;
@@ -24,6 +26,7 @@ mod service;
 mod tests;
 mod token;
 
+pub use cluster::{ClusterConfig, EtcdConfig};
 pub use roles::IdentityConfig;
 
 use std::fmt;
@@ -35,8 +38,6 @@ use http::Uri;
 use rustls::sign::CertifiedKey;
 
 use crate::fingerprint::Fingerprint;
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
 
 pub use preflight::listen_error;
 pub use raw::RawConfig;
@@ -59,7 +60,9 @@ pub struct Config {
     /// Trusted identity provider for management callers.
     pub identity: Option<IdentityConfig>,
     /// Built-in and custom roles, and the config's role assignments.
-    pub policy: crate::admin::roles::Policy,
+    pub policy: crate::policy::Policy,
+    /// Where shared state lives: this process (`local`) or an etcd namespace (fleet mode).
+    pub cluster: ClusterConfig,
     /// The watched files as they were just before they were read.
     pub fingerprints: FileFingerprints,
 }
@@ -101,13 +104,30 @@ pub struct TelemetryConfig {
     pub request_records: bool,
     /// Lines waiting for the writer before request records are dropped.
     pub queue_capacity: usize,
-    pub redaction: Redaction,
+    /// Bytes held by records waiting for (or being written by) the writer before request
+    /// records are dropped.
+    pub queue_max_bytes: usize,
+    /// Query parameters whose values records hide (`None`: the built-in list of
+    /// `telemetry::redact`).
+    pub redact_query_params: Option<Vec<String>>,
     /// `tracing` filter directives for diagnostics (`SCOREGATE_LOG` overrides).
     pub log_filter: String,
     pub log_format: LogFormat,
     /// `RoleName` of records and activity entries that concern no service (unrouted requests,
     /// configuration reloads); services have their own (`ServiceConfig::role_name`).
     pub role_name: String,
+}
+
+/// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
+pub fn acceptable_admin_credential(credential: &str) -> bool {
+    credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Diagnostic output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +172,9 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.
     pub health_interval: Duration,
+    /// How often watched sources (config, certificate, key, signing-key, role-assignment and
+    /// credential files) are checked; a change on disk applies within about this long.
+    pub watch_interval: Duration,
     /// Serve `GET /metrics` without a credential (default: `metrics/read` is required).
     pub public_metrics: bool,
     /// Open connections on the scoring listener; beyond it new connections wait in the
@@ -539,6 +562,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         let policy = self.policy(raw.roles, raw.role_assignments, &names);
+        let cluster = self.cluster(&raw.cluster);
         Config {
             source: path.to_owned(),
             server,
@@ -546,6 +570,7 @@ impl Validator<'_> {
             telemetry,
             identity,
             policy,
+            cluster,
             fingerprints: FileFingerprints::default(),
         }
     }

@@ -272,7 +272,7 @@ Token mode: the same model as "iris-token". Fetch a short-lived token, then scor
         admin_token = config
             .server
             .state_dir
-            .join(crate::admin::authz::BOOTSTRAP_FILE)
+            .join(crate::auth::admin::BOOTSTRAP_FILE)
             .display(),
         token_url = url.replace("/iris/", "/iris-token/"),
     );

@@ -2,11 +2,14 @@
 //! the small JSON body the client sees.
 //!
 //! This module decides *how* an outcome maps to a response; it does not log and does not count.
-//! `proxy::finish` and the admin handlers do that with the fixed `code()` string, so metrics labels
+//! `telemetry::request_log::finish` and the admin handlers do that with the fixed `code()` string, so metrics labels
 //! and client bodies share one vocabulary. The mapping functions are exhaustive matches with no
 //! wildcard arm: a new variant does not compile until someone decides its status, side and code.
 
 use std::time::Duration;
+
+/// A boxed error from below the gateway (hyper, the upstream connector), kept as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -164,7 +167,7 @@ pub enum GatewayError {
 
     // ---- upstream ----
     #[error("could not connect to the scoring container")]
-    UpstreamConnect(#[source] crate::proxy::upstream::BoxError),
+    UpstreamConnect(#[source] BoxError),
     #[error("the scoring container failed while answering")]
     UpstreamProtocol(#[source] hyper::Error),
     #[error("the scoring container sent no response headers within {} ms", .after.as_millis())]

@@ -1,6 +1,6 @@
 //! What identifies one version of a file: device, inode, size and change times, following
 //! symlinks. A leaf module: the configuration records the versions of the files it reads, and
-//! every source of the runtime state (`reload::source`) compares them.
+//! every source of the runtime state (`source`) compares them.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -67,6 +67,11 @@ impl Gateway {
         self.state.load_full()
     }
 
+    /// Resolves after each state publication from now on.
+    pub fn state_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.subscribe()
+    }
+
     /// Ready = listening, not draining, every upstream answered its latest health probe, and
     /// every JWKS URL has been fetched once.
     pub fn is_ready(&self) -> bool {

@@ -5,15 +5,20 @@
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`] (`raw` holds the serde types).
 //! - [`tls`]: rustls server configuration and the live certificate resolver.
-//! - [`auth`]: who is calling (`Principal`); key and token verification.
+//! - [`auth`]: who is calling (`Principal`); key and token verification; `admin` the management
+//!   API's callers (bootstrap credential, identity provider).
+//! - [`policy`]: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.
 //! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
 //!   the pooled client, `body` the streaming bodies and the record guard.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
 //!   the Prometheus registry.
-//! - [`runtime`]: the shared state handlers read (route table behind `ArcSwap`).
+//! - [`runtime`]: the one immutable `RuntimeState` (routes, per-service state, certificate, TLS,
+//!   identity, roles, admin credential, changeable telemetry options) behind one `StateCell`;
+//!   `runtime/build.rs` builds a complete candidate without writing anything.
 //! - [`health`]: upstream health probes for `/readyz`.
-//! - [`reload`]: live reconfiguration (SIGHUP, `POST /reload`, file changes) and certificate swaps.
+//! - [`reload`]: the one reload loop (`Applier`): observes every source, builds a candidate,
+//!   commits its pending writes and swaps it whole, or keeps the last good; management writes.
 //! - [`admission`]: concurrency limit and wait queue, rate limits, network rules.
 //! - [`admin`]: the admin listener (health, readiness, metrics, management API).
 //! - [`server`]: accept loops, TLS handshakes, serving, the drain sequence.
@@ -23,7 +28,15 @@
 //! - [`demo`]: the `scoregate demo` command.
 //! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
-//! - [`watch`]: change detection for key files (and later certificates, JWKS and config).
+//! - [`watch`]: the background loop that drives the applier (file polls every
+//!   `watch_interval_ms`, fetched JWKS, signing-key retirement, rate-bucket eviction).
+//! - [`app`]: the composition root: binds listeners, starts telemetry, assembles the gateway,
+//!   runs every listener and the drain.
+//! - [`gateway`]: `Gateway`, what every handler holds (state cell, metrics, record sink,
+//!   activity log, lifecycle flags, applier).
+//! - [`source`]: the shape every source of state has (observe → fingerprint → read → validate,
+//!   keep the last good), with [`fingerprint`]'s cheap file fingerprints.
+//! - [`fingerprint`]: cheap file fingerprints the sources use to notice a change.
 
 #![forbid(unsafe_code)]
 
@@ -32,12 +45,14 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fingerprint;
 pub mod gateway;
 pub mod health;
+pub mod policy;
 pub mod probe;
 pub mod proxy;
 pub mod reload;
@@ -45,6 +60,7 @@ pub mod runtime;
 pub mod sample_model;
 pub mod server;
 pub mod shutdown;
+pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

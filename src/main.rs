@@ -1,6 +1,7 @@
 //! The `scoregate` binary: parses arguments, starts diagnostics, loads configuration before any
-//! port is bound, runs the chosen command and turns its outcome into an exit code (64 for a bad
-//! configuration, 1 for other failures). No logic of its own.
+//! port is bound, runs the chosen command and turns its outcome into an exit code (0 success, 2 a
+//! command-line usage error reported by clap, 64 a bad configuration, 1 any other failure). No
+//! logic of its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +15,8 @@ use scoregate::config::{self, Config};
 use scoregate::telemetry::metrics::Metrics;
 use scoregate::telemetry::{self as tele, LogFormat};
 
-/// `EX_CONFIG` from `sysexits.h`: the configuration is invalid.
+/// The configuration is invalid. 64 is `EX_USAGE` in `sysexits.h` (`EX_CONFIG` would be 78);
+/// kept at 64 because operators' scripts and the README already rely on it.
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -90,6 +92,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Fleet mode (`[cluster] backend = "etcd"`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
     SampleModel {
         #[arg(long, default_value = "127.0.0.1:5001")]
@@ -108,6 +115,12 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Print a new seal key (32 random bytes, base64) for `[cluster] seal_key_file`.
+    SealKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +216,11 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
+        Command::Cluster {
+            command: ClusterCommand::SealKey,
+        } => {
+            print_result(scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from))
+        }
         Command::Token {
             command:
                 TokenCommand::Issue {
@@ -300,8 +318,17 @@ fn check_config(
 ) -> ExitCode {
     match (config::check(path, machine), format) {
         (Ok(c), CheckFormat::Text) => {
+            let cluster = match c.cluster.etcd() {
+                None => "local".to_owned(),
+                Some(e) => format!(
+                    "etcd namespace {} as instance {}, {} endpoint(s)",
+                    e.namespace,
+                    e.instance,
+                    e.endpoints.len()
+                ),
+            };
             println!(
-                "{}: OK ({} service(s), scoring listener {}, admin listener {}, TLS {})",
+                "{}: OK ({} service(s), scoring listener {}, admin listener {}, TLS {}, cluster {cluster})",
                 path.display(),
                 c.services.len(),
                 c.server.listen,
@@ -364,13 +391,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the open-file limit towards the hard limit so `max_connections` is reachable (each
-/// connection is a descriptor, plus the upstream side).
+/// Raises the open-file limit to the hard limit so `max_connections` is reachable (each
+/// connection is a descriptor, plus the upstream side), also when a reload raises it later.
 fn raise_fd_limit(max_connections: usize) {
     let wanted = (max_connections as u64)
         .saturating_mul(2)
         .saturating_add(1024);
-    match rlimit::increase_nofile_limit(wanted) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(got) if got < wanted => tracing::warn!(
             limit = got,
             max_connections,

@@ -29,7 +29,6 @@
 
 mod files;
 mod report;
-pub mod source;
 mod sources;
 mod writes;
 
@@ -41,9 +40,9 @@ use crate::auth::jwt::trusted::{Fetched, FetchedTx};
 use crate::config::{self, Config};
 use crate::runtime::build::{self, Candidate, Context, PendingWrite};
 use crate::runtime::{BuildError, RuntimeState, StateCell, StateCert};
+use crate::source::Change;
 use crate::telemetry::activity::ActivityLog;
 use crate::telemetry::metrics::Metrics;
-use source::Change;
 use sources::{Event, Sources};
 
 pub use writes::WriteError;
@@ -383,39 +382,27 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.admin_token_file",
         o.admin_token_file != n.admin_token_file,
     );
+    check("cluster", old.cluster != new.cluster);
     check(
         "server.worker_threads",
         o.worker_threads != n.worker_threads,
     );
-    check(
-        "server.max_connections",
-        o.max_connections != n.max_connections,
-    );
-    check(
-        "server listener limits",
-        (
-            o.max_header_bytes,
-            o.max_headers,
-            o.http2_max_concurrent_streams,
-        ) != (
-            n.max_header_bytes,
-            n.max_headers,
-            n.http2_max_concurrent_streams,
-        ) || (
-            o.header_read_timeout,
-            o.tls_handshake_timeout,
-            o.idle_release,
-        ) != (
-            n.header_read_timeout,
-            n.tls_handshake_timeout,
-            n.idle_release,
-        ),
-    );
     let (ot, nt) = (&old.telemetry, &new.telemetry);
     check(
         "telemetry output",
-        (&ot.output, ot.queue_capacity, &ot.log_filter, ot.log_format)
-            != (&nt.output, nt.queue_capacity, &nt.log_filter, nt.log_format),
+        (
+            &ot.output,
+            ot.queue_capacity,
+            ot.queue_max_bytes,
+            &ot.log_filter,
+            ot.log_format,
+        ) != (
+            &nt.output,
+            nt.queue_capacity,
+            nt.queue_max_bytes,
+            &nt.log_filter,
+            nt.log_format,
+        ),
     );
     changed
 }

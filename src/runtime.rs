@@ -18,9 +18,9 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::admin::authz::{AdminCredentials, Identity};
-use crate::admin::roles::{Assignment, Policy};
+use crate::auth::admin::{AdminCredentials, Identity};
 use crate::config::Config;
+use crate::policy::{Assignment, Policy};
 use crate::telemetry::redact::Redaction;
 
 pub use build::BuildError;
@@ -47,6 +47,8 @@ pub struct RuntimeState {
     pub admin: AdminCredentials,
     /// `ComputeType` of every record.
     pub compute_type: Arc<str>,
+    /// Applied to every recorded URL (`redact_query_params`).
+    redaction: Redaction,
     /// `RoleInstance` of every record and activity entry (`telemetry::role::instance`).
     pub role_instance: Arc<str>,
     /// Counts published states (1 is the first).
@@ -92,7 +94,7 @@ impl RuntimeState {
 
     /// Applied to every recorded URL.
     pub fn redaction(&self) -> &Redaction {
-        &self.config.telemetry.redaction
+        &self.redaction
     }
 
     /// Ready = every upstream answered its latest health probe and every JWKS URL has been
@@ -126,15 +128,28 @@ fn route_in<'s, 'p>(
 pub struct StateCell {
     cell: Arc<ArcSwap<RuntimeState>>,
     resolver: Arc<StateCert>,
+    /// The generation of the state last published, for whoever waits for a change (the scoring
+    /// listener's connection cap).
+    published: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateCell {
     /// A cell holding `first`, whose TLS settings were built around `resolver`.
     pub fn new(first: RuntimeState, resolver: Arc<StateCert>) -> Self {
+        let (published, _) = tokio::sync::watch::channel(first.generation);
         let cell = Arc::new(ArcSwap::from_pointee(first));
         // Set once, here; a second cell around the same resolver keeps the first binding.
         let _ = resolver.state.set(Arc::downgrade(&cell));
-        Self { cell, resolver }
+        Self {
+            cell,
+            resolver,
+            published: Arc::new(published),
+        }
+    }
+
+    /// Sees every publication from now on (`changed()` resolves after each).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The current state: a cheap snapshot to read within a request or call.
@@ -149,7 +164,9 @@ impl StateCell {
 
     /// Publishes a state. Only the reload loop calls this, under its lock.
     pub(crate) fn publish(&self, state: RuntimeState) {
+        let generation = state.generation;
         self.cell.store(Arc::new(state));
+        self.published.send_replace(generation);
     }
 
     /// The certificate resolver every TLS configuration of the scoring listener uses.

@@ -15,7 +15,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -23,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -52,22 +54,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     let lifecycle = Arc::clone(&gw.lifecycle);
-    let config = Arc::clone(gw.applier.startup_config());
     let scoring_graceful = GracefulShutdown::new();
-    let scoring = ScoringListener {
-        http: HttpServers::new(&config),
-        handshake_timeout: config.server.tls_handshake_timeout,
-        header_read_timeout: config.server.header_read_timeout,
-        idle: h1::IdleLimits {
-            release: config.server.idle_release,
-            close: config.server.header_read_timeout,
-        },
-        connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
-        gw: Arc::clone(&gw),
-    };
+    let scoring = ScoringListener::new(Arc::clone(&gw));
     if gw.state().tls.is_none() {
         tracing::warn!(
-            listen = %config.server.listen,
+            listen = %gw.state().config.server.listen,
             "no [server.tls] table: serving plain HTTP; callers' keys and tokens cross the network unencrypted"
         );
     }
@@ -155,20 +146,95 @@ impl HttpServers {
     }
 }
 
-/// The scoring listener's per-process state.
-struct ScoringListener {
-    gw: Arc<Gateway>,
+/// The scoring listener's limits, taken from the runtime state when a connection is accepted:
+/// a reload changes them for new connections, and open connections keep theirs.
+struct Limits {
     http: HttpServers,
     handshake_timeout: Duration,
     /// Bound on the wait for a connection's first request bytes.
     header_read_timeout: Duration,
     /// When idle HTTP/1.1-over-TLS connections release their buffers, and are closed.
     idle: h1::IdleLimits,
-    /// One permit per open connection (`max_connections`).
-    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    fn new(config: &Config) -> Self {
+        let s = &config.server;
+        Self {
+            http: HttpServers::new(config),
+            handshake_timeout: s.tls_handshake_timeout,
+            header_read_timeout: s.header_read_timeout,
+            idle: h1::IdleLimits {
+                release: s.idle_release,
+                close: s.header_read_timeout,
+            },
+        }
+    }
+}
+
+/// The scoring listener's per-process state.
+struct ScoringListener {
+    gw: Arc<Gateway>,
+    /// The limits of the state generation that last accepted a connection.
+    limits: Mutex<(u64, Arc<Limits>)>,
+    /// Open connections, held under the current state's `max_connections`.
+    open: AtomicUsize,
+    /// A connection closed: the accept loop may have room again.
+    closed: Notify,
+}
+
+/// One open connection's place under the cap; gives it back when the connection ends.
+struct Slot(Arc<ScoringListener>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_one();
+    }
 }
 
 impl ScoringListener {
+    fn new(gw: Arc<Gateway>) -> Self {
+        let state = gw.state_full();
+        let limits = (state.generation, Arc::new(Limits::new(&state.config)));
+        Self {
+            gw,
+            limits: Mutex::new(limits),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+        }
+    }
+
+    /// The limits of the state in force, rebuilt only when a reload has published a new one.
+    fn limits(&self) -> Arc<Limits> {
+        let state = self.gw.state();
+        let mut held = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.0 != state.generation {
+            *held = (state.generation, Arc::new(Limits::new(&state.config)));
+        }
+        Arc::clone(&held.1)
+    }
+
+    /// Waits until the connection count is below the current state's `max_connections` (a
+    /// reload that raises it lets waiting connections in); `false` once accepting stops.
+    async fn room(&self, stop: &CancellationToken, changes: &mut watch::Receiver<u64>) -> bool {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            let max = self.gw.state().config.server.max_connections;
+            if self.open.load(Ordering::Acquire) < max {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return false,
+                () = &mut closed => {}
+                Ok(()) = changes.changed() => {}
+            }
+        }
+    }
+
     async fn accept_loop(
         self,
         listener: TcpListener,
@@ -176,17 +242,13 @@ impl ScoringListener {
         stop: CancellationToken,
     ) {
         let this = Arc::new(self);
+        let mut changes = this.gw.state_changes();
         loop {
             // At the connection cap, stop accepting: new connections wait in the kernel's
             // backlog until one closes, instead of being accepted and starved.
-            let permit = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                permit = Arc::clone(&this.connections).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+            if !this.room(&stop, &mut changes).await {
+                break;
+            }
             let accepted = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -194,11 +256,12 @@ impl ScoringListener {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let this = Arc::clone(&this);
+                    this.open.fetch_add(1, Ordering::AcqRel);
+                    let slot = Slot(Arc::clone(&this));
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        this.connection(stream, peer, watcher).await;
-                        drop(permit);
+                        slot.0.connection(stream, peer, watcher).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -223,6 +286,7 @@ impl ScoringListener {
 
     async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let _ = stream.set_nodelay(true);
+        let limits = self.limits();
         let acceptor = self.gw.state().tls.clone().map(TlsAcceptor::from);
         let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         let gw = Arc::clone(&self.gw);
@@ -243,19 +307,19 @@ impl ScoringListener {
                 // Every phase is boxed: the connection's task then holds only the phase it is
                 // in (the handshake and each protocol's connection are kilobytes each, and an
                 // idle connection should cost as little as possible).
-                match Box::pin(tokio::time::timeout(self.handshake_timeout, handshake)).await {
+                match Box::pin(tokio::time::timeout(limits.handshake_timeout, handshake)).await {
                     Ok(None) => return,
                     Ok(Some(Ok(tls))) => {
                         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             // The HTTP/2 preface has no timer of its own.
-                            let io = FirstByteTimeout::new(tls, self.header_read_timeout);
-                            let conn = self.http.h2.serve_connection(TokioIo::new(io), service);
+                            let io = FirstByteTimeout::new(tls, limits.header_read_timeout);
+                            let conn = limits.http.h2.serve_connection(TokioIo::new(io), service);
                             Box::pin(watcher.watch(conn)).await.map_err(Into::into)
                         } else {
                             let ctx = h1::Ctx {
-                                builder: &self.http.h1,
+                                builder: &limits.http.h1,
                                 conn: &conn,
-                                limits: self.idle,
+                                limits: limits.idle,
                                 parked: &self.gw.metrics.connections_parked,
                                 releases: &self.gw.metrics.connection_releases,
                                 draining: &self.gw.lifecycle.stop_accepting,
@@ -280,8 +344,8 @@ impl ScoringListener {
                 }
             }
             None => {
-                let io = FirstByteTimeout::new(stream, self.header_read_timeout);
-                let conn = self
+                let io = FirstByteTimeout::new(stream, limits.header_read_timeout);
+                let conn = limits
                     .http
                     .auto
                     .serve_connection(TokioIo::new(io), service)

@@ -21,15 +21,9 @@ use tracing_subscriber::EnvFilter;
 /// `info,scoregate=debug`). Declared here so all `SCOREGATE_*` overrides live in one place.
 pub const LOG_ENV: &str = "SCOREGATE_LOG";
 
+pub use crate::config::LogFormat;
 /// The pod's name (Kubernetes downward API), the `RoleInstance` of records when set.
 pub const POD_NAME_ENV: &str = "POD_NAME";
-
-/// Diagnostic output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Installs the global tracing subscriber. Called once by `main`, never by the library, so tests
 /// can install their own.
@@ -73,12 +67,16 @@ pub fn start_records(
     // (`request_records` is reloadable); the sink itself always accepts them.
     sink::RecordSink::spawn(
         output,
-        config.queue_capacity,
+        sink::QueueLimits {
+            lines: config.queue_capacity,
+            bytes: config.queue_max_bytes,
+        },
         true,
         sink::SinkCounters {
             dropped: metrics.records_dropped.clone(),
             write_errors: metrics.record_write_errors.clone(),
             activity_dropped: metrics.activity_dropped.clone(),
+            queue_bytes: metrics.record_queue_bytes.clone(),
         },
     )
 }

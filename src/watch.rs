@@ -1,19 +1,15 @@
 //! The background loop that keeps the runtime state current: it runs a reload cycle every
-//! [`POLL_INTERVAL`] (every source is observed; see `reload`), applies JWKS documents as they are
+//! `watch_interval_ms` (every source is observed; see `reload`), applies JWKS documents as they are
 //! fetched, retires signing keys whose overlap has ended, schedules JWKS URL refreshes, and evicts
 //! full rate-limit buckets. It never changes the state itself: every change goes through
 //! `reload::Applier`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::auth::jwt::trusted::IssuerKeys;
 use crate::gateway::Gateway;
 use crate::reload::Trigger;
 use crate::runtime::RuntimeState;
-
-/// How often watched files are checked; changes apply within about this long.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -25,9 +21,13 @@ fn unix_now() -> u64 {
 pub async fn watch_loop(gw: Arc<Gateway>) {
     let stop = gw.lifecycle.stop_background.clone();
     let mut fetched = gw.applier.take_fetched();
+    // The applier has just built the state from every source; the first poll is one interval on.
+    let mut first = true;
     loop {
-        // Outcomes are logged, counted and in the activity log by the applier.
-        let _ = gw.applier.run(Trigger::Poll).await;
+        if !std::mem::take(&mut first) {
+            // Outcomes are logged, counted and in the activity log by the applier.
+            let _ = gw.applier.run(Trigger::Poll).await;
+        }
         let state = gw.state_full();
         let now = unix_now();
         let retired = state
@@ -46,10 +46,12 @@ pub async fn watch_loop(gw: Arc<Gateway>) {
                 rate.evict_full(std::time::Instant::now());
             }
         }
+        // The current state's interval: `watch_interval_ms` is reloadable.
+        let interval = state.config.server.watch_interval;
         drop(state);
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = tokio::time::sleep(interval) => {}
             Some(f) = async { match &mut fetched {
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,

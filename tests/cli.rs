@@ -289,6 +289,41 @@ async fn check_config_json_summarises_a_good_file() {
     assert_eq!(report["tls"], true);
 }
 
+/// A state directory other users may write to (where they could plant files or links next to
+/// the credentials) is a configuration error naming it, in `check-config` and in `run`.
+#[tokio::test]
+async fn a_group_or_world_writable_state_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_pki, path) = GatewayBuilder::new()
+        .service("iris", "/api/v1/service/iris", "http://127.0.0.1:5001")
+        .write(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("create state dir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod 777");
+    let path = path.to_str().expect("UTF-8 path");
+    for command in ["check-config", "run"] {
+        let out = process::run(&[command, "--config", path], QUICK).await;
+        assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{command}: {out:?}");
+        assert!(
+            out.stderr.contains("server.state_dir:")
+                && out.stderr.contains(&state.display().to_string())
+                && out.stderr.contains("777"),
+            "{command}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&state).expect("list state").count(),
+        0,
+        "nothing was written into the refused directory"
+    );
+    // Control: the same file with a private directory passes.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod 700");
+    let out = process::run(&["check-config", "--config", path], QUICK).await;
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// What the demo printed up to its curl command.
 struct Banner {
     lines: Vec<String>,
@@ -506,4 +541,17 @@ async fn token_issue_prints_a_token_the_gateway_accepts() {
         refused.stderr.contains("no service named \"nope\""),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn cluster_seal_key_prints_a_fresh_32_byte_key() {
+    let a = process::run(&["cluster", "seal-key"], support::DEADLINE).await;
+    let b = process::run(&["cluster", "seal-key"], support::DEADLINE).await;
+    assert!(a.status.success(), "{}", a.stderr);
+    assert!(
+        scoregate::cluster::seal::SealKey::parse(&a.stdout).is_some(),
+        "{:?}",
+        a.stdout
+    );
+    assert_ne!(a.stdout, b.stdout, "each key is random");
 }

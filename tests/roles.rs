@@ -213,7 +213,7 @@ async fn built_in_roles_follow_the_seed_table_on_every_management_route() {
     let entries = activity(&gw, &bootstrap_credential(&gw).await).await;
     assert!(
         entries.iter().any(|e| e["operationName"] == "listKeys"
-            && e["initiator"] == "seed-Reader"
+            && e["initiator"] == "idp:seed-Reader"
             && e["service"] == "a"
             && e["result"] == "Denied"
             && e["reason"] == "missing permission services/keys/list"),
@@ -221,7 +221,7 @@ async fn built_in_roles_follow_the_seed_table_on_every_management_route() {
     );
     assert!(
         entries.iter().any(|e| e["operationName"] == "assignRole"
-            && e["initiator"] == "seed-Owner"
+            && e["initiator"] == "idp:seed-Owner"
             && e["result"] == "Succeeded"),
         "{entries:#?}"
     );
@@ -505,7 +505,7 @@ async fn runtime_role_assignments_apply_on_the_next_call_persist_and_are_audited
         serde_json::from_slice(&std::fs::read(&file).expect("read role-assignments.json"))
             .expect("role-assignments.json is JSON");
     assert_eq!(stored, json!([assignment]));
-    let reopened = scoregate::admin::roles::AssignmentFile::new(&gw.dir().join("state"))
+    let reopened = scoregate::policy::AssignmentFile::new(&gw.dir().join("state"))
         .read()
         .expect("a restarted gateway reads the file");
     assert_eq!(reopened.len(), 1);
@@ -542,7 +542,7 @@ async fn runtime_role_assignments_apply_on_the_next_call_persist_and_are_audited
     for operation in ["assignRole", "removeRoleAssignment"] {
         assert!(
             entries.iter().any(|e| e["operationName"] == operation
-                && e["initiator"] == "carol"
+                && e["initiator"] == "idp:carol"
                 && e["result"] == "Succeeded"),
             "{operation} by carol in {entries:#?}"
         );
@@ -717,6 +717,13 @@ actions = ["services/keys/regenerate"]
         .expect("the new primary key is shown once")
         .to_owned();
     assert_ne!(new_primary, old_primary);
+    // The untouched secondary stays unread: the role cannot list keys.
+    assert_eq!(
+        rotated.json()["secondaryKey"],
+        Value::Null,
+        "{}",
+        rotated.text
+    );
 
     // The new key scores at once; the old one is refused.
     for (key, expected) in [
@@ -752,9 +759,171 @@ actions = ["services/keys/regenerate"]
         entries
             .iter()
             .any(|e| e["operationName"] == "regenerateKeys"
-                && e["initiator"] == "ci-pipeline"
+                && e["initiator"] == "idp:ci-pipeline"
                 && e["service"] == "iris"
                 && e["result"] == "Succeeded"),
         "{entries:#?}"
     );
+}
+
+/// The README's `KeyRotator` (`services/keys/*` minus `list` and `set`): it rotates a slot and sees
+/// only that slot's new key, and it cannot choose a key value. Contributor (which can list keys
+/// anyway) may do both; a custom role granted `services/keys/set` may set a value without
+/// reading the other slot.
+#[tokio::test]
+async fn a_rotator_neither_reads_the_other_slot_nor_plants_a_key() {
+    let upstream = MockUpstream::start().await;
+    let idp = Idp::new();
+    let gw = gateway(
+        &upstream,
+        &idp,
+        r#"
+[[role]]
+name = "KeyRotator"
+description = "Rotate keys, never read them back"
+actions = ["services/keys/*"]
+not_actions = ["services/keys/list", "services/keys/set"]
+
+[[role]]
+name = "KeySetter"
+description = "Installs chosen keys, never reads them back"
+actions = ["services/keys/regenerate", "services/keys/set"]
+
+[[role_assignment]]
+principal = "rotator"
+role = "KeyRotator"
+scope = "service:a"
+
+[[role_assignment]]
+principal = "setter"
+role = "KeySetter"
+scope = "service:a"
+"#,
+    )
+    .await;
+    let owner = bootstrap_credential(&gw).await;
+    let keys = || async { post(&gw, "/services/a/listkeys", &owner, None).await.json() };
+    let rotator = idp.token("rotator", &[]);
+
+    let before = keys().await;
+    let rotated = post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &rotator,
+        Some(&regenerate_secondary()),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let shown = rotated.json();
+    let after = keys().await;
+    assert_eq!(
+        shown["primaryKey"],
+        Value::Null,
+        "live primary leaked: {shown}"
+    );
+    assert_eq!(shown["secondaryKey"], after["secondaryKey"], "{shown}");
+    assert_ne!(after["secondaryKey"], before["secondaryKey"]);
+    assert_eq!(after["primaryKey"], before["primaryKey"]);
+
+    // Planting a known key needs services/keys/set: refused before anything is written.
+    let planted = "planted-key-0123456789abcdef0123456789abcdef";
+    post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &rotator,
+        Some(&json!({"keyType": "Primary", "keyValue": planted})),
+    )
+    .await
+    .assert_forbidden("services/keys/set", "rotator chooses a value");
+    assert_eq!(keys().await, after, "a refused keyValue changed the keys");
+
+    // A role granted services/keys/set installs the value and still sees only that slot.
+    let setter = idp.token("setter", &[]);
+    let set = post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &setter,
+        Some(&json!({"keyType": "Primary", "keyValue": planted})),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    assert_eq!(set.json()["primaryKey"], planted);
+    assert_eq!(set.json()["secondaryKey"], Value::Null, "{}", set.text);
+
+    // Contributor holds services/keys/list and services/keys/set: the full pair, Azure's shape.
+    let contributor = idp.token("contrib", &["Contributor"]);
+    let chosen = "contributor-key-0123456789abcdef0123456789ab";
+    let full = post(
+        &gw,
+        "/services/a/regenerateKeys",
+        &contributor,
+        Some(&json!({"keyType": "Secondary", "keyValue": chosen})),
+    )
+    .await;
+    assert_eq!(full.status, StatusCode::OK, "{}", full.text);
+    assert_eq!(
+        full.json(),
+        json!({"primaryKey": planted, "secondaryKey": chosen})
+    );
+
+    let entries = activity(&gw, &owner).await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["operationName"] == "regenerateKeys"
+                && e["initiator"] == "idp:rotator"
+                && e["result"] == "Denied"
+                && e["reason"] == "missing permission services/keys/set"),
+        "{entries:#?}"
+    );
+}
+
+/// An identity token whose `sub` is one of scoregate's own initiators (`bootstrap-admin`, `cli`,
+/// `file-watch`, `signal`, `anonymous`) is recorded, and issued tokens, as `idp:<sub>`: it cannot
+/// pass for the bootstrap Owner or for a change made on the host.
+#[tokio::test]
+async fn identity_subjects_cannot_impersonate_built_in_initiators() {
+    let upstream = MockUpstream::start().await;
+    let idp = Idp::new();
+    let gw = gateway(&upstream, &idp, "").await;
+    let reserved = [
+        "bootstrap-admin",
+        "cli",
+        "file-watch",
+        "signal",
+        "anonymous",
+    ];
+    for name in reserved {
+        let token = idp.token(name, &["Contributor"]);
+        let issued = post(&gw, "/services/tok/token", &token, None).await;
+        assert_eq!(issued.status, StatusCode::OK, "{name}: {}", issued.text);
+        let access = issued.json()["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_owned();
+        assert_eq!(
+            support::jwt::segment(&access, 1)["sub"],
+            format!("idp:{name}"),
+            "the issued token's subject for identity sub {name}"
+        );
+        let reloaded = post(&gw, "/reload", &token, None).await;
+        assert_eq!(reloaded.status, StatusCode::OK, "{name}: {}", reloaded.text);
+    }
+    let entries = activity(&gw, &bootstrap_credential(&gw).await).await;
+    for name in reserved {
+        for operation in ["issueToken", "reloadConfig"] {
+            let by = |initiator: &str| {
+                entries
+                    .iter()
+                    .filter(|e| e["operationName"] == operation && e["initiator"] == initiator)
+                    .count()
+            };
+            assert_eq!(
+                by(&format!("idp:{name}")),
+                1,
+                "{operation} by idp:{name}: {entries:#?}"
+            );
+            assert_eq!(by(name), 0, "{operation} shown as {name}: {entries:#?}");
+        }
+    }
 }

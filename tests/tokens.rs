@@ -923,7 +923,7 @@ async fn replacing_the_signing_key_file_stops_cached_tokens_of_the_old_key() {
     .await;
     // The claim is that no background pass ever evicts the entry, which only elapsed time can
     // show: let several file-watch intervals pass on the clock.
-    let passes = std::time::Instant::now() + 4 * scoregate::watch::POLL_INTERVAL;
+    let passes = std::time::Instant::now() + 4 * std::time::Duration::from_millis(500); // the default watch_interval_ms
     wait_until("four file-watch intervals", || async {
         std::time::Instant::now() >= passes
     })

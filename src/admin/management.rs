@@ -3,7 +3,10 @@
 //! - `POST /services/{name}/listkeys` → `{"primaryKey","secondaryKey","primaryKeyLastUsed",
 //!   "secondaryKeyLastUsed"}` (last-used times are RFC 3339 or null).
 //! - `POST /services/{name}/regenerateKeys` with `{"keyType":"Primary"|"Secondary",
-//!   "keyValue":null|"..."}` → the new pair (hashed storage: only the new key, shown once).
+//!   "keyValue":null|"..."}` → `{"primaryKey","secondaryKey"}`: the regenerated slot's new key,
+//!   and the other slot's key only for a caller that also holds `services/keys/list` (and the
+//!   keys are stored plain); otherwise that field is null. A `keyValue` needs
+//!   `services/keys/set` as well, so a rotate-only role can neither read nor plant a key.
 //! - `POST /services/{name}/token` → `{"accessToken","tokenType":"Bearer","expiryOn",
 //!   "refreshAfter"}` (unix seconds) for a token-mode service; `sub` is the caller.
 //! - `POST /services/{name}/rotateSigningKey` → `{"kid": "<new signer>"}`; earlier keys keep
@@ -20,14 +23,14 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::authz::{Action, AdminPrincipal};
 use super::{AdminResponse, json as json_response};
-use crate::admin::roles::{Assignment, Scope};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, Secret};
 use crate::error::{AuthFailure, error_body};
 use crate::gateway::Gateway;
+use crate::policy::{Action, AdminPrincipal};
+use crate::policy::{Assignment, Scope};
 use crate::reload::WriteError;
 use crate::runtime::{RuntimeState, Service};
 
@@ -201,10 +204,13 @@ impl ServiceOp {
     }
 }
 
-/// Runs one service operation for an authenticated principal.
+/// Runs one service operation for an authenticated principal, already authorized for the
+/// operation's own action; `holds` answers whether the principal also holds another action on
+/// this service (what `regenerateKeys` may show or accept depends on it).
 pub async fn service_op(
     gw: &Arc<Gateway>,
     principal: &AdminPrincipal,
+    holds: &(dyn Fn(Action) -> bool + Sync),
     name: &str,
     op: ServiceOp,
     body: Bytes,
@@ -216,7 +222,9 @@ pub async fn service_op(
         .ok_or_else(|| ApiError::ServiceNotFound(name.to_owned()))?;
     match op {
         ServiceOp::ListKeys => list_keys(&service),
-        ServiceOp::RegenerateKeys => regenerate_keys(gw, &service, &body, &principal.id).await,
+        ServiceOp::RegenerateKeys => {
+            regenerate_keys(gw, &service, &body, &principal.id, holds).await
+        }
         ServiceOp::IssueToken => issue_token(&service, &principal.id),
         ServiceOp::RotateSigningKey => rotate_signing_key(gw, &service, &principal.id).await,
     }
@@ -334,17 +342,30 @@ async fn regenerate_keys(
     service: &Service,
     body: &[u8],
     initiator: &str,
+    holds: &(dyn Fn(Action) -> bool + Sync),
 ) -> Result<AdminResponse, ApiError> {
     if service.keys().is_none() {
         return Err(ApiError::NotKeyMode(service.config.name.clone()));
     }
     let (slot, value) = parse_regenerate(body)?;
-    let new = gw
+    // Checked before anything is written: a chosen value is a key its chooser knows.
+    if value.is_some() && !holds(Action::KeysSet) {
+        return Err(ApiError::Forbidden(Action::KeysSet));
+    }
+    let mut new = gw
         .applier
         .regenerate_key(&service.config.name, slot, value, initiator)
         .await
         .map_err(|e| write_error(service, e))?;
     tracing::info!(service = %service.config.name, slot = slot.as_str(), "key regenerated");
+    // Azure's response shape (both fields), but the untouched slot's live key only for a caller
+    // who may read keys anyway.
+    if !holds(Action::KeysList) {
+        match slot {
+            KeySlot::Primary => new.secondary = None,
+            KeySlot::Secondary => new.primary = None,
+        }
+    }
     let body = json!({
         "primaryKey": new.primary.as_ref().map(Secret::expose),
         "secondaryKey": new.secondary.as_ref().map(Secret::expose),

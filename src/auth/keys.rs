@@ -10,7 +10,7 @@
 //! Storage ([`KeyFile`]): generated keys live in `state_dir/keys/<service>.json` (0600, atomic
 //! writes), either in plain text or, with `key_storage = "hashed"`, as salted digests only. An
 //! operator may instead provide a read-only `keys_file` (e.g. a Kubernetes Secret volume). Either
-//! file is a source of the runtime state, polled for changes through `reload::source`; a bad new
+//! file is a source of the runtime state, polled for changes through `source`; a bad new
 //! file leaves the last good keys in force.
 
 use std::fmt;
@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use super::KeySlot;
 pub use crate::config::{KeySource, KeyStorage};
-use crate::reload::source::Fingerprint;
+use crate::source::Fingerprint;
 use crate::state::write_atomic;
 use file::{Material, parse_file, render_file};
 
@@ -274,7 +274,7 @@ pub struct NewKeys {
 
 /// A service's key file: the state-directory file scoregate generates and rotates, or the
 /// operator's read-only `keys_file`. It is one source of the runtime state (see
-/// `reload::source`): observed by fingerprint, read into an immutable [`KeySet`], and written only
+/// `source`): observed by fingerprint, read into an immutable [`KeySet`], and written only
 /// by the state's builder (first keys, storage conversion) or by a management write, which then
 /// reaches the gateway through the same observe path as an operator's edit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,11 +477,11 @@ impl KeyFile {
     }
 }
 
-impl crate::reload::source::Source for KeyFile {
+impl crate::source::Source for KeyFile {
     type Value = KeyFileState;
     type Error = KeyError;
 
-    fn observe(&self) -> crate::reload::source::Version {
+    fn observe(&self) -> crate::source::Version {
         vec![Fingerprint::of(self.source.path())]
     }
 

@@ -263,21 +263,22 @@ mod tests {
 
     #[test]
     fn every_shape_error_is_found_with_its_path_and_line() {
-        let text = "[server]\nlisten = 5\nsever_name = \"x\"\n\n[[service]]\nname = \"a\"\n\n[[service]]\nname = \"b\"\nscoring_timout_ms = 5\nallow_cidrs = [\"10.0.0.0/8\", 7]\n[service.token]\nlifetime_s = \"long\"\n";
+        let text = "[server]\nlisten = 5\ncompute_typ = \"x\"\n\n[[service]]\nname = \"a\"\nrate_limit = { rps = 3 }\n[[service]]\nname = \"b\"\nscoring_timout_ms = 5\nallow_cidrs = [\"10.0.0.0/8\", 7]\n[service.token]\nlifetime_s = \"long\"\n";
         let shaped = shape(text).expect("valid TOML");
         let got: Vec<String> = shaped.issues.iter().map(ToString::to_string).collect();
         assert_eq!(
             got,
             [
                 "server.listen: invalid type: integer `5`, expected a string (line 2, column 10)",
-                "server.sever_name: unknown key (line 3, column 1); valid keys here: `listen`, `admin_listen`, `probe_listen`, `metrics_listen`, `state_dir`, `admin_token_file`, `compute_type`, `drain_timeout_ms`, `pre_drain_delay_ms`, `tls_handshake_timeout_ms`, `header_read_timeout_ms`, `idle_release_ms`, `worker_threads`, `health_interval_ms`, `public_metrics`, `max_connections`, `max_header_bytes`, `max_headers`, `http2_max_concurrent_streams`, `trusted_proxies`, `admin_allow_cidrs`, `tls`",
+                "server.compute_typ: unknown key (line 3, column 1); did you mean `compute_type`?",
+                "service[0].rate_limit.rps: unknown key (line 7, column 16); valid keys here: `requests_per_second`, `burst`",
                 "service[1].scoring_timout_ms: unknown key (line 10, column 1); did you mean `scoring_timeout_ms`?",
                 "service[1].allow_cidrs[1]: invalid type: integer `7`, expected a string (line 11, column 30)",
                 "service[1].token.lifetime_s: invalid type: string \"long\", expected u64 (line 13, column 14)",
             ]
         );
         assert_eq!(shaped.raw.services.len(), 2);
-        assert_eq!(shaped.removed.len(), 5);
+        assert_eq!(shaped.removed.len(), 6);
     }
 
     #[test]

@@ -20,6 +20,25 @@ pub struct RawConfig {
     pub roles: Vec<RawRole>,
     #[serde(default, rename = "role_assignment")]
     pub role_assignments: Vec<RawAssignment>,
+    #[serde(default)]
+    pub cluster: RawCluster,
+}
+
+/// `[cluster]`: where shared state lives (fleet mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub backend: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub namespace: Option<String>,
+    pub instance: Option<String>,
+    pub seal_key_file: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub dial_timeout_ms: Option<u64>,
 }
 
 /// `[identity]`: the trusted identity provider for management callers.
@@ -69,6 +88,7 @@ pub struct RawTelemetry {
     pub file_keep: Option<usize>,
     pub request_records: Option<bool>,
     pub queue_capacity: Option<usize>,
+    pub queue_max_bytes: Option<usize>,
     pub redact_query_params: Option<Vec<String>>,
     pub log: Option<String>,
     pub log_format: Option<String>,
@@ -92,6 +112,7 @@ pub struct RawServer {
     pub idle_release_ms: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
+    pub watch_interval_ms: Option<u64>,
     pub public_metrics: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,

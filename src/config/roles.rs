@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::raw::{RawAssignment, RawIdentity, RawRole, RawTrustedIssuer};
 use super::{TrustedIssuer, Validator};
-use crate::admin::roles::{Assignment, Policy, Role, Scope, builtin_roles, pattern_is_known};
+use crate::policy::{Assignment, Policy, Role, Scope, builtin_roles, pattern_is_known};
 
 /// `[identity]`, validated.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use super::raw;
-use super::{RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
-use crate::telemetry::LogFormat;
-use crate::telemetry::redact::Redaction;
+use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
 
 impl Validator<'_> {
     pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
@@ -61,6 +59,15 @@ impl Validator<'_> {
                 format!("{queue_capacity} is not between 16 and 1048576"),
             );
         }
+        let queue_max_bytes = raw
+            .queue_max_bytes
+            .unwrap_or(crate::telemetry::sink::QueueLimits::DEFAULT_BYTES);
+        if !(65_536..=1 << 30).contains(&queue_max_bytes) {
+            self.issue(
+                "telemetry.queue_max_bytes",
+                format!("{queue_max_bytes} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"),
+            );
+        }
         let log_filter = raw.log.unwrap_or_else(|| "info".to_owned());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             self.issue(
@@ -83,9 +90,8 @@ impl Validator<'_> {
             output,
             request_records: raw.request_records.unwrap_or(true),
             queue_capacity,
-            redaction: raw
-                .redact_query_params
-                .map_or_else(Redaction::default, Redaction::new),
+            queue_max_bytes,
+            redact_query_params: raw.redact_query_params,
             log_filter,
             log_format,
             role_name: self.role_name("telemetry.role_name", raw.role_name, "scoregate"),
@@ -123,6 +129,9 @@ impl Validator<'_> {
                 "server.state_dir",
                 format!("{} exists and is not a directory", state_dir.display()),
             );
+        }
+        for problem in crate::state::check_state_dir(&state_dir) {
+            self.issue("server.state_dir", problem);
         }
         let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
@@ -162,6 +171,7 @@ impl Validator<'_> {
                 5_000,
                 10,
             ),
+            watch_interval: self.millis("server.watch_interval_ms", raw.watch_interval_ms, 500, 10),
             public_metrics: raw.public_metrics.unwrap_or(false),
             max_connections: self.count(
                 "server.max_connections",
@@ -218,7 +228,7 @@ impl Validator<'_> {
     fn admin_token_file(&mut self, file: &str) -> PathBuf {
         let path = self.path(file);
         match std::fs::read_to_string(&path) {
-            Ok(text) if crate::admin::authz::acceptable(text.trim()) => {}
+            Ok(text) if super::acceptable_admin_credential(text.trim()) => {}
             Ok(_) => self.issue(
                 "server.admin_token_file",
                 format!(

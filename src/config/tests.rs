@@ -490,3 +490,23 @@ fn unreadable_file_is_a_read_error() {
             .starts_with("cannot read config file /nonexistent/scoregate.toml")
     );
 }
+
+#[test]
+fn record_queue_bytes_default_and_bounds() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.telemetry.queue_max_bytes, 16 * 1024 * 1024);
+    let c = d
+        .parse(&format!("[telemetry]\nqueue_max_bytes = 65536\n{MINIMAL}"))
+        .expect("64 KiB is allowed");
+    assert_eq!(c.telemetry.queue_max_bytes, 65_536);
+    for bad in ["1024", "2147483648"] {
+        let issues = d.issues(&format!("[telemetry]\nqueue_max_bytes = {bad}\n{MINIMAL}"));
+        assert_eq!(
+            issues,
+            [format!(
+                "telemetry.queue_max_bytes: {bad} is not between 65536 (64 KiB) and 1073741824 (1 GiB)"
+            )]
+        );
+    }
+}

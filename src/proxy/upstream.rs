@@ -24,7 +24,6 @@
 //! future it rarely needs, clones a pool key, and spawns a task that waits for the connection
 //! to become idle again; on the proxy's hot path those were measurable (`loadtest/RESULTS.md`).
 
-use std::error::Error as StdError;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -46,7 +45,7 @@ const POOL_MAX_IDLE: usize = 256;
 /// A health answer longer than this is not read to its end (the connection is then dropped).
 const PROBE_MAX_BODY: usize = 64 * 1024;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::error::BoxError;
 
 /// Why an upstream exchange produced no response.
 #[derive(Debug, thiserror::Error)]

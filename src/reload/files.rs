@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use rustls::sign::CertifiedKey;
 
-use super::source::{Fingerprint, Source, Version};
 use crate::config::{self, Config, ConfigError};
+use crate::source::{Fingerprint, Source, Version};
 use crate::tls::{self, LoadError};
 
 /// The configuration file.

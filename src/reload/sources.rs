@@ -9,16 +9,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::files::{CertPair, ConfigFile};
-use super::source::{Change, Source, Watched};
-use crate::admin::authz::CredentialFile;
-use crate::admin::roles::AssignmentFile;
+use crate::auth::admin::CredentialFile;
 use crate::auth::jwt::TokenAuthority;
 use crate::auth::jwt::signing::SigningFile;
 use crate::auth::jwt::trusted::{IssuerId, JwksFile, KeyMap};
 use crate::auth::keys::KeyFile;
 use crate::config::{AuthMode, Config, TrustedIssuer, TrustedKeys};
+use crate::policy::AssignmentFile;
 use crate::runtime::BuildError;
 use crate::runtime::build::{Generated, Inputs};
+use crate::source::{Change, Source, Watched};
 
 /// The sources of one candidate state.
 #[derive(Debug, Clone)]

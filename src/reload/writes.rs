@@ -9,10 +9,10 @@ use std::sync::{Arc, PoisonError};
 
 use super::sources::Sources;
 use super::{Applier, Own, Trigger};
-use crate::admin::roles::{Assignment, AssignmentError};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, NewKeys, Secret};
+use crate::policy::{Assignment, AssignmentError};
 
 /// Why a management write did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -15,16 +15,17 @@ use rustls::sign::CertifiedKey;
 use zeroize::Zeroizing;
 
 use super::{RuntimeState, Service, StateCert};
-use crate::admin::authz::{AdminCredentials, CredentialError, CredentialFile, Identity};
-use crate::admin::roles::Assignment;
 use crate::auth::ServiceAuth;
+use crate::auth::admin::{AdminCredentials, CredentialError, CredentialFile, Identity};
 use crate::auth::jwt::cache::TokenCache;
 use crate::auth::jwt::signing::{SigningError, SigningFile, SigningFileState};
 use crate::auth::jwt::trusted::{FetchedTx, Issuer, IssuerId, IssuerKeys, JwksError, KeyMap};
 use crate::auth::jwt::{CacheCounters, TokenAuthority};
 use crate::auth::keys::{KeyError, KeyFile, KeyFileState, KeySet};
 use crate::config::{AuthMode, Config, ServiceConfig, TrustedIssuer, TrustedKeys};
+use crate::policy::Assignment;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics};
+use crate::telemetry::redact::Redaction;
 
 /// Why a candidate state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,7 @@ pub enum BuildError {
     #[error("admin credential: {0}")]
     Admin(#[source] CredentialError),
     #[error("role assignments: {0}")]
-    Assignments(#[source] crate::admin::roles::AssignmentError),
+    Assignments(#[source] crate::policy::AssignmentError),
     #[error("service {0:?}: its key or signing-key source was not loaded")]
     NotLoaded(String),
 }
@@ -154,9 +155,18 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
             assignments: Arc::clone(&inputs.assignments),
             admin,
             compute_type: Arc::from(inputs.config.server.compute_type.as_str()),
-            // Decided once per process: a replica keeps its name across reloads.
+            redaction: inputs
+                .config
+                .telemetry
+                .redact_query_params
+                .clone()
+                .map_or_else(Redaction::default, Redaction::new),
+            // Decided once per process: a replica keeps its name in records across reloads.
             role_instance: ctx.previous.map_or_else(
-                || Arc::from(crate::telemetry::role::instance(None)),
+                || {
+                    let configured = inputs.config.cluster.etcd().map(|e| e.instance.as_str());
+                    Arc::from(crate::telemetry::role::instance(configured))
+                },
                 |p| Arc::clone(&p.role_instance),
             ),
             config: Arc::clone(&inputs.config),

@@ -36,7 +36,8 @@ pub struct ActivityRecord {
     pub timestamp: SystemTime,
     #[serde(rename = "operationName")]
     pub operation: &'static str,
-    /// The authenticated principal, `"anonymous"` for refused unauthenticated calls, or
+    /// The authenticated principal (`bootstrap-admin`, or `idp:<sub>` for an identity token),
+    /// `"anonymous"` for refused unauthenticated calls, or
     /// `"file-watch"` / `"cli"` / `"signal"` for changes that did not come through the API.
     pub initiator: String,
     pub service: Option<String>,

@@ -41,9 +41,28 @@ impl<'a> JsonObject<'a> {
         }
     }
 
-    /// Header bytes as text (invalid UTF-8 replaced, as the rest of the gateway shows it).
-    pub fn opt_bytes(&mut self, key: &str, value: Option<&[u8]>) {
-        self.opt_str(key, value.map(String::from_utf8_lossy).as_deref());
+    /// A string of at most `max` bytes (before escaping): a longer one is cut at a character
+    /// boundary and ends with a visible marker, `...[truncated, N bytes]` (N: its full length),
+    /// so one oversized request cannot make an oversized record.
+    pub fn capped_str(&mut self, key: &str, value: &str, max: usize) {
+        if value.len() <= max {
+            return self.str(key, value);
+        }
+        let mut cut = max;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let shown = format!("{}{TRUNCATED}{} bytes]", &value[..cut], value.len());
+        self.str(key, &shown);
+    }
+
+    /// Header bytes as text (invalid UTF-8 replaced, as the rest of the gateway shows it),
+    /// capped like [`Self::capped_str`].
+    pub fn capped_opt_bytes(&mut self, key: &str, value: Option<&[u8]>, max: usize) {
+        match value {
+            Some(v) => self.capped_str(key, &String::from_utf8_lossy(v), max),
+            None => self.null(key),
+        }
     }
 
     pub fn u64(&mut self, key: &str, value: u64) {
@@ -109,6 +128,9 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// What a capped string field ends with, followed by its full length and ` bytes]`.
+pub const TRUNCATED: &str = "...[truncated, ";
+
 /// No control character, quote or backslash: the bytes can go between quotes as they are.
 fn needs_no_escape(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
@@ -138,7 +160,7 @@ mod tests {
         o.str("quote", "a \"quoted\" \\ back\nslash\u{1}");
         o.str("unicode", "résumé ☃");
         o.opt_str("none", None);
-        o.opt_bytes("bytes", Some(b"ok\xff"));
+        o.capped_opt_bytes("bytes", Some(b"ok\xff"), 64);
         o.u64("n", 18_446_744_073_709_551_615);
         o.f64("f", 0.125);
         o.f64("nan", f64::NAN);
@@ -161,5 +183,24 @@ mod tests {
         assert_eq!(v["ip"], "127.0.0.1");
         assert_eq!(v["awkward"], "say \"hi\"\n");
         assert_eq!(v["after"], 1);
+    }
+
+    #[test]
+    fn capped_fields_end_with_a_visible_marker() {
+        let mut buf = Vec::new();
+        let mut o = JsonObject::new(&mut buf);
+        o.capped_str("short", "abc", 3);
+        o.capped_str("long", "abcdef", 3);
+        // A cut inside a multi-byte character moves back to its start.
+        o.capped_str("utf8", "aé☃", 4);
+        o.capped_opt_bytes("bytes", Some(b"0123456789"), 4);
+        o.capped_opt_bytes("none", None, 4);
+        o.end();
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
+        assert_eq!(v["short"], "abc");
+        assert_eq!(v["long"], "abc...[truncated, 6 bytes]");
+        assert_eq!(v["utf8"], "aé...[truncated, 6 bytes]");
+        assert_eq!(v["bytes"], "0123...[truncated, 10 bytes]");
+        assert!(v["none"].is_null());
     }
 }

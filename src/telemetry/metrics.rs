@@ -71,6 +71,8 @@ pub struct Metrics {
     pub records_dropped: IntCounter,
     pub activity_dropped: IntCounter,
     pub record_write_errors: IntCounter,
+    /// Bytes of records and activity entries waiting for, or being written to, the sink.
+    pub record_queue_bytes: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -311,6 +313,11 @@ impl Metrics {
                 &r,
                 "scoregate_request_record_write_errors_total",
                 "Failed writes of request records to their sink.",
+            ),
+            record_queue_bytes: gauge(
+                &r,
+                "scoregate_request_record_queue_bytes",
+                "Bytes of records waiting for or being written to the record sink (bounded by queue_max_bytes).",
             ),
             registry: r,
         };

@@ -21,6 +21,14 @@ use crate::proxy::RequestCtx;
 use crate::runtime::RuntimeState;
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
 
+/// The longest `RequestUrl` written (Application Insights' `url` limit); longer ones are cut
+/// and marked (`json_line::TRUNCATED`).
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// The longest value of any other text field a client controls (`UserAgent`, `RequestId`,
+/// `ClientRequestId`, `Principal`); Application Insights' limit for names and sources.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
 /// Writes the request record line (JSON and a newline). Field names are the documented ones;
 /// values come straight from the request context, so nothing is copied or allocated beyond the
 /// line itself. The URL passes through redaction; `Principal` is a slot name or a subject.
@@ -37,20 +45,27 @@ fn record_line(
         "timestamp",
         humantime::format_rfc3339_micros(ctx.start_wall),
     );
-    o.opt_bytes("RequestId", Some(ctx.request_id.as_bytes()));
-    o.opt_bytes(
+    o.capped_opt_bytes(
+        "RequestId",
+        Some(ctx.request_id.as_bytes()),
+        MAX_FIELD_BYTES,
+    );
+    o.capped_opt_bytes(
         "ClientRequestId",
         ctx.client_request_id.as_ref().map(HeaderValue::as_bytes),
+        MAX_FIELD_BYTES,
     );
     o.str("HTTPMethod", ctx.method.as_str());
     let url = ctx
         .url
         .as_ref()
         .map_or(Cow::Borrowed("/"), |pq| state.redaction().url(pq.as_str()));
-    o.str("RequestUrl", &url);
-    o.opt_bytes(
+    // Redacted before it is cut, so a cut never exposes part of a sensitive value.
+    o.capped_str("RequestUrl", &url, MAX_URL_BYTES);
+    o.capped_opt_bytes(
         "UserAgent",
         ctx.user_agent.as_ref().map(HeaderValue::as_bytes),
+        MAX_FIELD_BYTES,
     );
     o.u64("StatusCode", u64::from(ctx.status));
     o.bool("Success", ctx.status < 400);
@@ -63,7 +78,10 @@ fn record_line(
         Principal::Key(slot) => Some(slot.as_str()),
         Principal::Token { subject, .. } => Some(&**subject),
     };
-    o.opt_str("Principal", principal);
+    match principal {
+        Some(p) => o.capped_str("Principal", p, MAX_FIELD_BYTES),
+        None => o.null("Principal"),
+    }
     o.opt_u64("UpstreamStatusCode", ctx.upstream_status.map(u64::from));
     o.opt_f64(
         "UpstreamDuration",

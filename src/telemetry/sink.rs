@@ -6,10 +6,12 @@
 //! into the shared buffer under a lock held only for that copy; the writer swaps the buffer for
 //! an empty one, so the request path never waits for I/O, and no record is allocated, sent
 //! through a channel or freed on another thread. When the writer is behind (`queue_capacity`
-//! lines waiting), records are dropped and counted (`scoregate_request_records_dropped_total`),
-//! so a slow sink never slows or blocks a request and never queues without bound. Activity
-//! entries are an audit trail and are not dropped while there is room for a further
-//! `BACKLOG_MAX` lines beyond the queue (then they are counted as dropped too).
+//! lines waiting, or `queue_max_bytes` held by lines waiting and the batch being written),
+//! records are dropped and counted (`scoregate_request_records_dropped_total`), so a slow sink
+//! never slows or blocks a request and never queues without bound, whatever the size of the
+//! records (`scoregate_request_record_queue_bytes` shows the bytes held). Activity entries are
+//! an audit trail and are not dropped while there is room for a further `BACKLOG_MAX` lines
+//! (`BACKLOG_MAX_BYTES`) beyond the queue (then they are counted as dropped too).
 //!
 //! Outputs: stdout (diagnostics go to stderr so stdout stays machine-readable), a file with
 //! size-based rotation and a retention count, or any writer (tests). A failing output keeps the
@@ -23,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 
 use super::activity::ActivityRecord;
 
@@ -75,8 +77,32 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Signalled when the first line arrives while the writer waits, and on stop.
     wake: Condvar,
-    /// Lines that may wait for the writer.
-    capacity: usize,
+    /// How much may wait for the writer.
+    limits: QueueLimits,
+    /// `buf` plus `in_flight`, kept current under the lock.
+    held_bytes: IntGauge,
+}
+
+/// Bounds of the record queue: request records beyond either are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Lines waiting for the writer (`queue_capacity`).
+    pub lines: usize,
+    /// Bytes of lines waiting plus the batch being written (`queue_max_bytes`).
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
+    pub const DEFAULT_BYTES: usize = 16 * 1024 * 1024;
+
+    /// A line limit with the default byte limit.
+    pub const fn lines(lines: usize) -> Self {
+        Self {
+            lines,
+            bytes: Self::DEFAULT_BYTES,
+        }
+    }
 }
 
 /// Lines not yet taken by the writer.
@@ -84,6 +110,8 @@ struct Shared {
 struct Pending {
     buf: Vec<u8>,
     lines: usize,
+    /// Bytes of the batch the writer took and is writing (still in memory).
+    in_flight: usize,
     /// The writer is blocked on `wake` (it waits only when `buf` is empty).
     writer_waiting: bool,
     /// Write what is here, then stop; later lines are ignored.
@@ -95,18 +123,28 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends one line if fewer than `limit` are waiting; false if it did not fit. After a stop
-    /// the line is ignored.
-    fn push(&self, line: &[u8], limit: usize) -> bool {
+    /// Appends one line if fewer than `limit.lines` are waiting and the bytes held stay within
+    /// `limit.bytes`; false if it did not fit. After a stop the line is ignored.
+    fn push(&self, line: &[u8], limit: QueueLimits) -> bool {
         let mut p = self.lock();
         if p.stopping {
             return true;
         }
-        if p.lines >= limit {
+        let held = p.buf.len() + p.in_flight + line.len();
+        if p.lines >= limit.lines || held > limit.bytes {
             return false;
+        }
+        // Grow by doubling, but never past the byte limit, so the buffer's allocation is
+        // bounded like its contents.
+        let needed = p.buf.len() + line.len();
+        if needed > p.buf.capacity() {
+            let target = (p.buf.capacity() * 2).clamp(needed, limit.bytes.max(needed));
+            let extra = target - p.buf.len();
+            p.buf.reserve_exact(extra);
         }
         p.buf.extend_from_slice(line);
         p.lines += 1;
+        self.held_bytes.set(i64::try_from(held).unwrap_or(i64::MAX));
         if p.writer_waiting {
             p.writer_waiting = false;
             self.wake.notify_one();
@@ -119,6 +157,10 @@ impl Shared {
 /// traffic; only a flood of refused calls against a stalled sink can fill it, and then the
 /// excess is counted.
 const BACKLOG_MAX: usize = 20_000;
+
+/// Bytes activity entries may hold beyond the queue's byte limit (entries are a few hundred
+/// bytes each).
+const BACKLOG_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// Stops the writer thread at the end of shutdown.
 #[derive(Debug)]
@@ -145,6 +187,8 @@ pub struct SinkCounters {
     pub dropped: IntCounter,
     pub write_errors: IntCounter,
     pub activity_dropped: IntCounter,
+    /// Bytes held by lines waiting and the batch being written.
+    pub queue_bytes: IntGauge,
 }
 
 thread_local! {
@@ -154,17 +198,18 @@ thread_local! {
 }
 
 impl RecordSink {
-    /// Starts the writer thread. `capacity` bounds the lines waiting to be written.
+    /// Starts the writer thread. `limits` bound the lines and bytes waiting to be written.
     pub fn spawn(
         output: RecordOutput,
-        capacity: usize,
+        limits: QueueLimits,
         requests: bool,
         counters: SinkCounters,
     ) -> io::Result<(Self, RecordWriter)> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            capacity,
+            limits,
+            held_bytes: counters.queue_bytes,
         });
         let write_errors = counters.write_errors.clone();
         let writer_shared = Arc::clone(&shared);
@@ -207,7 +252,7 @@ impl RecordSink {
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
             write(line);
-            if !self.shared.push(line, self.shared.capacity) {
+            if !self.shared.push(line, self.shared.limits) {
                 self.dropped.inc();
             }
             // A freak record (a huge URL) does not keep its memory in every thread.
@@ -227,7 +272,12 @@ impl RecordSink {
             return;
         }
         line.push(b'\n');
-        if !self.shared.push(&line, self.shared.capacity + BACKLOG_MAX) {
+        let limits = self.shared.limits;
+        let backlog = QueueLimits {
+            lines: limits.lines + BACKLOG_MAX,
+            bytes: limits.bytes + BACKLOG_MAX_BYTES,
+        };
+        if !self.shared.push(&line, backlog) {
             self.activity_dropped.inc();
         }
     }
@@ -267,6 +317,7 @@ fn write_loop(shared: &Arc<Shared>, mut out: Box<dyn Write>, write_errors: &IntC
             p.writer_waiting = false;
             std::mem::swap(&mut p.buf, &mut batch);
             p.lines = 0;
+            p.in_flight = batch.len();
             p.stopping
         };
         if !batch.is_empty() {
@@ -291,6 +342,11 @@ fn write_loop(shared: &Arc<Shared>, mut out: Box<dyn Write>, write_errors: &IntC
             if batch.capacity() > KEEP_BATCH_BYTES {
                 batch = Vec::with_capacity(64 * 1024);
             }
+            let mut p = shared.lock();
+            p.in_flight = 0;
+            shared
+                .held_bytes
+                .set(i64::try_from(p.buf.len()).unwrap_or(i64::MAX));
         }
         if stopping {
             return;
@@ -462,10 +518,15 @@ mod tests {
             dropped: IntCounter::new("d", "d").expect("counter"),
             write_errors: IntCounter::new("w", "w").expect("counter"),
             activity_dropped: IntCounter::new("a", "a").expect("counter"),
+            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
         };
-        let (sink, writer) =
-            RecordSink::spawn(RecordOutput::Writer(Box::new(out)), 16, true, counters)
-                .expect("spawn");
+        let (sink, writer) = RecordSink::spawn(
+            RecordOutput::Writer(Box::new(out)),
+            QueueLimits::lines(16),
+            true,
+            counters,
+        )
+        .expect("spawn");
         for i in 0..3 {
             sink.emit(|line| line.extend_from_slice(format!("{i}\n").as_bytes()));
         }

@@ -1,5 +1,5 @@
 //! Limits of the scoring listener itself: `max_connections` (a connection beyond it waits in the
-//! kernel's backlog and is served once another closes), request heads over `max_header_bytes` or
+//! kernel's backlog and is served once another closes or a reload raises the cap), request heads over `max_header_bytes` or
 //! `max_headers` (431, answered by hyper before the pipeline), and
 //! `http2_max_concurrent_streams`.
 
@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use reqwest::StatusCode;
 
+use crate::support::admin_api::Admin;
 use crate::support::pki::MODERN;
 use crate::support::wire::{self, RawResponse};
 use crate::support::{GatewayBuilder, IRIS, MockUpstream, TestGateway, within};
@@ -63,6 +64,91 @@ async fn a_connection_beyond_max_connections_is_served_once_another_closes() {
         .await
         .expect("third connection task");
     assert_eq!(status, StatusCode::OK);
+}
+
+/// `max_connections` is reloadable: raising it lets a connection waiting in the backlog in, with
+/// the connections that filled the old cap still open.
+#[tokio::test]
+async fn a_reload_that_raises_max_connections_serves_the_waiting_connection() {
+    let upstream = MockUpstream::start().await;
+    let builder = |cap: &str| {
+        GatewayBuilder::new()
+            .server(cap)
+            .service("iris", IRIS, &upstream.url())
+    };
+    let gw = builder("max_connections = 1").start().await;
+    let _first = gw
+        .pki()
+        .tls_connect(gw.scoring_addr, MODERN, &[b"http/1.1"])
+        .await;
+    let pki = gw.pki().clone();
+    let (addr, req) = (gw.scoring_addr, echo_request(&gw));
+    let mut second = tokio::spawn(async move {
+        let tls = pki.tls_connect(addr, MODERN, &[b"http/1.1"]).await;
+        wire::send_h1_over(TokioIo::new(tls), req).await.status()
+    });
+    assert!(
+        tokio::time::timeout(QUIET, &mut second).await.is_err(),
+        "a second connection was served while one was open (max_connections = 1)"
+    );
+
+    crate::support::certs::write_atomic(
+        &gw.dir().join("scoregate.toml"),
+        &builder("max_connections = 2").toml(gw.pki(), gw.dir()),
+    );
+    let (code, summary) = Admin::of(&gw).await.reload().await;
+    assert_eq!(code, StatusCode::OK, "{summary}");
+    assert_eq!(
+        summary["restartRequired"],
+        serde_json::json!([]),
+        "{summary}"
+    );
+    let status = within("the waiting connection to be served", second)
+        .await
+        .expect("second connection task");
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The listener limits are reloadable: a new connection gets the limit in force when it is
+/// accepted.
+#[tokio::test]
+async fn a_reload_that_raises_max_header_bytes_applies_to_new_connections() {
+    let upstream = MockUpstream::start().await;
+    let builder = |limit: &str| {
+        GatewayBuilder::new()
+            .server(limit)
+            .service("iris", IRIS, &upstream.url())
+    };
+    let gw = builder("max_header_bytes = 8192").start().await;
+    let request = format!(
+        "GET {IRIS}/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(12_000)
+    );
+    let send = || async {
+        let mut tls = gw
+            .pki()
+            .tls_connect(gw.scoring_addr, MODERN, &[b"http/1.1"])
+            .await;
+        RawResponse::parse(&wire::exchange(&mut tls, request.as_bytes()).await).status
+    };
+    assert_eq!(send().await, 431, "12 KB of headers over an 8 KiB limit");
+
+    crate::support::certs::write_atomic(
+        &gw.dir().join("scoregate.toml"),
+        &builder("max_header_bytes = 32768").toml(gw.pki(), gw.dir()),
+    );
+    let (code, summary) = Admin::of(&gw).await.reload().await;
+    assert_eq!(code, StatusCode::OK, "{summary}");
+    assert_eq!(
+        summary["restartRequired"],
+        serde_json::json!([]),
+        "{summary}"
+    );
+    assert_eq!(
+        send().await,
+        200,
+        "12 KB of headers under the reloaded 32 KiB limit"
+    );
 }
 
 #[tokio::test]

@@ -96,7 +96,7 @@ async fn sighup_reloads_the_real_binary_and_warns_about_restart_only_settings() 
 
     let changed = base
         .listen(gw.scoring_addr, gw.admin_addr)
-        .server("max_connections = 100")
+        .server("worker_threads = 3")
         .service("second", "/api/v1/service/second", &upstream.url());
     crate::support::certs::write_atomic(
         &gw.dir().join("scoregate.toml"),
@@ -115,7 +115,7 @@ async fn sighup_reloads_the_real_binary_and_warns_about_restart_only_settings() 
     // Whichever reload saw the change first (the signal or the file watcher) warned once.
     wait_until("the restart-only warning on stderr", || async {
         let stderr = gw.stderr();
-        stderr.contains("applies only after a restart") && stderr.contains("server.max_connections")
+        stderr.contains("applies only after a restart") && stderr.contains("server.worker_threads")
     })
     .await;
     // The activity entry also goes to the record stream (written by the sink's own thread).
@@ -320,7 +320,7 @@ async fn restart_required_is_still_reported_after_the_watcher_applied_the_edit()
     rewrite(
         &gw,
         &GatewayBuilder::new()
-            .server("max_connections = 100")
+            .server("worker_threads = 3")
             .service("iris", IRIS, &url),
     );
     wait_until("the watcher to apply the edit", || async {
@@ -331,8 +331,8 @@ async fn restart_required_is_still_reported_after_the_watcher_applied_the_edit()
     assert_eq!(code, StatusCode::OK, "{summary}");
     assert_eq!(
         summary["restartRequired"],
-        json!(["server.max_connections"]),
-        "max_connections still needs a restart"
+        json!(["server.worker_threads"]),
+        "worker_threads still needs a restart"
     );
 }
 

@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use scoregate::app::{self, Listeners, Telemetry};
 use scoregate::server::Drained;
 use scoregate::telemetry::metrics::Metrics;
-use scoregate::telemetry::sink::{RecordOutput, RecordSink, SinkCounters};
+use scoregate::telemetry::sink::{QueueLimits, RecordOutput, RecordSink, SinkCounters};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,8 +38,8 @@ pub struct GatewayBuilder {
     split_planes: bool,
     /// Lines of a `[telemetry]` table (none: the table is left out).
     telemetry_lines: Vec<String>,
-    /// A record output replacing the in-memory buffer, with its queue capacity; taken by `start`.
-    record_output: Arc<Mutex<Option<(RecordOutput, usize)>>>,
+    /// A record output replacing the in-memory buffer, with its queue limits; taken by `start`.
+    record_output: Arc<Mutex<Option<(RecordOutput, QueueLimits)>>>,
 }
 
 impl Default for GatewayBuilder {
@@ -125,7 +125,14 @@ impl GatewayBuilder {
     /// empty). For a stalled or failing sink.
     #[must_use]
     pub fn record_output(self, output: RecordOutput, capacity: usize) -> Self {
-        *self.record_output.lock().expect("record output lock") = Some((output, capacity));
+        self.record_queue(output, QueueLimits::lines(capacity))
+    }
+
+    /// Sends an in-process gateway's request records to `output` through a queue bounded by
+    /// `limits` (lines and bytes).
+    #[must_use]
+    pub fn record_queue(self, output: RecordOutput, limits: QueueLimits) -> Self {
+        *self.record_output.lock().expect("record output lock") = Some((output, limits));
         self
     }
 
@@ -238,16 +245,21 @@ impl GatewayBuilder {
             .lock()
             .expect("record output lock")
             .take();
-        let (output, capacity) =
-            custom.unwrap_or_else(|| (RecordOutput::Writer(Box::new(records.clone())), 8192));
+        let (output, limits) = custom.unwrap_or_else(|| {
+            (
+                RecordOutput::Writer(Box::new(records.clone())),
+                QueueLimits::lines(8192),
+            )
+        });
         let (sink, _writer) = RecordSink::spawn(
             output,
-            capacity,
+            limits,
             true,
             SinkCounters {
                 dropped: metrics.records_dropped.clone(),
                 write_errors: metrics.record_write_errors.clone(),
                 activity_dropped: metrics.activity_dropped.clone(),
+                queue_bytes: metrics.record_queue_bytes.clone(),
             },
         )
         .expect("start record writer");

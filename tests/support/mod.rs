@@ -41,6 +41,7 @@ pub mod admin_api;
 pub mod admin_http;
 pub mod certs;
 pub mod check;
+pub mod etcd;
 pub mod gateway;
 pub mod jwks;
 pub mod jwt;

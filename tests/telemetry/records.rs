@@ -253,6 +253,32 @@ async fn sensitive_query_parameters_are_redacted_in_records_only() {
         "the upstream gets the query unchanged"
     );
 
+    // Spellings the application reads as sensitive names are redacted too (issue 15 item 10):
+    // percent-encoded, `;`-separated, NUL-suffixed and bracketed names.
+    let sent = "%63ode=c1&a=1;token=t1&token%00=t2&access_token[]=t3";
+    let (status, headers, _) = send_json(
+        gw.client()
+            .get(gw.url(&format!("/api/v1/service/open/echo?{sent}"))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let record = gw.record_for(header(&headers, "x-request-id")).await;
+    assert_eq!(
+        record["RequestUrl"],
+        "/api/v1/service/open/echo?%63ode=REDACTED&a=1;token=REDACTED&token%00=REDACTED\
+         &access_token[]=REDACTED",
+        "{record}"
+    );
+    assert_eq!(
+        upstream
+            .requests()
+            .pop()
+            .expect("forwarded")
+            .query
+            .as_deref(),
+        Some(sent)
+    );
+
     // A configured list replaces the defaults.
     let gw = GatewayBuilder::new()
         .service("open", OPEN, &upstream.url())

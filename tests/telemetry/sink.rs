@@ -3,10 +3,12 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use scoregate::telemetry::sink::{RecordOutput, rotated_name};
+use scoregate::telemetry::request_log::{MAX_FIELD_BYTES, MAX_URL_BYTES};
+use scoregate::telemetry::sink::{QueueLimits, RecordOutput, rotated_name};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -24,6 +26,8 @@ struct StalledWriter {
     entered: Option<oneshot::Sender<()>>,
     released: bool,
     out: SharedBuf,
+    /// The size of every write: each is one batch the writer took from the queue.
+    batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Write for StalledWriter {
@@ -36,6 +40,7 @@ impl Write for StalledWriter {
             let _ = self.release.recv();
             self.released = true;
         }
+        self.batches.lock().expect("batches lock").push(buf.len());
         self.out.write(buf)
     }
 
@@ -67,6 +72,7 @@ async fn a_stalled_record_sink_drops_and_counts_records_without_slowing_requests
         entered: Some(entered_tx),
         released: false,
         out: written.clone(),
+        batches: Arc::default(),
     };
     let gw = GatewayBuilder::new()
         .service("open", OPEN, &upstream.url())
@@ -117,6 +123,106 @@ async fn a_stalled_record_sink_drops_and_counts_records_without_slowing_requests
     assert_eq!(count(&gw, "scoregate_request_record_write_errors_total"), 0);
 }
 
+/// Oversized requests against a stalled sink (issue 15 item 6): every client-controlled field is
+/// cut to its limit with a visible marker, and the queue holds at most `queue_max_bytes`; the
+/// rest is dropped and counted.
+#[tokio::test]
+async fn a_stalled_sink_holds_at_most_queue_max_bytes_of_truncated_records() {
+    const QUEUE_BYTES: usize = 64 * 1024;
+    const REQUESTS: usize = 200;
+    const LONG: usize = 20_000;
+    let upstream = MockUpstream::start().await;
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let written = SharedBuf::default();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let writer = StalledWriter {
+        release: release_rx,
+        entered: Some(entered_tx),
+        released: false,
+        out: written.clone(),
+        batches: Arc::clone(&batches),
+    };
+    let gw = GatewayBuilder::new()
+        .service("open", OPEN, &upstream.url())
+        .record_queue(
+            RecordOutput::Writer(Box::new(writer)),
+            QueueLimits {
+                lines: 16_384,
+                bytes: QUEUE_BYTES,
+            },
+        )
+        .start()
+        .await;
+    let (status, _, _) = send_json(gw.client().post(gw.url("/api/v1/service/open/echo"))).await;
+    assert_eq!(status, StatusCode::OK);
+    within("the record writer to stall", entered_rx)
+        .await
+        .expect("the writer signals its first write");
+
+    // Unauthenticated, unrouted requests with 20 KB paths and user agents.
+    let path = format!("/nope/{}", "a".repeat(LONG));
+    let agent = format!("ua-{}", "b".repeat(LONG));
+    for i in 0..REQUESTS {
+        let resp = within(
+            "an oversized request while the sink is stalled",
+            gw.client()
+                .get(gw.url(&path))
+                .header("user-agent", &agent)
+                .send(),
+        )
+        .await
+        .expect("gateway answered");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "request {i}");
+    }
+    // A record is at least its two capped fields long, so at most this many fit the queue.
+    let fit = QUEUE_BYTES / (MAX_URL_BYTES + MAX_FIELD_BYTES);
+    let dropped = || count(&gw, "scoregate_request_records_dropped_total");
+    wait_until("records beyond queue_max_bytes to be dropped", || async {
+        dropped() >= (REQUESTS - fit) as u64
+    })
+    .await;
+    let held = count(&gw, "scoregate_request_record_queue_bytes");
+    assert!(
+        held > 0 && held <= QUEUE_BYTES as u64,
+        "{held} bytes held, limit {QUEUE_BYTES}"
+    );
+
+    release_tx.send(()).expect("the writer is waiting");
+    wait_until("every record to be written or dropped", || async {
+        lines_of(&written).len() as u64 + dropped() == REQUESTS as u64 + 1
+    })
+    .await;
+    let sizes = batches.lock().expect("batches lock").clone();
+    assert!(
+        sizes.get(1).is_some_and(|&b| b <= QUEUE_BYTES),
+        "the batch gathered while stalled: {sizes:?}"
+    );
+    let records = lines_of(&written);
+    let oversized: Vec<&Value> = records.iter().filter(|r| r["StatusCode"] == 404).collect();
+    assert!(!oversized.is_empty(), "{records:?}");
+    for record in oversized {
+        let url = record["RequestUrl"].as_str().expect("RequestUrl");
+        assert!(url.starts_with("/nope/aaa"), "{url}");
+        assert!(
+            url.ends_with(&format!("...[truncated, {} bytes]", path.len())),
+            "{url}"
+        );
+        assert!(url.len() <= MAX_URL_BYTES + 40, "{}", url.len());
+        let ua = record["UserAgent"].as_str().expect("UserAgent");
+        assert!(ua.starts_with("ua-bbb"), "{ua}");
+        assert!(
+            ua.ends_with(&format!("...[truncated, {} bytes]", agent.len())),
+            "{ua}"
+        );
+        assert!(ua.len() <= MAX_FIELD_BYTES + 40, "{}", ua.len());
+    }
+    wait_until("the queue to be empty again", || async {
+        count(&gw, "scoregate_request_record_queue_bytes") == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_stalled_record_sink_does_not_stall_management_operations() {
     const QUEUE: usize = 16;
@@ -128,6 +234,7 @@ async fn a_stalled_record_sink_does_not_stall_management_operations() {
         entered: Some(entered_tx),
         released: false,
         out: SharedBuf::default(),
+        batches: Arc::default(),
     };
     let gw = GatewayBuilder::new()
         .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")

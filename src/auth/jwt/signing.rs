@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::config::SigningSource;
-use crate::reload::source::Fingerprint;
+use crate::source::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
@@ -219,7 +219,7 @@ pub type Rotated = (SigningSet, Arc<str>, Zeroizing<Vec<u8>>);
 
 /// A token-mode service's signing-key file: `state_dir/signing/<service>.json`, generated and
 /// rotated by scoregate, or the operator's read-only `signing_key_file`. One source of the runtime
-/// state (see `reload::source`); written only by the state's builder (the first key) or by a
+/// state (see `source`); written only by the state's builder (the first key) or by a
 /// management write (`rotateSigningKey`), which then arrives through the same observe path as an
 /// operator's change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,11 +386,11 @@ impl SigningFile {
     }
 }
 
-impl crate::reload::source::Source for SigningFile {
+impl crate::source::Source for SigningFile {
     type Value = SigningFileState;
     type Error = SigningError;
 
-    fn observe(&self) -> crate::reload::source::Version {
+    fn observe(&self) -> crate::source::Version {
         vec![Fingerprint::of(self.path())]
     }
 

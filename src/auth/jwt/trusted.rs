@@ -31,7 +31,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use prometheus::IntCounter;
 
 use crate::config::{TrustedIssuer, TrustedKeys};
-use crate::reload::source::{Fingerprint, Source, Version};
+use crate::source::{Fingerprint, Source, Version};
 
 /// Minimum time between fetches caused by unknown `kid`s.
 pub const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(30);

@@ -1,7 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
-use crate::reload::source::{Change, Source, Watched};
+use crate::source::{Change, Source, Watched};
 
 /// A key file as the reload loop drives it: read at start (generated and written first when a
 /// state file is missing, converted when the storage setting says hashed), written by a

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::reload::source::Fingerprint;
+use crate::source::Fingerprint;
 
 /// Parses `services` (TOML `[[service]]` tables) with a state directory in `dir`.
 fn config(dir: &Path, services: &str) -> Arc<Config> {

@@ -1,4 +1,5 @@
-//! Who may call the management API, and what each caller may do.
+//! Who is calling the management API: the bootstrap admin credential and the trusted identity
+//! provider. What each caller may do is `policy`'s.
 //!
 //! Authentication: `Authorization: Bearer <credential>` on the admin listener. The bootstrap
 //! credential is a random secret scoregate writes to `state_dir/admin.token` (0600) at first start;
@@ -6,8 +7,7 @@
 //! never logged.
 //!
 //! A trusted identity provider (`[identity]`) may vouch for other callers with signed tokens
-//! ([`Identity`]). Authorization (`roles::authorize`): every management route names an
-//! [`Action`]; deny by default.
+//! ([`Identity`]). Both produce a [`AdminPrincipal`] for `policy::authorize`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,66 +19,16 @@ use crate::auth::jwt::trusted::IssuerKeys;
 use crate::auth::keys::{Secret, generate_key};
 use crate::config::IdentityConfig;
 use crate::error::AuthFailure;
+use crate::policy::AdminPrincipal;
 
 /// File name of the bootstrap Owner credential inside the state directory.
 pub const BOOTSTRAP_FILE: &str = "admin.token";
 
-/// A management operation, as named in roles and error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    ServicesRead,
-    KeysList,
-    KeysRegenerate,
-    TokenIssue,
-    SigningKeysRotate,
-    ActivityRead,
-    MetricsRead,
-    ConfigReload,
-    RolesRead,
-    RolesAssign,
-}
-
-impl Action {
-    pub const ALL: [Self; 10] = [
-        Self::ServicesRead,
-        Self::KeysList,
-        Self::KeysRegenerate,
-        Self::TokenIssue,
-        Self::SigningKeysRotate,
-        Self::ActivityRead,
-        Self::MetricsRead,
-        Self::ConfigReload,
-        Self::RolesRead,
-        Self::RolesAssign,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ServicesRead => "services/read",
-            Self::KeysList => "services/keys/list",
-            Self::KeysRegenerate => "services/keys/regenerate",
-            Self::TokenIssue => "services/token/issue",
-            Self::SigningKeysRotate => "services/signingkeys/rotate",
-            Self::ActivityRead => "activity/read",
-            Self::MetricsRead => "metrics/read",
-            Self::ConfigReload => "config/reload",
-            Self::RolesRead => "roles/read",
-            Self::RolesAssign => "roles/assign",
-        }
-    }
-}
-
-/// An authenticated management caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminPrincipal {
-    /// Shown as the `initiator` of activity entries and matched by role assignments; never a
-    /// credential. `bootstrap-admin`, or the identity token's subject.
-    pub id: String,
-    /// The bootstrap credential's holder: an Owner of everything.
-    pub owner: bool,
-    /// Roles named by the identity token's roles claim (scope `*`).
-    pub token_roles: Vec<String>,
-}
+/// The prefix of every identity-provider principal: `idp:<sub>`. Names without it
+/// (`bootstrap-admin`, `cli`, `file-watch`, `signal`, `anonymous`) belong to scoregate itself,
+/// so no identity token, whatever its `sub`, can appear as one of them in the activity log or
+/// in the subject of the tokens it is issued.
+pub const IDENTITY_PREFIX: &str = "idp:";
 
 /// The trusted identity provider for management callers (`[identity]`), e.g. Azure AD: tokens
 /// carry the caller in `sub` and app roles in the roles claim. Its keys are those of one state
@@ -130,7 +80,8 @@ impl Identity {
             Some(_) => return Err(AuthFailure::TokenClaims),
         };
         Ok(AdminPrincipal {
-            id: sub.to_owned(),
+            id: format!("{IDENTITY_PREFIX}{sub}"),
+            subject: Some(sub.to_owned()),
             owner: false,
             token_roles,
         })
@@ -224,12 +175,12 @@ impl CredentialFile {
     }
 }
 
-impl crate::reload::source::Source for CredentialFile {
+impl crate::source::Source for CredentialFile {
     type Value = Option<AdminCredentials>;
     type Error = CredentialError;
 
-    fn observe(&self) -> crate::reload::source::Version {
-        vec![crate::reload::source::Fingerprint::of(&self.path)]
+    fn observe(&self) -> crate::source::Version {
+        vec![crate::source::Fingerprint::of(&self.path)]
     }
 
     fn load(
@@ -252,16 +203,11 @@ impl crate::reload::source::Source for CredentialFile {
     }
 }
 
-/// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
-pub fn acceptable(credential: &str) -> bool {
-    credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
 impl AdminCredentials {
     /// The credential's digest, if the secret is 32 or more visible characters.
     fn from_secret(secret: &Secret) -> Option<Self> {
         let text = secret.expose();
-        acceptable(text).then(|| Self {
+        crate::config::acceptable_admin_credential(text).then(|| Self {
             bootstrap: crate::auth::sha256(&[text.as_bytes()]),
         })
     }
@@ -276,6 +222,7 @@ impl AdminCredentials {
         if bool::from(crate::auth::sha256(&[presented]).ct_eq(&self.bootstrap)) {
             return Ok(AdminPrincipal {
                 id: "bootstrap-admin".to_owned(),
+                subject: None,
                 owner: true,
                 token_roles: Vec::new(),
             });

@@ -1,18 +1,93 @@
-//! Roles and role assignments for the management API, modelled on Azure RBAC.
+//! Who may do what on the management API: actions, roles and role assignments, modelled on Azure
+//! RBAC, and [`authorize`]. Plain data and rules: no I/O besides the assignment file's source.
 //!
 //! A role is a set of action patterns (`services/*`) minus `not_actions`; `*` matches any run of
 //! characters. Built-in roles mirror Azure ML's: **Owner** (everything), **Contributor**
 //! (everything but `roles/assign`), **Reader** (read-only, plus issuing tokens, because calling a
-//! token-mode service needs one; never key material). A principal holds roles through
-//! assignments, each with a scope (`*` or `service:NAME`): assignments from the config file, from
-//! the API (persisted in `state_dir/role-assignments.json`), and the `roles` claim of a trusted
+//! token-mode service needs one; never key material). Owner and Contributor hold
+//! `services/keys/set` (choosing a key value): they can list keys anyway. A principal holds
+//! roles through assignments, each with a scope (`*` or `service:NAME`): assignments from the
+//! config file, from the API (persisted in `state_dir/role-assignments.json`), and the `roles` claim of a trusted
 //! identity token (scope `*`). Everything not granted is denied.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::authz::{Action, AdminPrincipal};
+/// A management operation, as named in roles and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    ServicesRead,
+    KeysList,
+    KeysRegenerate,
+    /// Choosing the new key's value in `regenerateKeys` (`keyValue`): separate from rotating,
+    /// so a rotator cannot plant a key it knows.
+    KeysSet,
+    TokenIssue,
+    SigningKeysRotate,
+    ActivityRead,
+    MetricsRead,
+    ConfigReload,
+    RolesRead,
+    RolesAssign,
+}
+
+impl Action {
+    pub const ALL: [Self; 11] = [
+        Self::ServicesRead,
+        Self::KeysList,
+        Self::KeysRegenerate,
+        Self::KeysSet,
+        Self::TokenIssue,
+        Self::SigningKeysRotate,
+        Self::ActivityRead,
+        Self::MetricsRead,
+        Self::ConfigReload,
+        Self::RolesRead,
+        Self::RolesAssign,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ServicesRead => "services/read",
+            Self::KeysList => "services/keys/list",
+            Self::KeysRegenerate => "services/keys/regenerate",
+            Self::KeysSet => "services/keys/set",
+            Self::TokenIssue => "services/token/issue",
+            Self::SigningKeysRotate => "services/signingkeys/rotate",
+            Self::ActivityRead => "activity/read",
+            Self::MetricsRead => "metrics/read",
+            Self::ConfigReload => "config/reload",
+            Self::RolesRead => "roles/read",
+            Self::RolesAssign => "roles/assign",
+        }
+    }
+}
+
+/// An authenticated management caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPrincipal {
+    /// Shown as the `initiator` of activity entries and used as the subject of tokens issued to
+    /// the caller; never a credential. `bootstrap-admin`, or `idp:<sub>` for an identity token.
+    pub id: String,
+    /// The identity token's `sub` as issued (what role assignments name); `None` for the
+    /// bootstrap credential.
+    pub subject: Option<String>,
+    /// The bootstrap credential's holder: an Owner of everything.
+    pub owner: bool,
+    /// Roles named by the identity token's roles claim (scope `*`).
+    pub token_roles: Vec<String>,
+}
+
+impl AdminPrincipal {
+    /// Whether a role assignment's `principal` names this caller: an identity principal by its
+    /// `sub` or by its full `idp:<sub>` id. The bootstrap credential needs no assignment.
+    pub fn is_named(&self, assigned: &str) -> bool {
+        self.subject
+            .as_deref()
+            .is_some_and(|sub| assigned == sub || assigned == self.id)
+    }
+}
 
 /// A named set of permitted actions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -234,12 +309,12 @@ impl AssignmentFile {
     }
 }
 
-impl crate::reload::source::Source for AssignmentFile {
+impl crate::source::Source for AssignmentFile {
     type Value = Vec<Assignment>;
     type Error = AssignmentError;
 
-    fn observe(&self) -> crate::reload::source::Version {
-        vec![crate::reload::source::Fingerprint::of(&self.path)]
+    fn observe(&self) -> crate::source::Version {
+        vec![crate::source::Fingerprint::of(&self.path)]
     }
 
     fn load(
@@ -272,7 +347,7 @@ pub fn authorize(
     if principal.token_roles.iter().any(|r| grants(r, &Scope::All)) {
         return Ok(());
     }
-    let assigned = |a: &Assignment| a.principal == principal.id && grants(&a.role, &a.scope);
+    let assigned = |a: &Assignment| principal.is_named(&a.principal) && grants(&a.role, &a.scope);
     if policy.assignments.iter().any(assigned) || assigned_by_api.iter().any(assigned) {
         return Ok(());
     }

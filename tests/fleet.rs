@@ -1,0 +1,9 @@
+//! Fleet mode end to end, against real etcd processes (`tests/support/etcd.rs`): the etcd
+//! client, shared state across in-process replicas, and what happens when etcd fails. Split by
+//! topic into `fleet/*.rs`.
+
+mod support;
+
+mod fleet {
+    pub mod client;
+}
