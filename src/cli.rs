@@ -1,6 +1,9 @@
 //! Offline operator commands that act on the state directory without a running gateway:
-//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`. A running gateway picks their changes up through its file watch,
-//! exactly as it would an operator editing the file.
+//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`. A running gateway
+//! picks their changes up through its file watch, exactly as it would an operator editing the
+//! file. `args` is the whole command line (clap), its completions and manual page.
+
+pub mod args;
 
 use std::path::Path;
 use std::sync::Arc;

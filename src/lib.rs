@@ -26,7 +26,8 @@
 //! - [`state`]: the state directory and atomic file writes.
 //! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.
 //! - [`demo`]: the `scoregate demo` command.
-//! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
+//! - [`cli`]: offline operator commands (`keys list`, `keys regen`, `token ...`); `args` is the
+//!   whole command line (clap), its completions and manual page.
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
 //! - [`watch`]: the background loop that drives the applier (file polls every
 //!   `watch_interval_ms`, fetched JWKS, signing-key retirement, rate-bucket eviction).
