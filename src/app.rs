@@ -18,6 +18,7 @@ use crate::gateway::{Gateway, Parts};
 use crate::reload::{Applier, Handles};
 use crate::server::Drained;
 use crate::telemetry::activity::ActivityLog;
+use crate::telemetry::export::OtlpExporter;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::RecordSink;
 use crate::{admin, health, server, state, watch};
@@ -84,6 +85,11 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("server.state_dir: cannot use {}: {e}", dir.display()))?;
     let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
+    let otlp = config.telemetry.otlp.as_ref().map(|otlp| {
+        let configured = config.cluster.etcd().map(|e| e.instance.as_str());
+        let instance = Arc::from(crate::telemetry::role::instance(configured));
+        OtlpExporter::start(otlp, instance, &telemetry.metrics)
+    });
     let health_wake = Arc::new(tokio::sync::Notify::new());
     let handles = Handles {
         metrics: Arc::clone(&telemetry.metrics),
@@ -98,6 +104,7 @@ pub async fn run(
         applier,
         metrics: telemetry.metrics,
         records: telemetry.records,
+        otlp,
         activity,
         health_wake,
     }));

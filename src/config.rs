@@ -116,6 +116,21 @@ pub struct TelemetryConfig {
     /// `RoleName` of records and activity entries that concern no service (unrouted requests,
     /// configuration reloads); services have their own (`ServiceConfig::role_name`).
     pub role_name: String,
+    /// OTLP/HTTP span export (`None`: off).
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `[telemetry.otlp]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// `http://host:port/v1/traces` (the path defaults to the OTLP/HTTP traces path).
+    pub endpoint: Uri,
+    /// Spans waiting for export; beyond it new spans are dropped and counted.
+    pub queue_capacity: usize,
+    /// Spans per export request at most.
+    pub batch_size: usize,
+    /// Bound on one export request (connect, send, answer).
+    pub timeout: Duration,
 }
 
 /// A bootstrap credential is at least 32 visible ASCII characters (no spaces).

@@ -71,6 +71,34 @@ fn minimal_config_gets_documented_defaults() {
 }
 
 #[test]
+fn otlp_export_settings() {
+    let d = Dir::new();
+    let c = d
+        .parse(&format!(
+            "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\n{MINIMAL}"
+        ))
+        .expect("valid");
+    let otlp = c.telemetry.otlp.expect("otlp on");
+    assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!((otlp.queue_capacity, otlp.batch_size), (4096, 512));
+    assert!(d.parse(MINIMAL).expect("valid").telemetry.otlp.is_none());
+    let issues = d.issues(&format!(
+        "[telemetry.otlp]\nendpoint = \"https://collector:4318\"\nqueue_capacity = 1\n{MINIMAL}"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "telemetry.otlp.endpoint: \"https://collector:4318\" is not an http://host:port[/path] URL (OTLP/HTTP; https is not supported yet)",
+            "telemetry.otlp.queue_capacity: 1 is not between 16 and 1048576",
+        ]
+    );
+    assert_eq!(
+        d.issues(&format!("[telemetry.otlp]\n{MINIMAL}")),
+        ["telemetry.otlp.endpoint: is required in [telemetry.otlp]"]
+    );
+}
+
+#[test]
 fn role_names_are_configurable_and_checked() {
     let d = Dir::new();
     let c = d
