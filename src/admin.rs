@@ -1,4 +1,6 @@
-//! The admin listener: plain HTTP/1.1, loopback by default, never serves scoring traffic. The
+//! The admin listener: HTTP/1.1, loopback by default, never serves scoring traffic; over TLS
+//! with `[server.admin_tls]` (admin listener only: the probe and metrics listeners stay plain,
+//! as kubelets and Prometheus expect; the handshake uses `tls_handshake_timeout_ms`). The
 //! same handler serves two optional listeners that expose a fixed subset of it ([`Plane`]), so
 //! the management API can stay on loopback while the kubelet and Prometheus reach their routes:
 //!
@@ -96,25 +98,52 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
                 continue;
             }
         };
-        let gw = Arc::clone(&gw);
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let gw = Arc::clone(&gw);
-                async move {
-                    Ok::<_, Infallible>(handle(&gw, plane, peer.ip().to_canonical(), req).await)
-                }
-            }),
-        );
-        let stop = stop.clone();
+        // Read per connection, so a reload that adds, removes or replaces `[server.admin_tls]`
+        // applies to the next connection.
+        let (tls, handshake_timeout) = {
+            let state = gw.state();
+            let tls = state.admin_tls.clone().filter(|_| plane == Plane::Admin);
+            (tls, state.config.server.tls_handshake_timeout)
+        };
+        let (gw, http, stop) = (Arc::clone(&gw), http.clone(), stop.clone());
         tokio::spawn(async move {
+            let served = async {
+                let Some(config) = tls else {
+                    return serve_connection(&http, TokioIo::new(stream), gw, plane, peer).await;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        serve_connection(&http, TokioIo::new(tls), gw, plane, peer).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                }
+            };
             tokio::select! {
-                result = conn => if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "admin connection error");
-                },
+                () = served => {},
                 () = stop.cancelled() => {}
             }
         });
+    }
+}
+
+/// Serves one admin connection (plain or TLS) until it ends.
+async fn serve_connection<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    gw: Arc<Gateway>,
+    plane: Plane,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(handle(&gw, plane, peer.ip().to_canonical(), req).await) }
+    });
+    if let Err(e) = http.serve_connection(io, service).await {
+        tracing::debug!(%peer, error = %e, "admin connection error");
     }
 }
 
@@ -304,8 +333,10 @@ async fn dispatch(
     {
         Ok(p) => p,
         Err(failure) => {
-            gw.activity
-                .record(entry("anonymous", Outcome::Denied).reason(failure.reason()));
+            gw.activity.record(
+                entry(crate::telemetry::activity::ANONYMOUS, Outcome::Denied)
+                    .reason(failure.reason()),
+            );
             return Err(ApiError::Unauthenticated(failure));
         }
     };

@@ -122,6 +122,9 @@ pub async fn run(
         services = gw.state().services().len(),
         "scoregate listening"
     );
+    for warning in gw.state().config.server.warnings() {
+        tracing::warn!("{warning}");
+    }
     let admin_tasks = spawn_admin_planes(&gw, listeners.admin, listeners.probe, listeners.metrics);
     let outcome = server::serve(Arc::clone(&gw), listeners.scoring, shutdown).await;
     gw.lifecycle.stop_background.cancel();

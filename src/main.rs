@@ -206,6 +206,10 @@ fn check_config(
                 c.server.admin_listen,
                 if c.server.tls.is_some() { "on" } else { "off" }
             );
+            // Valid but risky: said on stderr, the exit status stays 0.
+            for warning in c.server.warnings() {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         (Ok(c), CheckFormat::Json) => {

@@ -151,6 +151,7 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
             services,
             cert: inputs.cert.clone(),
             tls: listener_tls(ctx, &inputs.config)?,
+            admin_tls: admin_listener_tls(ctx, &inputs.config)?,
             identity,
             assignments: Arc::clone(&inputs.assignments),
             admin,
@@ -435,6 +436,29 @@ fn listener_tls(
     }
     let resolver: Arc<dyn rustls::server::ResolvesServerCert> = Arc::clone(ctx.resolver) as _;
     crate::tls::server_config(resolver, client_ca)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(BuildError::Tls)
+}
+
+/// The admin listener's TLS settings: the running ones while the certificate chain and the
+/// client CA are unchanged (so session tickets stay valid), else new ones.
+fn admin_listener_tls(
+    ctx: &Context<'_>,
+    config: &Config,
+) -> Result<Option<Arc<rustls::ServerConfig>>, BuildError> {
+    let Some(tls) = &config.server.admin_tls else {
+        return Ok(None);
+    };
+    let client_ca = tls.client_ca.as_ref().map(|(_, certs)| certs.clone());
+    if let Some(previous) = ctx.previous
+        && let (Some(running), Some(before)) =
+            (&previous.admin_tls, &previous.config.server.admin_tls)
+        && before.certified_key.cert == tls.certified_key.cert
+        && before.client_ca.as_ref().map(|(_, c)| c) == client_ca.as_ref()
+    {
+        return Ok(Some(Arc::clone(running)));
+    }
+    crate::tls::admin_server_config(tls.certified_key.clone(), client_ca)
         .map(|c| Some(Arc::new(c)))
         .map_err(BuildError::Tls)
 }

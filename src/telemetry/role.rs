@@ -3,7 +3,7 @@
 //! [`instance`] is the one place the instance name is decided: fleet mode's `[cluster] instance`
 //! when configured, else the pod or host name (which is also `[cluster] instance`'s default).
 
-use super::POD_NAME_ENV;
+use crate::config::default_instance;
 
 /// The instance name: `configured` (fleet mode's `[cluster] instance`) if given, else
 /// [`default_instance`], else `"unknown"`.
@@ -14,25 +14,9 @@ pub fn instance(configured: Option<&str>) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// `$POD_NAME` (set from the pod's `metadata.name` by the Kubernetes kit), else the host name.
-pub fn default_instance() -> Option<String> {
-    std::env::var(POD_NAME_ENV)
-        .ok()
-        .as_deref()
-        .and_then(non_empty)
-        .or_else(|| host_name().as_deref().and_then(non_empty))
-}
-
 fn non_empty(s: &str) -> Option<String> {
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_owned())
-}
-
-/// The kernel's host name (Linux), else what the shell exported.
-fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
 }
 
 #[cfg(test)]
