@@ -22,7 +22,9 @@
 //!   `/services/{name}/rotateSigningKey` (their own actions, see `management`);
 //!   `GET /activity?limit=N` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
 //!   `GET /role-assignments` (`roles/read`); `POST /role-assignments`,
-//!   `DELETE /role-assignments/{id}` (`roles/assign`). A known path with another method is 405
+//!   `DELETE /role-assignments/{id}` (`roles/assign`); `GET /cluster` (`cluster/read`: the
+//!   cluster backend, etcd endpoint health, this instance and its applied revision, and the live
+//!   replicas with theirs). A known path with another method is 405
 //!   with `Allow`; anything else 404.
 //!
 //! On the probe and metrics listeners every other path is 404, and `admin_allow_cidrs` does not
@@ -213,6 +215,7 @@ enum Route<'p> {
     Assignments,
     Assign,
     Unassign { id: &'p str },
+    Cluster,
 }
 
 impl<'p> Route<'p> {
@@ -234,6 +237,7 @@ impl<'p> Route<'p> {
             "/reload" => vec![(Method::POST, Self::Reload)],
             "/services" => vec![(Method::GET, Self::Services)],
             "/roles" => vec![(Method::GET, Self::Roles)],
+            "/cluster" => vec![(Method::GET, Self::Cluster)],
             "/role-assignments" => vec![
                 (Method::GET, Self::Assignments),
                 (Method::POST, Self::Assign),
@@ -271,6 +275,7 @@ impl<'p> Route<'p> {
             Self::Service { op, .. } => Some(op.action()),
             Self::Roles | Self::Assignments => Some(Action::RolesRead),
             Self::Assign | Self::Unassign { .. } => Some(Action::RolesAssign),
+            Self::Cluster => Some(Action::ClusterRead),
         }
     }
 
@@ -287,6 +292,7 @@ impl<'p> Route<'p> {
             Self::Assignments => "listRoleAssignments",
             Self::Assign => "assignRole",
             Self::Unassign { .. } => "removeRoleAssignment",
+            Self::Cluster => "readCluster",
         }
     }
 
@@ -302,7 +308,8 @@ impl<'p> Route<'p> {
             | Self::Roles
             | Self::Assignments
             | Self::Assign
-            | Self::Unassign { .. } => None,
+            | Self::Unassign { .. }
+            | Self::Cluster => None,
         }
     }
 }
@@ -374,6 +381,7 @@ async fn dispatch(
             management::assign_role(gw, &state, &body).await
         }
         Route::Unassign { id } => management::remove_assignment(gw, &state, id).await,
+        Route::Cluster => Ok(cluster(gw).await),
         // A reload writes its own activity entry (it also runs for signals and file changes).
         Route::Reload => gw
             .applier
@@ -519,6 +527,15 @@ fn activity(gw: &Gateway, query: Option<&str>) -> AdminResponse {
     json(
         StatusCode::OK,
         serde_json::to_vec(&entries).unwrap_or_default(),
+    )
+}
+
+/// `GET /cluster` (see `cluster::View`).
+async fn cluster(gw: &Gateway) -> AdminResponse {
+    let view = crate::cluster::view(gw.applier.cluster()).await;
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&view).unwrap_or_default(),
     )
 }
 

@@ -32,6 +32,8 @@
 //! - [`demo`]: the `scoregate demo` command.
 //! - [`cli`]: offline operator commands (`keys list`, `keys regen`, `token ...`); `args` is the
 //!   whole command line (clap), its completions and manual page.
+//! - [`cluster`]: fleet mode: the etcd client, sealing, the namespace's local copy and the watch
+//!   loop that feeds it to the applier as one more source.
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
 //! - [`watch`]: the background loop that drives the applier (file polls every
 //!   `watch_interval_ms`, fetched JWKS, signing-key retirement, rate-bucket eviction).

@@ -61,11 +61,17 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
-        Command::Cluster {
-            command: ClusterCommand::SealKey,
-        } => {
-            print_result(scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from))
-        }
+        Command::Cluster { command } => print_result(match command {
+            ClusterCommand::SealKey => {
+                scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from)
+            }
+            ClusterCommand::Status { config } => config::load_and_validate(&config.config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| scoregate::cli::cluster::status(&c)),
+            ClusterCommand::Import { config } => config::load_and_validate(&config.config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| scoregate::cli::cluster::import(&c)),
+        }),
         Command::Token {
             command:
                 TokenCommand::Issue {

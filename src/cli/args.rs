@@ -182,6 +182,17 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Print a new seal key (32 random bytes, base64) for `[cluster] seal_key_file`.
     SealKey,
+    /// Print the etcd endpoints' health, the namespace's revision and the live replicas.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Copy a local `state_dir` (keys, signing keys, role assignments, admin credential) into an
+    /// empty namespace; refuses a namespace that holds anything.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -110,6 +110,8 @@ pub enum Generated {
 #[derive(Debug)]
 pub struct PendingWrite {
     pub path: PathBuf,
+    /// Fleet mode: the value goes to etcd (create-if-absent, or compare-and-swap).
+    pub shared: Option<crate::cluster::SharedKey>,
     pub bytes: Zeroizing<Vec<u8>>,
     pub generated: Generated,
 }
@@ -162,7 +164,8 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
                 .redact_query_params
                 .clone()
                 .map_or_else(Redaction::default, Redaction::new),
-            // Decided once per process: a replica keeps its name in records across reloads.
+            // Decided once per process: a replica keeps its name across reloads. In fleet mode
+            // it is `[cluster] instance`, the name its registration and activity carry.
             role_instance: ctx.previous.map_or_else(
                 || {
                     let configured = inputs.config.cluster.etcd().map(|e| e.instance.as_str());
@@ -188,6 +191,7 @@ fn admin_credentials(
     let (credentials, bytes) = file.generate().map_err(BuildError::Admin)?;
     writes.push(PendingWrite {
         path: file.path.clone(),
+        shared: file.shared.clone(),
         bytes,
         generated: Generated::Admin {
             file: file.clone(),
@@ -250,6 +254,7 @@ fn pending_keys(
     let state = KeyFileState::written(Arc::clone(&shared), &bytes, "scoregate");
     writes.push(PendingWrite {
         path: file.path().to_owned(),
+        shared: file.shared.clone(),
         bytes,
         generated: Generated::Keys {
             service: service.to_owned(),
@@ -289,6 +294,7 @@ fn token_authority(
             let state = SigningFileState::written(Arc::clone(&shared), &bytes, "scoregate");
             writes.push(PendingWrite {
                 path: file.path().to_owned(),
+                shared: file.shared.clone(),
                 bytes,
                 generated: Generated::Signing {
                     service: name.clone(),
