@@ -252,7 +252,7 @@ def binary_knows_cluster(scoregate, tmp):
     probe = Path(tmp) / "cluster-probe.toml"
     probe.write_text('[cluster]\nbackend = "local"\n\n[[service]]\nname = "m"\nroute = "/"\n'
                      'upstream = "http://127.0.0.1:5001"\n')
-    r = run([scoregate, "check-config", "--config", str(probe)])
+    r = run([scoregate, "check-config", "--config", str(probe), "--file-only"])
     return r.returncode == 0
 
 
@@ -272,7 +272,9 @@ def check_config(overlay, docs, scoregate, tmp):
             print(f"SKIP {overlay}: check-config needs fleet mode's [cluster] table (issue 14); "
                   "set REQUIRE_FLEET_CHECK_CONFIG=1 once it has landed")
         return config
-    r = run([scoregate, "check-config", "--config", config_path])
+    # --file-only: the file is for the pod, not this machine (its state_dir and ports are the
+    # pod's).
+    r = run([scoregate, "check-config", "--config", config_path, "--file-only"])
     if r.returncode != 0:
         fail(f"{overlay}: scoregate check-config on the rendered scoregate.toml:\n{r.stdout}{r.stderr}")
     else:

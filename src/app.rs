@@ -18,6 +18,7 @@ use crate::gateway::{Gateway, Parts};
 use crate::reload::{Applier, Handles};
 use crate::server::Drained;
 use crate::telemetry::activity::ActivityLog;
+use crate::telemetry::export::OtlpExporter;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::RecordSink;
 use crate::{admin, health, server, state, watch};
@@ -34,21 +35,33 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds every address of the configuration.
+    /// Binds every address of the configuration; an error names the listener's key and address.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
         let s = &config.server;
         Ok(Self {
-            scoring: TcpListener::bind(s.listen).await?,
-            admin: TcpListener::bind(s.admin_listen).await?,
-            probe: bind_optional(s.probe_listen).await?,
-            metrics: bind_optional(s.metrics_listen).await?,
+            scoring: bind("server.listen", s.listen).await?,
+            admin: bind("server.admin_listen", s.admin_listen).await?,
+            probe: bind_optional("server.probe_listen", s.probe_listen).await?,
+            metrics: bind_optional("server.metrics_listen", s.metrics_listen).await?,
         })
     }
 }
 
-async fn bind_optional(addr: Option<std::net::SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+async fn bind(key: &str, addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{key}: {}", crate::config::listen_error(addr, &e)),
+        )
+    })
+}
+
+async fn bind_optional(
+    key: &str,
+    addr: Option<std::net::SocketAddr>,
+) -> std::io::Result<Option<TcpListener>> {
     match addr {
-        Some(addr) => TcpListener::bind(addr).await.map(Some),
+        Some(addr) => bind(key, addr).await.map(Some),
         None => Ok(None),
     }
 }
@@ -68,9 +81,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
     tokio::pin!(shutdown);
-    state::ensure_state_dir(&config.server.state_dir)?;
+    let dir = &config.server.state_dir;
+    state::ensure_state_dir(dir)
+        .map_err(|e| anyhow::anyhow!("server.state_dir: cannot use {}: {e}", dir.display()))?;
     let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
+    let otlp = config.telemetry.otlp.as_ref().map(|otlp| {
+        let configured = config.cluster.etcd().map(|e| e.instance.as_str());
+        let instance = Arc::from(crate::telemetry::role::instance(configured));
+        OtlpExporter::start(otlp, instance, &telemetry.metrics)
+    });
     let health_wake = Arc::new(tokio::sync::Notify::new());
     // Fleet mode: the namespace is read (or the local snapshot loaded) before the first state is
     // built from it.
@@ -106,6 +126,7 @@ pub async fn run(
         applier,
         metrics: telemetry.metrics,
         records: telemetry.records,
+        otlp,
         activity,
         health_wake,
     }));

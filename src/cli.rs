@@ -1,7 +1,10 @@
 //! Offline operator commands that act on the state directory without a running gateway:
-//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`; fleet mode's `cluster status` and
-//! `cluster import` (`cluster`). A running gateway picks their changes up through its file watch,
-//! exactly as it would an operator editing the file.
+//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`; fleet mode's
+//! `cluster status` and `cluster import` (`cluster`). A running gateway picks their changes up
+//! through its file watch, exactly as it would an operator editing the file. `args` is the whole
+//! command line (clap), its completions and manual page.
+
+pub mod args;
 
 pub mod cluster;
 

@@ -1,9 +1,12 @@
 //! Turns the TOML file into a validated [`Config`]: typed addresses, durations, routes, upstream
 //! URLs and a loaded TLS certificate.
 //!
-//! [`load_and_validate`] is the only entry point; startup, `check-config` and reload all call it,
-//! so the check an operator runs is the check the gateway applies. Validation collects every
-//! problem and reports them together, each prefixed with the key it concerns
+//! [`load_and_validate`] is the only entry point; startup, `check-config` and reload all call it
+//! (startup and `check-config` through [`check`], which adds the machine checks of `preflight`:
+//! writable directories, free listen addresses), so the check an operator runs is the check the
+//! gateway applies. `parse` reads the file's shape (unknown keys with the closest valid name,
+//! wrong types, with lines) without stopping at the first error; validation then collects every
+//! value problem. All are reported together, each prefixed with the key it concerns
 //! (`service[1].upstream: ...`). Relative paths are resolved against the config file's directory.
 //! This module reads files but opens no sockets and spawns no tasks.
 //!
@@ -13,6 +16,8 @@
 //! `server.admin_token_file`, and the telemetry output. Everything else is reloadable.
 
 mod cluster;
+mod parse;
+mod preflight;
 mod raw;
 mod roles;
 mod server;
@@ -21,7 +26,7 @@ mod service;
 mod tests;
 mod token;
 
-pub use cluster::{ClusterConfig, EtcdConfig};
+pub use cluster::{ClusterConfig, EtcdConfig, POD_NAME_ENV, default_instance};
 pub use roles::IdentityConfig;
 
 use std::fmt;
@@ -34,6 +39,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::fingerprint::Fingerprint;
 
+pub use preflight::listen_error;
 pub use raw::RawConfig;
 
 /// Azure ML's scoring timeout default (`scoring_timeout_ms`, AZUREML-CONTRACT A3/A5).
@@ -110,6 +116,21 @@ pub struct TelemetryConfig {
     /// `RoleName` of records and activity entries that concern no service (unrouted requests,
     /// configuration reloads); services have their own (`ServiceConfig::role_name`).
     pub role_name: String,
+    /// OTLP/HTTP span export (`None`: off).
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `[telemetry.otlp]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// `http://host:port/v1/traces` (the path defaults to the OTLP/HTTP traces path).
+    pub endpoint: Uri,
+    /// Spans waiting for export; beyond it new spans are dropped and counted.
+    pub queue_capacity: usize,
+    /// Spans per export request at most.
+    pub batch_size: usize,
+    /// Bound on one export request (connect, send, answer).
+    pub timeout: Duration,
 }
 
 /// A bootstrap credential is at least 32 visible ASCII characters (no spaces).
@@ -438,6 +459,29 @@ fn list(issues: &[ConfigIssue]) -> String {
 }
 
 impl ConfigError {
+    /// The problems as JSON (`check-config --format json`): the file and each problem's key
+    /// (`null` for read and syntax errors) and message.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (path, problems) = match self {
+            Self::Invalid { path, issues } => (
+                path,
+                issues
+                    .iter()
+                    .map(|i| serde_json::json!({"key": i.key, "message": i.message}))
+                    .collect(),
+            ),
+            Self::Read { path, source } => (
+                path,
+                vec![serde_json::json!({"key": null, "message": format!("cannot read: {source}")})],
+            ),
+            Self::Parse { path, message } => (
+                path,
+                vec![serde_json::json!({"key": null, "message": message})],
+            ),
+        };
+        serde_json::json!({"file": path, "ok": false, "problems": problems})
+    }
+
     /// The individual problems (one for read and parse errors).
     pub fn issues(&self) -> Vec<String> {
         match self {
@@ -452,21 +496,69 @@ impl ConfigError {
 pub fn load_and_validate(path: &Path) -> Result<Config, ConfigError> {
     // Fingerprint before reading: a change that lands between the two is then seen as a change.
     let fingerprint = Fingerprint::of(path);
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read(path)?;
     let mut config = parse_and_validate(&text, path)?;
     config.fingerprints.config = fingerprint;
     Ok(config)
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Parses and validates TOML text as if it had been read from `path` (relative paths in it are
 /// resolved against `path`'s directory).
 pub fn parse_and_validate(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    let (config, issues) = validate_all(text, path)?;
+    finish(config, issues)
+}
+
+/// What `check-config` and `run` check: [`load_and_validate`], and whether the configuration can
+/// run here (state directory and record file writable, listen addresses free); every problem of
+/// both kinds in one list. A reload does not use this (the running gateway holds its listeners).
+pub fn check(path: &Path, machine: MachineChecks) -> Result<Config, ConfigError> {
+    let fingerprint = Fingerprint::of(path);
+    let text = read(path)?;
+    let (mut config, mut issues) = validate_all(&text, path)?;
+    config.fingerprints.config = fingerprint;
+    let flagged: Vec<String> = issues.iter().map(|i| i.key.clone()).collect();
+    issues.extend(preflight::preflight(&config, machine, &|key| {
+        flagged.iter().any(|f| f == key)
+    }));
+    finish(config, issues)
+}
+
+/// Which checks of this machine [`check`] runs besides validating the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineChecks {
+    /// State directory, record file and listen addresses (`run`, `check-config`).
+    All,
+    /// Not the listen addresses: the file of a running gateway, whose listeners hold them.
+    SkipListeners,
+    /// None: a file meant for another machine (e.g. a rendered Kubernetes `ConfigMap`).
+    None,
+}
+
+fn finish(config: Config, issues: Vec<ConfigIssue>) -> Result<Config, ConfigError> {
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: config.source,
+            issues,
+        })
+    }
+}
+
+/// Every shape and value problem of `text`, and the configuration (with placeholders where a
+/// value was wrong); `Err` only for TOML syntax errors.
+fn validate_all(text: &str, path: &Path) -> Result<(Config, Vec<ConfigIssue>), ConfigError> {
+    let shaped = parse::shape(text).map_err(|message| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+        message,
     })?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     let mut v = Validator {
@@ -474,16 +566,18 @@ pub fn parse_and_validate(text: &str, path: &Path) -> Result<Config, ConfigError
         issues: Vec::new(),
         fingerprints: FileFingerprints::default(),
     };
-    let mut config = v.config(raw, path);
+    let mut config = v.config(shaped.raw, path);
     config.fingerprints = v.fingerprints;
-    if v.issues.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid {
-            path: path.to_owned(),
-            issues: v.issues,
+    // A key removed for its own problem is validated as absent: what that says is noise.
+    let under_removed = |key: &str| {
+        shaped.removed.iter().any(|r| {
+            key.strip_prefix(r.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         })
-    }
+    };
+    let mut issues = shaped.issues;
+    issues.extend(v.issues.into_iter().filter(|i| !under_removed(&i.key)));
+    Ok((config, issues))
 }
 
 /// Accumulates issues while converting raw values; every conversion returns a usable placeholder

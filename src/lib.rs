@@ -31,7 +31,8 @@
 //! - [`state`]: the state directory and atomic file writes.
 //! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.
 //! - [`demo`]: the `scoregate demo` command.
-//! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
+//! - [`cli`]: offline operator commands (`keys list`, `keys regen`, `token ...`); `args` is the
+//!   whole command line (clap), its completions and manual page.
 //! - [`cluster`]: fleet mode: the etcd client, sealing, the namespace's local copy and the watch
 //!   loop that feeds it to the applier as one more source.
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).

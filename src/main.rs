@@ -1,172 +1,22 @@
-//! The `scoregate` binary: parses arguments, starts diagnostics, loads configuration before any
-//! port is bound, runs the chosen command and turns its outcome into an exit code (0 success, 2 a
-//! command-line usage error reported by clap, 64 a bad configuration, 1 any other failure). No
-//! logic of its own.
+//! The `scoregate` binary: parses arguments (`cli::args`), starts diagnostics, loads
+//! configuration before any port is bound, runs the chosen command and turns its outcome into an
+//! exit code (0 success, 2 a command-line usage error reported by clap, 64 a bad configuration,
+//! 1 any other failure; `cli::args` documents them). No logic of its own.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use scoregate::app::{self, Listeners, Telemetry};
+use scoregate::cli::args::{
+    CheckFormat, Cli, CliKeySlot, CliLogFormat, ClusterCommand, Command, EXIT_CONFIG, KeysCommand,
+    TokenCommand,
+};
 use scoregate::config::{self, Config};
 use scoregate::telemetry::metrics::Metrics;
 use scoregate::telemetry::{self as tele, LogFormat};
-
-/// The configuration is invalid. 64 is `EX_USAGE` in `sysexits.h` (`EX_CONFIG` would be 78);
-/// kept at 64 because operators' scripts and the README already rely on it.
-const EXIT_CONFIG: u8 = 64;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "scoregate",
-    version,
-    about = "A secure gateway for ML scoring containers"
-)]
-struct Cli {
-    /// Diagnostic log format on stderr (default: `[telemetry] log_format`, else text).
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<CliLogFormat>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum CliLogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the gateway with a configuration file.
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Validate a configuration file exactly as `run` would, list every problem, and exit.
-    CheckConfig {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// One-command first run: a sample model behind the gateway with a throwaway TLS certificate.
-    Demo {
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin_listen: SocketAddr,
-        /// Stop by itself after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        seconds: u64,
-        /// Also print request records (JSON lines) to stdout.
-        #[arg(long)]
-        records: bool,
-    },
-    /// Inspect or rotate a key-mode service's keys in the state directory (a running gateway
-    /// picks the change up within a second).
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-    /// Token-mode operations on the state directory.
-    Token {
-        #[command(subcommand)]
-        command: TokenCommand,
-    },
-    /// Fleet mode (`[cluster] backend = "etcd"`).
-    Cluster {
-        #[command(subcommand)]
-        command: ClusterCommand,
-    },
-    /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
-    SampleModel {
-        #[arg(long, default_value = "127.0.0.1:5001")]
-        listen: SocketAddr,
-    },
-    /// GET a health endpoint of a running gateway; exit 0 on a 2xx answer, 1 otherwise (for a
-    /// container HEALTHCHECK where there is no shell or curl).
-    Probe {
-        /// The probe listener (`server.probe_listen`), or the admin listener.
-        #[arg(long, default_value = "127.0.0.1:9902")]
-        address: SocketAddr,
-        /// `/readyz` (ready to take traffic) or `/livez` (the process is alive).
-        #[arg(long, default_value = "/readyz")]
-        path: String,
-        /// Give up (unhealthy) after this long.
-        #[arg(long, default_value_t = 2000)]
-        timeout_ms: u64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ClusterCommand {
-    /// Print a new seal key (32 random bytes, base64) for `[cluster] seal_key_file`.
-    SealKey,
-    /// Print the etcd endpoints' health, the namespace's revision and the live replicas.
-    Status {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Copy a local `state_dir` (keys, signing keys, role assignments, admin credential) into an
-    /// empty namespace; refuses a namespace that holds anything.
-    Import {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
-    /// Print both keys as JSON.
-    List {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        service: String,
-    },
-    /// Replace one key with a generated one, or with --value (use `--value -` to read it from
-    /// stdin so it stays out of shell history and the process list).
-    Regen {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        service: String,
-        #[arg(long, value_enum)]
-        key: CliKeySlot,
-        #[arg(long)]
-        value: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// Sign a token for a token-mode service with its current signing key (offline), printing
-    /// the same JSON as `POST /services/{name}/token`.
-    Issue {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        service: String,
-        #[arg(long, default_value = "cli")]
-        subject: String,
-    },
-    /// Make a new signing key the signer (all token-mode services, or --service); a running
-    /// gateway picks it up within a second, and earlier keys verify until their tokens expire.
-    RotateSigningKey {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        service: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum CliKeySlot {
-    Primary,
-    Secondary,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -175,11 +25,26 @@ fn main() -> ExitCode {
         CliLogFormat::Json => LogFormat::Json,
     });
     if let Command::Run { config } = &cli.command {
-        return run(config, format);
+        return run(&config.config, format);
     }
     tele::init_diagnostics("info", format.unwrap_or(LogFormat::Text));
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig {
+            config,
+            format,
+            skip_listen_check,
+            file_only,
+        } => {
+            let config = config.config;
+            let machine = if file_only {
+                config::MachineChecks::None
+            } else if skip_listen_check {
+                config::MachineChecks::SkipListeners
+            } else {
+                config::MachineChecks::All
+            };
+            check_config(&config, format, machine)
+        }
         Command::Run { .. } => ExitCode::FAILURE,
         Command::Demo {
             listen,
@@ -200,10 +65,10 @@ fn main() -> ExitCode {
             ClusterCommand::SealKey => {
                 scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from)
             }
-            ClusterCommand::Status { config } => config::load_and_validate(&config)
+            ClusterCommand::Status { config } => config::load_and_validate(&config.config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| scoregate::cli::cluster::status(&c)),
-            ClusterCommand::Import { config } => config::load_and_validate(&config)
+            ClusterCommand::Import { config } => config::load_and_validate(&config.config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| scoregate::cli::cluster::import(&c)),
         }),
@@ -214,11 +79,15 @@ fn main() -> ExitCode {
                     service,
                     subject,
                 },
-        } => print_result(scoregate::cli::issue_token(&config, &service, &subject)),
+        } => print_result(scoregate::cli::issue_token(
+            &config.config,
+            &service,
+            &subject,
+        )),
         Command::Token {
             command: TokenCommand::RotateSigningKey { config, service },
         } => print_result(scoregate::cli::rotate_signing_keys(
-            &config,
+            &config.config,
             service.as_deref(),
         )),
         Command::Probe {
@@ -226,6 +95,14 @@ fn main() -> ExitCode {
             path,
             timeout_ms,
         } => probe(address, &path, Duration::from_millis(timeout_ms)),
+        Command::Completions { shell } => write_stdout(&scoregate::cli::args::completions(shell)),
+        Command::Man => match scoregate::cli::args::man_page() {
+            Ok(page) => write_stdout(&page),
+            Err(e) => {
+                eprintln!("scoregate: cannot render the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::SampleModel { listen } => block_on(None, async move {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let stop = tokio_util::sync::CancellationToken::new();
@@ -236,6 +113,18 @@ fn main() -> ExitCode {
             let _ = serve.await;
             Ok(())
         }),
+    }
+}
+
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scoregate: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -255,7 +144,9 @@ fn probe(address: SocketAddr, path: &str, timeout: Duration) -> ExitCode {
 
 fn keys(command: KeysCommand) -> ExitCode {
     let result = match command {
-        KeysCommand::List { config, service } => scoregate::cli::keys_list(&config, &service),
+        KeysCommand::List { config, service } => {
+            scoregate::cli::keys_list(&config.config, &service)
+        }
         KeysCommand::Regen {
             config,
             service,
@@ -266,7 +157,7 @@ fn keys(command: KeysCommand) -> ExitCode {
                 CliKeySlot::Primary => scoregate::auth::KeySlot::Primary,
                 CliKeySlot::Secondary => scoregate::auth::KeySlot::Secondary,
             };
-            scoregate::cli::keys_regen(&config, &service, slot, value)
+            scoregate::cli::keys_regen(&config.config, &service, slot, value)
         }),
     };
     print_result(result)
@@ -297,9 +188,13 @@ fn read_value(value: Option<String>) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match config::load_and_validate(path) {
-        Ok(c) => {
+fn check_config(
+    path: &std::path::Path,
+    format: CheckFormat,
+    machine: config::MachineChecks,
+) -> ExitCode {
+    match (config::check(path, machine), format) {
+        (Ok(c), CheckFormat::Text) => {
             let cluster = match c.cluster.etcd() {
                 None => "local".to_owned(),
                 Some(e) => format!(
@@ -323,22 +218,39 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{e}");
+        (Ok(c), CheckFormat::Json) => {
+            let summary = serde_json::json!({
+                "file": path,
+                "ok": true,
+                "problems": [],
+                "services": c.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                "listen": c.server.listen.to_string(),
+                "admin_listen": c.server.admin_listen.to_string(),
+                "tls": c.server.tls.is_some(),
+            });
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        (Err(e), CheckFormat::Text) => config_failed(&e),
+        (Err(e), CheckFormat::Json) => {
+            println!("{}", e.to_json());
             ExitCode::from(EXIT_CONFIG)
         }
     }
 }
 
+/// The one way a configuration's problems are reported (`check-config` and `run`).
+fn config_failed(e: &config::ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
 fn run(path: &std::path::Path, format: Option<LogFormat>) -> ExitCode {
     // The configuration is read before diagnostics start (it sets their filter and format) and
-    // before any port is bound.
-    let config = match config::load_and_validate(path) {
+    // before any port is bound, with the same checks and messages as `check-config`.
+    let config = match config::check(path, config::MachineChecks::All) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return config_failed(&e),
     };
     tele::init_diagnostics(
         &config.telemetry.log_filter,

@@ -132,6 +132,8 @@ pub struct RequestCtx {
     /// Path and query exactly as received.
     pub url: Option<PathAndQuery>,
     pub user_agent: Option<HeaderValue>,
+    /// The `Host` the client addressed (`server.address` of exported spans).
+    pub host: Option<HeaderValue>,
     /// The caller's address: the peer, or what a trusted proxy says in `X-Forwarded-For`.
     pub client_ip: IpAddr,
     /// The peer is a trusted proxy, so its `X-Forwarded-For` chain is extended, not replaced.
@@ -171,6 +173,7 @@ impl RequestCtx {
             version: req.version,
             url: req.uri.path_and_query().cloned(),
             user_agent: h.get(header::USER_AGENT).cloned(),
+            host: h.get(header::HOST).cloned(),
             client_ip: conn.peer.ip(),
             peer_trusted: false,
             service: None,

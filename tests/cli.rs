@@ -101,8 +101,8 @@ async fn check_config_reports_a_missing_file_with_64() {
 
 #[tokio::test]
 async fn run_refuses_a_bad_config_before_binding() {
-    // The scoring address is held by this test: a `run` that tried to bind it would fail with
-    // "address in use" (exit 1), so exit 64 shows validation came first.
+    // The scoring address is held by this test: `run` names it among the problems and binds
+    // nothing (no state directory either).
     let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
     let held_addr = held.local_addr().expect("held address");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -120,13 +120,19 @@ async fn run_refuses_a_bad_config_before_binding() {
     .await;
     assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
     assert!(out.stderr.contains("service[0].auth:"), "{}", out.stderr);
-    assert!(!out.stderr.contains("in use"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("server.listen: cannot listen on {held_addr}:")),
+        "{}",
+        out.stderr
+    );
     assert!(
         !dir.path().join("state").exists(),
         "no state directory was created"
     );
 
-    // Control: the same port with a valid file does reach the bind, and fails there (exit 1).
+    // A valid file with the same port: the clash alone, naming the listener, still before
+    // anything is created.
     let good = GatewayBuilder::new()
         .listen(held_addr, free_port())
         .service("iris", "/iris", "http://127.0.0.1:5001");
@@ -136,13 +142,151 @@ async fn run_refuses_a_bad_config_before_binding() {
         QUICK,
     )
     .await;
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    assert!(out.stderr.contains("1 problem(s)"), "{}", out.stderr);
+    let line = format!("server.listen: cannot listen on {held_addr}: ");
     assert!(
-        out.stderr.to_lowercase().contains("in use"),
+        out.stderr.contains(&line) && out.stderr.to_lowercase().contains("in use"),
         "{}",
         out.stderr
     );
     drop(held);
+}
+
+/// A file with problems of every kind: a misspelt key, a wrong type, a bad value, a state
+/// directory that cannot be created, a record file whose directory is missing, a listen address
+/// in use. `check-config` lists all of them in one run (text and JSON alike) and `run` says the
+/// same.
+#[tokio::test]
+async fn check_config_reports_every_kind_of_problem_at_once() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let held_addr = held.local_addr().expect("held address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A regular file where the state directory's parent should be: no user, root included, can
+    // create the state directory there.
+    std::fs::write(dir.path().join("blocker"), "").expect("write blocker");
+    let path = dir.path().join("many.toml");
+    let text = format!(
+        "[server]\nlisten = \"{held_addr}\"\nadmin_listen = \"{}\"\nstate_dir = \"blocker/state\"\n\
+         drain_timout_ms = 5\nheader_read_timeout_ms = \"30s\"\n\n\
+         [telemetry]\noutput = \"file\"\nfile = \"missing/records.jsonl\"\n\n\
+         [[service]]\nname = \"iris\"\nroute = \"/iris\"\nupstream = \"http://127.0.0.1:5001\"\n\
+         auth = \"magic\"\nmax_concurent_requests = 4\n",
+        free_port()
+    );
+    std::fs::write(&path, text).expect("write config");
+    let path = path.to_str().expect("UTF-8 path");
+
+    let text_out = process::run(&["check-config", "--config", path], QUICK).await;
+    assert_eq!(text_out.status.code(), Some(EXIT_CONFIG), "{text_out:?}");
+    let expected = [
+        "server.drain_timout_ms: unknown key (line 5, column 1); did you mean `drain_timeout_ms`?"
+            .to_owned(),
+        "server.header_read_timeout_ms: invalid type: string \"30s\", expected u64 (line 6, column 26)"
+            .to_owned(),
+        "service[0].max_concurent_requests: unknown key (line 17, column 1); did you mean `max_concurrent_requests`?"
+            .to_owned(),
+        "service[0].auth: \"magic\" is not one of \"none\", \"key\", \"token\" (exactly one mode per service)"
+            .to_owned(),
+        format!(
+            "server.state_dir: {} cannot be created: {} is not a directory",
+            dir.path().join("blocker/state").display(),
+            dir.path().join("blocker").display()
+        ),
+        format!(
+            "telemetry.file: {} cannot be created: its directory {} does not exist",
+            dir.path().join("missing/records.jsonl").display(),
+            dir.path().join("missing").display()
+        ),
+        format!("server.listen: cannot listen on {held_addr}: "),
+    ];
+    let listed: Vec<&str> = text_out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect();
+    assert_eq!(listed.len(), expected.len(), "{}", text_out.stderr);
+    for (line, want) in listed.iter().zip(&expected) {
+        assert!(line.starts_with(want.as_str()), "{line}\n  expected {want}");
+    }
+    assert!(
+        text_out
+            .stderr
+            .starts_with(&format!("{path} has 7 problem(s):")),
+        "{}",
+        text_out.stderr
+    );
+
+    // JSON: the same list on stdout.
+    let json_out = process::run(
+        &["check-config", "--config", path, "--format", "json"],
+        QUICK,
+    )
+    .await;
+    assert_eq!(json_out.status.code(), Some(EXIT_CONFIG), "{json_out:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(json_out.stdout.trim()).expect("one JSON object on stdout");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["file"], path);
+    let problems: Vec<String> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p["key"].as_str().expect("key"),
+                p["message"].as_str().expect("message")
+            )
+        })
+        .collect();
+    assert_eq!(problems, listed);
+
+    // For a running gateway's file, the listen check can be skipped: everything else stays.
+    let skip = process::run(
+        &["check-config", "--config", path, "--skip-listen-check"],
+        QUICK,
+    )
+    .await;
+    assert_eq!(skip.status.code(), Some(EXIT_CONFIG), "{skip:?}");
+    assert!(skip.stderr.contains("6 problem(s)"), "{}", skip.stderr);
+    assert!(!skip.stderr.contains("server.listen"), "{}", skip.stderr);
+
+    // A file meant for another machine: only the file's own problems.
+    let file_only = process::run(&["check-config", "--config", path, "--file-only"], QUICK).await;
+    assert_eq!(file_only.status.code(), Some(EXIT_CONFIG), "{file_only:?}");
+    assert!(
+        file_only.stderr.contains("4 problem(s)"),
+        "{}",
+        file_only.stderr
+    );
+
+    // `run`: the same messages, nothing created.
+    let run = process::run(&["run", "--config", path], QUICK).await;
+    assert_eq!(run.status.code(), Some(EXIT_CONFIG), "{run:?}");
+    assert_eq!(run.stderr, text_out.stderr);
+    assert!(!dir.path().join("missing").exists());
+    drop(held);
+}
+
+#[tokio::test]
+async fn check_config_json_summarises_a_good_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_pki, path) = GatewayBuilder::new()
+        .service("iris", "/api/v1/service/iris", "http://127.0.0.1:5001")
+        .write(dir.path());
+    let path = path.to_str().expect("UTF-8 path");
+    let out = process::run(
+        &["check-config", "--config", path, "--format", "json"],
+        QUICK,
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["services"], serde_json::json!(["iris"]));
+    assert_eq!(report["tls"], true);
 }
 
 /// A state directory other users may write to (where they could plant files or links next to

@@ -75,17 +75,34 @@ fn name_ok(text: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// `$POD_NAME`, else the host name.
-fn default_instance() -> String {
-    std::env::var("POD_NAME")
+/// The pod's name (Kubernetes downward API): `[cluster] instance`'s default and the records'
+/// `RoleInstance` (`telemetry::role`).
+pub const POD_NAME_ENV: &str = "POD_NAME";
+
+/// `$POD_NAME` (set from the pod's `metadata.name` by the Kubernetes kit), else the host name.
+pub fn default_instance() -> Option<String> {
+    std::env::var(POD_NAME_ENV)
         .ok()
-        .filter(|n| !n.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_default()
+        .as_deref()
+        .and_then(non_empty)
+        .or_else(|| host_name().as_deref().and_then(non_empty))
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// The kernel's host name (Linux), else what the shell exported.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+}
+
+/// `[cluster] instance`'s default (empty: neither is known, which validation refuses).
+fn instance_default() -> String {
+    default_instance().unwrap_or_default()
 }
 
 impl Validator<'_> {
@@ -139,7 +156,7 @@ impl Validator<'_> {
         let (instance, key) = match raw.instance.clone() {
             Some(i) => (i, "cluster.instance"),
             None => (
-                default_instance(),
+                instance_default(),
                 "cluster.instance (from $POD_NAME or the host name)",
             ),
         };

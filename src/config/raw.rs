@@ -93,6 +93,17 @@ pub struct RawTelemetry {
     pub log: Option<String>,
     pub log_format: Option<String>,
     pub role_name: Option<String>,
+    pub otlp: Option<RawOtlp>,
+}
+
+/// `[telemetry.otlp]`: OTLP/HTTP export of one span per request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: Option<String>,
+    pub queue_capacity: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -130,6 +130,51 @@ impl Validator<'_> {
             log_filter,
             log_format,
             role_name: self.role_name("telemetry.role_name", raw.role_name, "scoregate"),
+            otlp: raw.otlp.as_ref().map(|o| self.otlp(o)),
+        }
+    }
+
+    /// `[telemetry.otlp]`: an `http://` endpoint (the path defaults to `/v1/traces`).
+    fn otlp(&mut self, raw: &raw::RawOtlp) -> crate::config::OtlpConfig {
+        let endpoint = match raw.endpoint.as_deref() {
+            None => {
+                self.issue("telemetry.otlp.endpoint", "is required in [telemetry.otlp]");
+                http::Uri::from_static("http://127.0.0.1:4318/v1/traces")
+            }
+            Some(text) => match text.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") => match uri.authority() {
+                    // No path: the OTLP/HTTP traces path.
+                    Some(authority) if matches!(uri.path(), "" | "/") => {
+                        format!("http://{authority}/v1/traces")
+                            .parse()
+                            .unwrap_or(uri)
+                    }
+                    Some(_) => uri,
+                    None => {
+                        self.issue("telemetry.otlp.endpoint", format!("{text:?} has no host"));
+                        uri
+                    }
+                },
+                _ => {
+                    self.issue(
+                        "telemetry.otlp.endpoint",
+                        format!("{text:?} is not an http://host:port[/path] URL (OTLP/HTTP; https is not supported yet)"),
+                    );
+                    http::Uri::from_static("http://127.0.0.1:4318/v1/traces")
+                }
+            },
+        };
+        crate::config::OtlpConfig {
+            endpoint,
+            queue_capacity: self.count(
+                "telemetry.otlp.queue_capacity",
+                raw.queue_capacity,
+                4096,
+                16,
+                1_048_576,
+            ),
+            batch_size: self.count("telemetry.otlp.batch_size", raw.batch_size, 512, 1, 8192),
+            timeout: self.millis("telemetry.otlp.timeout_ms", raw.timeout_ms, 10_000, 100),
         }
     }
 

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub certificate_reloads: IntCounterVec,
     pub records_dropped: IntCounter,
     pub activity_dropped: IntCounter,
+    /// Telemetry an exporter dropped (queue full, or the receiver refused it for good).
+    pub export_dropped: IntCounterVec,
+    /// Batches an exporter delivered, by exporter and result.
+    pub export_batches: IntCounterVec,
     pub record_write_errors: IntCounter,
     /// Bytes of records and activity entries waiting for, or being written to, the sink.
     pub record_queue_bytes: IntGauge,
@@ -323,6 +327,18 @@ impl Metrics {
                 &r,
                 "scoregate_activity_records_dropped_total",
                 "Activity entries dropped because the record sink stalled and the backlog was full.",
+            ),
+            export_dropped: counter_vec(
+                &r,
+                "scoregate_export_dropped_total",
+                "Spans or records an exporter dropped: its queue was full, or the receiver kept refusing them.",
+                &["exporter"],
+            ),
+            export_batches: counter_vec(
+                &r,
+                "scoregate_export_batches_total",
+                "Export requests sent, by exporter and result (ok, retried, failed).",
+                &["exporter", "result"],
             ),
             record_write_errors: counter(
                 &r,

@@ -8,6 +8,7 @@
 //! passes through `redact` first.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
@@ -177,6 +178,51 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     if state.config.telemetry.request_records {
         gw.records
             .emit(|line| record_line(&state, ctx, duration, line));
+    }
+    if let Some(otlp) = &gw.otlp {
+        otlp.offer(span_record(&state, ctx, duration));
+    }
+}
+
+/// The request as an exported span (only built when export is on).
+fn span_record(
+    state: &RuntimeState,
+    ctx: &RequestCtx,
+    duration: std::time::Duration,
+) -> super::export::SpanRecord {
+    let service = ctx.service.as_deref();
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    super::export::SpanRecord {
+        trace_id: ctx.trace.trace_id.0,
+        span_id: ctx.trace.span_id.0,
+        parent_id: ctx.trace.parent_id.map(|p| p.0),
+        flags: ctx.trace.flags,
+        trace_state: ctx.trace.state.as_ref().map(text),
+        name: Name(ctx).to_string(),
+        start: ctx.start_wall,
+        duration,
+        method: ctx.method.to_string(),
+        path: ctx
+            .url
+            .as_ref()
+            .map_or_else(|| "/".to_owned(), |pq| pq.path().to_owned()),
+        status: ctx.status,
+        server_address: ctx.host.as_ref().map(text),
+        client_address: ctx.client_ip.to_string(),
+        request_id: text(&ctx.request_id),
+        role_name: Arc::from(
+            service.map_or(&*state.config.telemetry.role_name, |s| &*s.config.role_name),
+        ),
+        service: service.map(|s| Arc::clone(&s.name)),
+        auth_mode: service.map(|s| s.config.auth.as_str()),
+        principal: match &ctx.principal {
+            Principal::Anonymous => None,
+            Principal::Key(slot) => Some(slot.as_str().to_owned()),
+            Principal::Token { subject, .. } => Some(subject.to_string()),
+        },
+        queue_wait: ctx.queue_wait,
+        upstream_duration: ctx.upstream_duration,
+        error: ctx.error.as_ref().map(GatewayError::code),
     }
 }
 

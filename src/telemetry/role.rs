@@ -1,30 +1,22 @@
 //! Which replica wrote a record: `RoleInstance` (Application Insights' `cloud_RoleInstance`).
 //!
-//! [`instance`] is the one place the instance name is decided, so a configured name (a fleet's
-//! `[cluster] instance`) can take precedence later without touching its callers.
+//! [`instance`] is the one place the instance name is decided: fleet mode's `[cluster] instance`
+//! when configured, else the pod or host name (which is also `[cluster] instance`'s default).
 
-use super::POD_NAME_ENV;
+use crate::config::default_instance;
 
-/// The instance name: `configured` if given, else `$POD_NAME` (set from the pod's
-/// `metadata.name` by the Kubernetes kit), else the host name, else `"unknown"`.
+/// The instance name: `configured` (fleet mode's `[cluster] instance`) if given, else
+/// [`default_instance`], else `"unknown"`.
 pub fn instance(configured: Option<&str>) -> String {
-    let non_empty = |s: String| {
-        let s = s.trim().to_owned();
-        (!s.is_empty()).then_some(s)
-    };
     configured
-        .map(str::to_owned)
         .and_then(non_empty)
-        .or_else(|| std::env::var(POD_NAME_ENV).ok().and_then(non_empty))
-        .or_else(|| host_name().and_then(non_empty))
+        .or_else(default_instance)
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// The kernel's host name (Linux), else what the shell exported.
-fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
+fn non_empty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod support;
 
 mod admin;
 mod disconnects;
+mod export;
 mod leaks;
 mod records;
 mod sink;

@@ -1,0 +1,321 @@
+//! OTLP/HTTP export (`[telemetry.otlp]`): one server span per request, following the
+//! OpenTelemetry HTTP semantic conventions, sent as protobuf `ExportTraceServiceRequest`s.
+//!
+//! A request never waits for export: `finish` offers its span to a bounded queue and, when the
+//! queue is full, the span is dropped and counted (`scoregate_export_dropped_total{exporter}`).
+//! One task drains the queue: it takes everything queued (up to `batch_size`) into one request,
+//! so batches grow by themselves while a send is in flight, and retries a refused batch with
+//! exponential backoff, honouring `Retry-After` (429, 502, 503, 504, connection failures); a
+//! batch still refused after the last attempt is dropped and counted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
+use prometheus::IntCounter;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use crate::config::OtlpConfig;
+use crate::telemetry::metrics::Metrics;
+
+/// The `exporter` label of this exporter's series.
+const EXPORTER: &str = "otlp";
+
+/// Attempts per batch (the first send and its retries).
+const ATTEMPTS: u32 = 5;
+
+/// The first retry waits this long; each next one twice as long, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A `Retry-After` beyond this is capped (the queue keeps filling meanwhile).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// One request as a span, in the gateway's own types (converted to protobuf on the export task,
+/// not on the request path).
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_id: Option<[u8; 8]>,
+    pub flags: u8,
+    pub trace_state: Option<String>,
+    /// `POST /score`.
+    pub name: String,
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The `Host` the client addressed.
+    pub server_address: Option<String>,
+    pub client_address: String,
+    pub request_id: String,
+    pub role_name: Arc<str>,
+    pub service: Option<Arc<str>>,
+    pub auth_mode: Option<&'static str>,
+    pub principal: Option<String>,
+    pub queue_wait: Option<Duration>,
+    pub upstream_duration: Option<Duration>,
+    /// The gateway's error code, when the request failed.
+    pub error: Option<&'static str>,
+}
+
+/// The request side of the exporter: cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct OtlpExporter {
+    tx: mpsc::Sender<SpanRecord>,
+    dropped: IntCounter,
+}
+
+impl OtlpExporter {
+    /// Starts the export task (on the current tokio runtime). It ends when every exporter handle
+    /// is gone and the queue is drained.
+    pub fn start(config: &OtlpConfig, instance: Arc<str>, metrics: &Metrics) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let dropped = metrics.export_dropped.with_label_values(&[EXPORTER]);
+        let task = ExportTask {
+            config: config.clone(),
+            instance,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            dropped: dropped.clone(),
+            ok: metrics.export_batches.with_label_values(&[EXPORTER, "ok"]),
+            retried: metrics
+                .export_batches
+                .with_label_values(&[EXPORTER, "retried"]),
+            failed: metrics
+                .export_batches
+                .with_label_values(&[EXPORTER, "failed"]),
+        };
+        tokio::spawn(task.run(rx));
+        Self { tx, dropped }
+    }
+
+    /// Queues a span, or drops and counts it when the queue is full.
+    pub fn offer(&self, span: SpanRecord) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+struct ExportTask {
+    config: OtlpConfig,
+    instance: Arc<str>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    dropped: IntCounter,
+    ok: IntCounter,
+    retried: IntCounter,
+    failed: IntCounter,
+}
+
+/// Why a send did not succeed.
+enum SendError {
+    /// Worth trying again, after at least this long if the receiver said so.
+    Retry(Option<Duration>),
+    /// The receiver refused the batch itself (a 4xx other than 429).
+    Refused,
+}
+
+impl ExportTask {
+    async fn run(self, mut rx: mpsc::Receiver<SpanRecord>) {
+        let mut batch = Vec::with_capacity(self.config.batch_size);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < self.config.batch_size {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            let body = Bytes::from(encode(&batch, &self.instance).encode_to_vec());
+            if !self.deliver(body).await {
+                self.dropped.inc_by(batch.len() as u64);
+            }
+            batch.clear();
+        }
+    }
+
+    /// Sends one batch, retrying as the receiver allows; false if it was never accepted.
+    async fn deliver(&self, body: Bytes) -> bool {
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            match self.send(body.clone()).await {
+                Ok(()) => {
+                    self.ok.inc();
+                    return true;
+                }
+                Err(SendError::Refused) => break,
+                Err(SendError::Retry(after)) if attempt < ATTEMPTS => {
+                    self.retried.inc();
+                    tokio::time::sleep(after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER))).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(SendError::Retry(_)) => {}
+            }
+        }
+        self.failed.inc();
+        false
+    }
+
+    async fn send(&self, body: Bytes) -> Result<(), SendError> {
+        let req = http::Request::post(self.config.endpoint.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))
+            .map_err(|_| SendError::Refused)?;
+        let resp = match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "OTLP export failed; retrying");
+                return Err(SendError::Retry(None));
+            }
+            Err(_) => return Err(SendError::Retry(None)),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Read the answer so the connection can be reused; its content is not needed.
+        let _ = tokio::time::timeout(self.config.timeout, resp.into_body().collect()).await;
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            429 | 502 | 503 | 504 => Err(SendError::Retry(retry_after)),
+            code => {
+                tracing::warn!(status = code, "the OTLP receiver refused a batch; dropped");
+                Err(SendError::Refused)
+            }
+        }
+    }
+}
+
+/// The protobuf request: one `ResourceSpans` per role name (`service.name`), all with this
+/// instance's `service.instance.id`.
+fn encode(batch: &[SpanRecord], instance: &str) -> ExportTraceServiceRequest {
+    let mut by_role: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
+    for record in batch {
+        by_role
+            .entry(&record.role_name)
+            .or_default()
+            .push(span_of(record));
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_role
+            .into_iter()
+            .map(|(role, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv_str("service.name", role),
+                        kv_str("service.instance.id", instance),
+                    ],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "scoregate".to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect(),
+    }
+}
+
+fn span_of(r: &SpanRecord) -> Span {
+    let start = r
+        .start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let mut attributes = vec![
+        kv_str("http.request.method", &r.method),
+        kv_str("url.path", &r.path),
+        kv_int("http.response.status_code", i64::from(r.status)),
+        kv_str("client.address", &r.client_address),
+        kv_str("scoregate.request_id", &r.request_id),
+    ];
+    if let Some(host) = &r.server_address {
+        attributes.push(kv_str("server.address", host));
+    }
+    if let Some(e) = r.error {
+        attributes.push(kv_str("error.type", e));
+    }
+    if let Some(s) = &r.service {
+        attributes.push(kv_str("scoregate.service", s));
+    }
+    if let Some(a) = r.auth_mode {
+        attributes.push(kv_str("scoregate.auth_mode", a));
+    }
+    if let Some(p) = &r.principal {
+        attributes.push(kv_str("scoregate.principal", p));
+    }
+    if let Some(q) = r.queue_wait {
+        attributes.push(kv_f64("scoregate.queue_wait_ms", q.as_secs_f64() * 1000.0));
+    }
+    if let Some(u) = r.upstream_duration {
+        attributes.push(kv_f64(
+            "scoregate.upstream_duration_ms",
+            u.as_secs_f64() * 1000.0,
+        ));
+    }
+    Span {
+        trace_id: r.trace_id.to_vec(),
+        span_id: r.span_id.to_vec(),
+        trace_state: r.trace_state.clone().unwrap_or_default(),
+        parent_span_id: r.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: u32::from(r.flags),
+        name: r.name.clone(),
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: nanos(start),
+        end_time_unix_nano: nanos(start + r.duration),
+        attributes,
+        // HTTP semantic conventions: a server span is an error for 5xx only.
+        status: Some(Status {
+            message: String::new(),
+            code: if r.status >= 500 {
+                status::StatusCode::Error as i32
+            } else {
+                status::StatusCode::Unset as i32
+            },
+        }),
+        ..Span::default()
+    }
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
+fn kv_str(key: &str, value: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.to_owned()))
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+fn kv_f64(key: &str, value: f64) -> KeyValue {
+    kv(key, any_value::Value::DoubleValue(value))
+}
