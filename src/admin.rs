@@ -1,4 +1,6 @@
-//! The admin listener: plain HTTP/1.1, loopback by default, never serves scoring traffic. The
+//! The admin listener: HTTP/1.1, loopback by default, never serves scoring traffic; over TLS
+//! with `[server.admin_tls]` (admin listener only: the probe and metrics listeners stay plain,
+//! as kubelets and Prometheus expect; the handshake uses `tls_handshake_timeout_ms`). The
 //! same handler serves two optional listeners that expose a fixed subset of it ([`Plane`]), so
 //! the management API can stay on loopback while the kubelet and Prometheus reach their routes:
 //!
@@ -20,7 +22,9 @@
 //!   `/services/{name}/rotateSigningKey` (their own actions, see `management`);
 //!   `GET /activity?limit=N` (`activity/read`); `POST /reload` (`config/reload`); `GET /roles`,
 //!   `GET /role-assignments` (`roles/read`); `POST /role-assignments`,
-//!   `DELETE /role-assignments/{id}` (`roles/assign`). A known path with another method is 405
+//!   `DELETE /role-assignments/{id}` (`roles/assign`); `GET /cluster` (`cluster/read`: the
+//!   cluster backend, etcd endpoint health, this instance and its applied revision, and the live
+//!   replicas with theirs). A known path with another method is 405
 //!   with `Allow`; anything else 404.
 //!
 //! On the probe and metrics listeners every other path is 404, and `admin_allow_cidrs` does not
@@ -96,25 +100,52 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
                 continue;
             }
         };
-        let gw = Arc::clone(&gw);
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let gw = Arc::clone(&gw);
-                async move {
-                    Ok::<_, Infallible>(handle(&gw, plane, peer.ip().to_canonical(), req).await)
-                }
-            }),
-        );
-        let stop = stop.clone();
+        // Read per connection, so a reload that adds, removes or replaces `[server.admin_tls]`
+        // applies to the next connection.
+        let (tls, handshake_timeout) = {
+            let state = gw.state();
+            let tls = state.admin_tls.clone().filter(|_| plane == Plane::Admin);
+            (tls, state.config.server.tls_handshake_timeout)
+        };
+        let (gw, http, stop) = (Arc::clone(&gw), http.clone(), stop.clone());
         tokio::spawn(async move {
+            let served = async {
+                let Some(config) = tls else {
+                    return serve_connection(&http, TokioIo::new(stream), gw, plane, peer).await;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        serve_connection(&http, TokioIo::new(tls), gw, plane, peer).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                }
+            };
             tokio::select! {
-                result = conn => if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "admin connection error");
-                },
+                () = served => {},
                 () = stop.cancelled() => {}
             }
         });
+    }
+}
+
+/// Serves one admin connection (plain or TLS) until it ends.
+async fn serve_connection<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    gw: Arc<Gateway>,
+    plane: Plane,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(handle(&gw, plane, peer.ip().to_canonical(), req).await) }
+    });
+    if let Err(e) = http.serve_connection(io, service).await {
+        tracing::debug!(%peer, error = %e, "admin connection error");
     }
 }
 
@@ -184,6 +215,7 @@ enum Route<'p> {
     Assignments,
     Assign,
     Unassign { id: &'p str },
+    Cluster,
 }
 
 impl<'p> Route<'p> {
@@ -205,6 +237,7 @@ impl<'p> Route<'p> {
             "/reload" => vec![(Method::POST, Self::Reload)],
             "/services" => vec![(Method::GET, Self::Services)],
             "/roles" => vec![(Method::GET, Self::Roles)],
+            "/cluster" => vec![(Method::GET, Self::Cluster)],
             "/role-assignments" => vec![
                 (Method::GET, Self::Assignments),
                 (Method::POST, Self::Assign),
@@ -242,6 +275,7 @@ impl<'p> Route<'p> {
             Self::Service { op, .. } => Some(op.action()),
             Self::Roles | Self::Assignments => Some(Action::RolesRead),
             Self::Assign | Self::Unassign { .. } => Some(Action::RolesAssign),
+            Self::Cluster => Some(Action::ClusterRead),
         }
     }
 
@@ -258,6 +292,7 @@ impl<'p> Route<'p> {
             Self::Assignments => "listRoleAssignments",
             Self::Assign => "assignRole",
             Self::Unassign { .. } => "removeRoleAssignment",
+            Self::Cluster => "readCluster",
         }
     }
 
@@ -273,7 +308,8 @@ impl<'p> Route<'p> {
             | Self::Roles
             | Self::Assignments
             | Self::Assign
-            | Self::Unassign { .. } => None,
+            | Self::Unassign { .. }
+            | Self::Cluster => None,
         }
     }
 }
@@ -304,8 +340,10 @@ async fn dispatch(
     {
         Ok(p) => p,
         Err(failure) => {
-            gw.activity
-                .record(entry("anonymous", Outcome::Denied).reason(failure.reason()));
+            gw.activity.record(
+                entry(crate::telemetry::activity::ANONYMOUS, Outcome::Denied)
+                    .reason(failure.reason()),
+            );
             return Err(ApiError::Unauthenticated(failure));
         }
     };
@@ -343,6 +381,7 @@ async fn dispatch(
             management::assign_role(gw, &state, &body).await
         }
         Route::Unassign { id } => management::remove_assignment(gw, &state, id).await,
+        Route::Cluster => Ok(cluster(gw).await),
         // A reload writes its own activity entry (it also runs for signals and file changes).
         Route::Reload => gw
             .applier
@@ -488,6 +527,15 @@ fn activity(gw: &Gateway, query: Option<&str>) -> AdminResponse {
     json(
         StatusCode::OK,
         serde_json::to_vec(&entries).unwrap_or_default(),
+    )
+}
+
+/// `GET /cluster` (see `cluster::View`).
+async fn cluster(gw: &Gateway) -> AdminResponse {
+    let view = crate::cluster::view(gw.applier.cluster()).await;
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&view).unwrap_or_default(),
     )
 }
 

@@ -67,14 +67,36 @@ pub async fn run(
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Drained> {
+    tokio::pin!(shutdown);
     state::ensure_state_dir(&config.server.state_dir)?;
     let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let health_wake = Arc::new(tokio::sync::Notify::new());
+    // Fleet mode: the namespace is read (or the local snapshot loaded) before the first state is
+    // built from it.
+    let cluster = match config.cluster.etcd() {
+        Some(etcd) => {
+            let mut answering = vec![&listeners.admin];
+            answering.extend(listeners.probe.as_ref());
+            let open = crate::cluster::unsynced::open_or_wait(
+                etcd,
+                &config.server.state_dir,
+                &telemetry.metrics,
+                &answering,
+            );
+            // A replica still waiting for its first sync stops at once when asked to.
+            tokio::select! {
+                cluster = open => Some(cluster?),
+                () = &mut shutdown => return Ok(Drained::Complete),
+            }
+        }
+        None => None,
+    };
     let handles = Handles {
         metrics: Arc::clone(&telemetry.metrics),
         activity: Arc::clone(&activity),
         health_wake: Arc::clone(&health_wake),
+        cluster: cluster.clone(),
     };
     // Reading files and generating first keys block.
     let (applier, state) =
@@ -91,6 +113,22 @@ pub async fn run(
     let health = tokio::spawn(health::probe_loop(Arc::clone(&gw)));
     let watcher = tokio::spawn(watch::watch_loop(Arc::clone(&gw)));
     let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
+    let sync = cluster.map(|c| {
+        let stop = gw.lifecycle.stop_background.clone();
+        let registration =
+            tokio::spawn(crate::cluster::sync::register(Arc::clone(&c), stop.clone()));
+        let applier = gw.applier.clone();
+        let apply = move || {
+            let applier = applier.clone();
+            async move {
+                applier.run(crate::reload::Trigger::Cluster).await;
+            }
+        };
+        let watch = tokio::spawn(crate::cluster::sync::run(c, apply, stop));
+        async move {
+            let _ = tokio::join!(registration, watch);
+        }
+    });
     tracing::info!(
         file = %credential.display(),
         "management API: the bootstrap admin credential is in this file"
@@ -101,6 +139,9 @@ pub async fn run(
         services = gw.state().services().len(),
         "scoregate listening"
     );
+    for warning in gw.state().config.server.warnings() {
+        tracing::warn!("{warning}");
+    }
     let admin_tasks = spawn_admin_planes(&gw, listeners.admin, listeners.probe, listeners.metrics);
     let outcome = server::serve(Arc::clone(&gw), listeners.scoring, shutdown).await;
     gw.lifecycle.stop_background.cancel();
@@ -110,6 +151,9 @@ pub async fn run(
     health.abort();
     hangup.abort();
     let _ = watcher.await;
+    if let Some(sync) = sync {
+        sync.await;
+    }
     Ok(outcome)
 }
 

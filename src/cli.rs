@@ -1,6 +1,9 @@
 //! Offline operator commands that act on the state directory without a running gateway:
-//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`. A running gateway picks their changes up through its file watch,
+//! `keys list`, `keys regen`, `token issue` and `token rotate-signing-key`; fleet mode's `cluster status` and
+//! `cluster import` (`cluster`). A running gateway picks their changes up through its file watch,
 //! exactly as it would an operator editing the file.
+
+pub mod cluster;
 
 use std::path::Path;
 use std::sync::Arc;

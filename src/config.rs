@@ -117,6 +117,9 @@ pub fn acceptable_admin_credential(credential: &str) -> bool {
     credential.len() >= 32 && credential.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
+/// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// Diagnostic output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -162,6 +165,12 @@ pub struct ServerConfig {
     /// An HTTP/1.1 connection with no request for this long gives its HTTP buffers back (about
     /// 16 KiB) until the client sends again; zero keeps them for the connection's life.
     pub idle_release: Duration,
+    /// After an answer sent before the request body was read to its end (a refusal, or an
+    /// upstream's early answer), the rest of the body is read and discarded for at most this long
+    /// (nginx's lingering close), so the client reads the answer instead of a reset.
+    pub lingering_timeout: Duration,
+    /// ... and at most this many bytes; beyond either bound the stream or connection is closed.
+    pub lingering_max_bytes: u64,
     /// Tokio worker threads; `None` lets tokio decide (one per core, or `TOKIO_WORKER_THREADS`).
     pub worker_threads: Option<usize>,
     /// How often each upstream's health path is probed for `/readyz`.
@@ -185,6 +194,9 @@ pub struct ServerConfig {
     pub admin_allow_cidrs: Option<Vec<ipnet::IpNet>>,
     /// `None` serves plain HTTP (logged as a warning at startup).
     pub tls: Option<TlsConfig>,
+    /// `[server.admin_tls]`: the admin listener's certificate (and client CA); `None` serves
+    /// it over plain HTTP. Re-read with every configuration reload.
+    pub admin_tls: Option<TlsConfig>,
 }
 
 #[derive(Clone)]
@@ -255,6 +267,14 @@ pub struct ServiceConfig {
     pub max_queue_length: usize,
     /// A body stream (either direction) that moves no data for this long is cut off.
     pub body_idle_timeout: Duration,
+    /// A client that takes no response data for this long is disconnected (slot freed).
+    pub send_timeout: Duration,
+    /// The whole exchange, from admission to the end of the response (`None`: unbounded).
+    pub request_timeout: Option<Duration>,
+    /// A request body slower than this (bytes per second, over each `min_body_rate_window`) is
+    /// cut off with 408 (0: no minimum).
+    pub min_body_rate: u64,
+    pub min_body_rate_window: Duration,
     /// Client addresses allowed to call the service (`None`: all).
     pub allow_cidrs: Option<Vec<ipnet::IpNet>>,
     pub rate_limit: Option<RateLimit>,
@@ -521,6 +541,16 @@ impl Validator<'_> {
             );
         }
         Duration::from_millis(ms)
+    }
+
+    /// A byte count of at most 1 TiB (a larger one is almost surely a unit mistake).
+    fn bytes(&mut self, key: &str, raw: Option<u64>, default: u64) -> u64 {
+        const MAX: u64 = 1 << 40;
+        let n = raw.unwrap_or(default);
+        if n > MAX {
+            self.issue(key, format!("{n} exceeds the maximum of {MAX} (1 TiB)"));
+        }
+        n
     }
 
     fn count(

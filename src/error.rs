@@ -149,6 +149,15 @@ pub enum GatewayError {
     ClientBodyTimeout { after: Duration },
     #[error("the client closed the connection before the response was complete")]
     ClientDisconnected,
+    #[error("the request body arrived slower than {min_rate} bytes/s")]
+    ClientBodyTooSlow { min_rate: u64 },
+    /// Record-only: the client took no response data for this long; the connection was closed.
+    #[error("the client took no response data for {} ms", .after.as_millis())]
+    ClientSendTimeout { after: Duration },
+    /// Record-only: the whole exchange took longer than `request_timeout_ms`; the connection was
+    /// closed.
+    #[error("the request was not complete within {} ms", .after.as_millis())]
+    RequestDeadline { after: Duration },
 
     // ---- auth ----
     #[error("{}", .0.message())]
@@ -190,7 +199,10 @@ impl GatewayError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::ClientBodyTimeout { .. }
+            | Self::ClientBodyTooSlow { .. }
+            | Self::ClientSendTimeout { .. }
+            | Self::RequestDeadline { .. } => StatusCode::REQUEST_TIMEOUT,
             // nginx's 499: never seen by the client (it has gone), but it makes records honest.
             Self::ClientDisconnected => match StatusCode::from_u16(499) {
                 Ok(code) => code,
@@ -216,6 +228,9 @@ impl GatewayError {
             | Self::RouteNotFound
             | Self::BodyTooLarge { .. }
             | Self::ClientBodyTimeout { .. }
+            | Self::ClientBodyTooSlow { .. }
+            | Self::ClientSendTimeout { .. }
+            | Self::RequestDeadline { .. }
             | Self::ClientDisconnected => Side::Client,
             Self::Unauthenticated(_) | Self::ClientNotAllowed => Side::Auth,
             Self::RateLimited { .. } | Self::QueueFull { .. } | Self::QueueTimeout { .. } => {
@@ -239,6 +254,9 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "payload_too_large",
             Self::ClientBodyTimeout { .. } => "request_body_timeout",
             Self::ClientDisconnected => "client_disconnected",
+            Self::ClientBodyTooSlow { .. } => "request_body_too_slow",
+            Self::ClientSendTimeout { .. } => "client_send_timeout",
+            Self::RequestDeadline { .. } => "request_deadline_exceeded",
             Self::Unauthenticated(failure) => failure.reason(),
             Self::ClientNotAllowed => "client_ip_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
@@ -260,6 +278,9 @@ impl GatewayError {
         match self {
             Self::BodyTooLarge { .. }
             | Self::ClientBodyTimeout { .. }
+            | Self::ClientBodyTooSlow { .. }
+            | Self::ClientSendTimeout { .. }
+            | Self::RequestDeadline { .. }
             | Self::ClientDisconnected => true,
             Self::BadRequest(_)
             | Self::RouteNotFound

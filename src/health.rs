@@ -24,7 +24,7 @@ pub async fn probe_loop(gw: Arc<Gateway>) {
         let interval = state.config.server.health_interval;
         let mut all_healthy = true;
         for service in state.services() {
-            all_healthy &= probe(&gw, service).await;
+            all_healthy &= probe(&gw, service, interval).await;
         }
         drop(state);
         let wait = if all_healthy {
@@ -40,12 +40,17 @@ pub async fn probe_loop(gw: Arc<Gateway>) {
     }
 }
 
-async fn probe(gw: &Gateway, service: &Service) -> bool {
+async fn probe(gw: &Gateway, service: &Service, interval: Duration) -> bool {
     let up = &service.config.upstream;
     let path = format!("{}{}", up.base_path, service.config.health_path);
+    let next_in = if service.is_healthy() {
+        interval
+    } else {
+        interval.min(UNHEALTHY_INTERVAL)
+    };
     let healthy = service
         .upstream
-        .probe(&path, service.host_header.clone(), PROBE_TIMEOUT)
+        .probe(&path, service.host_header.clone(), PROBE_TIMEOUT, next_in)
         .await;
     let was = service.is_healthy();
     if healthy != was {

@@ -4,12 +4,15 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`] (`raw` holds the serde types).
-//! - [`tls`]: rustls server configuration and the live certificate resolver.
+//! - [`tls`]: rustls server configuration and the live certificate resolver; the admin
+//!   listener's configuration (`[server.admin_tls]`).
 //! - [`auth`]: who is calling (`Principal`); key and token verification; `admin` the management
 //!   API's callers (bootstrap credential, identity provider).
 //! - [`policy`]: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.
 //! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
-//!   the pooled client, `body` the streaming bodies and the record guard.
+//!   the pooled client, `body` the streaming bodies and the record guard, `linger` discards the
+//!   unread rest of a request body answered early, `watchdog` ends requests whose client stopped
+//!   taking the response or that passed their deadline.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
 //!   the Prometheus registry.
@@ -20,13 +23,16 @@
 //! - [`reload`]: the one reload loop (`Applier`): observes every source, builds a candidate,
 //!   commits its pending writes and swaps it whole, or keeps the last good; management writes.
 //! - [`admission`]: concurrency limit and wait queue, rate limits, network rules.
-//! - [`admin`]: the admin listener (health, readiness, metrics, management API).
+//! - [`admin`]: the admin listener (health, readiness, metrics, management API), over TLS with
+//!   `[server.admin_tls]`.
 //! - [`server`]: accept loops, TLS handshakes, serving, the drain sequence.
 //! - [`shutdown`]: the signal future and lifecycle flags.
 //! - [`state`]: the state directory and atomic file writes.
 //! - [`sample_model`]: a built-in Azure-ML-style scoring container for demos and tests.
 //! - [`demo`]: the `scoregate demo` command.
 //! - [`cli`]: offline operator commands (`keys list`, `keys regen`).
+//! - [`cluster`]: fleet mode: the etcd client, sealing, the namespace's local copy and the watch
+//!   loop that feeds it to the applier as one more source.
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
 //! - [`watch`]: the background loop that drives the applier (file polls every
 //!   `watch_interval_ms`, fetched JWKS, signing-key retirement, rate-bucket eviction).

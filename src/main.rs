@@ -104,6 +104,17 @@ enum Command {
 enum ClusterCommand {
     /// Print a new seal key (32 random bytes, base64) for `[cluster] seal_key_file`.
     SealKey,
+    /// Print the etcd endpoints' health, the namespace's revision and the live replicas.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Copy a local `state_dir` (keys, signing keys, role assignments, admin credential) into an
+    /// empty namespace; refuses a namespace that holds anything.
+    Import {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,11 +196,17 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
-        Command::Cluster {
-            command: ClusterCommand::SealKey,
-        } => {
-            print_result(scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from))
-        }
+        Command::Cluster { command } => print_result(match command {
+            ClusterCommand::SealKey => {
+                scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from)
+            }
+            ClusterCommand::Status { config } => config::load_and_validate(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| scoregate::cli::cluster::status(&c)),
+            ClusterCommand::Import { config } => config::load_and_validate(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| scoregate::cli::cluster::import(&c)),
+        }),
         Command::Token {
             command:
                 TokenCommand::Issue {
@@ -300,6 +317,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.server.admin_listen,
                 if c.server.tls.is_some() { "on" } else { "off" }
             );
+            // Valid but risky: said on stderr, the exit status stays 0.
+            for warning in c.server.warnings() {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

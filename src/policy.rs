@@ -30,10 +30,12 @@ pub enum Action {
     ConfigReload,
     RolesRead,
     RolesAssign,
+    /// `GET /cluster`: fleet mode's backend, endpoints and replicas (nothing secret).
+    ClusterRead,
 }
 
 impl Action {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::ServicesRead,
         Self::KeysList,
         Self::KeysRegenerate,
@@ -45,6 +47,7 @@ impl Action {
         Self::ConfigReload,
         Self::RolesRead,
         Self::RolesAssign,
+        Self::ClusterRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Action {
             Self::ConfigReload => "config/reload",
             Self::RolesRead => "roles/read",
             Self::RolesAssign => "roles/assign",
+            Self::ClusterRead => "cluster/read",
         }
     }
 }
@@ -169,6 +173,7 @@ pub fn builtin_roles() -> Vec<Role> {
                 "metrics/read",
                 "roles/read",
                 "services/token/issue",
+                "cluster/read",
             ],
             &[],
         ),
@@ -258,6 +263,8 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssignmentFile {
     pub path: PathBuf,
+    /// Fleet mode: one etcd key per assignment under this prefix.
+    pub shared: Option<crate::cluster::SharedKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,11 +285,25 @@ impl AssignmentFile {
     pub fn new(state_dir: &Path) -> Self {
         Self {
             path: state_dir.join(Self::FILE),
+            shared: None,
         }
     }
 
     /// The assignments on disk (none when the file does not exist).
     pub fn read(&self) -> Result<Vec<Assignment>, AssignmentError> {
+        if let Some(shared) = &self.shared {
+            // One key per assignment: concurrent adds on different replicas never conflict.
+            let mut list = Vec::new();
+            for (key, bytes) in shared.read_prefix() {
+                let a: Assignment =
+                    serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
+                        path: PathBuf::from(&key),
+                        reason: e.to_string(),
+                    })?;
+                list.push(a);
+            }
+            return Ok(list);
+        }
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AssignmentError::Read {
                 path: self.path.clone(),
@@ -314,7 +335,10 @@ impl crate::source::Source for AssignmentFile {
     type Error = AssignmentError;
 
     fn observe(&self) -> crate::source::Version {
-        vec![crate::source::Fingerprint::of(&self.path)]
+        match &self.shared {
+            Some(shared) => vec![shared.prefix_stamp()],
+            None => vec![crate::source::Fingerprint::of(&self.path)],
+        }
     }
 
     fn load(
@@ -400,7 +424,8 @@ mod tests {
                 Action::TokenIssue,
                 Action::ActivityRead,
                 Action::MetricsRead,
-                Action::RolesRead
+                Action::RolesRead,
+                Action::ClusterRead
             ]
         );
     }

@@ -22,7 +22,9 @@
 
 pub mod body;
 pub mod headers;
+pub mod linger;
 pub mod upstream;
+pub mod watchdog;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -31,17 +33,18 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::auth::Principal;
 use crate::config::AuthMode;
-use crate::error::GatewayError;
+use crate::error::{AuthFailure, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::Service;
 use crate::telemetry::trace::TraceContext;
-use body::{BodyFault, Progress, ProxyBody, RequestBody};
+use body::{BodyFault, Progress, ProxyBody, RequestBody, Unread};
 use upstream::{Lease, UpstreamError};
 
 /// Facts about the client connection, computed once per connection.
@@ -56,6 +59,9 @@ pub struct ConnInfo {
     begun: AtomicU64,
     /// Requests whose response has not ended yet.
     open: AtomicU32,
+    /// Signalled when the connection must be closed with a request body still unread (the
+    /// lingering bounds passed): hyper would otherwise wait for that body for ever.
+    abandoned: tokio::sync::Notify,
 }
 
 impl ConnInfo {
@@ -68,7 +74,18 @@ impl ConnInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             begun: AtomicU64::new(0),
             open: AtomicU32::new(0),
+            abandoned: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the server to close this connection now (see [`Self::abandoned`]).
+    pub fn abandon(&self) {
+        self.abandoned.notify_one();
+    }
+
+    /// Resolves once [`Self::abandon`] has been called.
+    pub async fn abandoned(&self) {
+        self.abandoned.notified().await;
     }
 
     /// Requests begun so far, and how many of them are still open; the server compares two
@@ -137,20 +154,22 @@ pub struct RequestCtx {
     pub queue_wait: Option<Duration>,
     /// The upstream slot, held until the response body has been streamed.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Enforces `send_timeout_ms` and `request_timeout_ms` from admission on.
+    pub watch: Option<Arc<watchdog::Watch>>,
 }
 
 impl RequestCtx {
-    fn new(req: &Request<Incoming>, conn: &ConnInfo) -> Self {
-        let h = req.headers();
+    fn new(req: &Parts, conn: &ConnInfo) -> Self {
+        let h = &req.headers;
         Self {
             request_id: headers::request_id(h),
             client_request_id: h.get(&headers::X_MS_CLIENT_REQUEST_ID).cloned(),
             trace: TraceContext::from_headers(h),
             start: Instant::now(),
             start_wall: SystemTime::now(),
-            method: req.method().clone(),
-            version: req.version(),
-            url: req.uri().path_and_query().cloned(),
+            method: req.method.clone(),
+            version: req.version,
+            url: req.uri.path_and_query().cloned(),
             user_agent: h.get(header::USER_AGENT).cloned(),
             client_ip: conn.peer.ip(),
             peer_trusted: false,
@@ -166,6 +185,7 @@ impl RequestCtx {
             error: None,
             queue_wait: None,
             permit: None,
+            watch: None,
         }
     }
 
@@ -186,6 +206,12 @@ pub struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if let Some(watch) = self.ctx.watch.take() {
+            watch.finished();
+            if let Some(stalled) = watch.fired() {
+                self.ctx.error = Some(stalled);
+            }
+        }
         crate::telemetry::request_log::finish(&self.gw, &mut self.ctx);
     }
 }
@@ -196,7 +222,9 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let ctx = RequestCtx::new(&req, &conn);
+    let (parts, body) = req.into_parts();
+    let ctx = RequestCtx::new(&parts, &conn);
+    let waits = waits_for_continue(&parts);
     // Boxed once: the context then moves from the handler into the response body as a pointer,
     // not as ~400 bytes copied at every hand-over (measurable in profiles).
     let mut fin = Box::new(Finish {
@@ -204,7 +232,14 @@ pub async fn handle(
         ctx,
         conn: OpenRequest::new(conn),
     });
-    let response = match pipeline(&mut fin, req).await {
+    // The body stays here until `upstream_request` takes it, so a refusal can discard it.
+    let mut body = Some(body);
+    let outcome = pipeline(&mut fin, parts, &mut body).await;
+    if let Some(watch) = &fin.ctx.watch {
+        // The head is ready: from now on the client has to take the response.
+        watch.sending();
+    }
+    let response = match outcome {
         Ok((resp, lease)) => {
             let (parts, body) = resp.into_parts();
             fin.ctx.status = parts.status.as_u16();
@@ -216,17 +251,47 @@ pub async fn handle(
                 .map_or(Duration::from_secs(60), |s| s.config.body_idle_timeout);
             Response::from_parts(parts, ProxyBody::upstream(body, lease, idle, fin))
         }
-        Err(err) => error_response(fin, err),
+        Err(err) => {
+            // The answer may come before the body was read (a refusal from the head alone, a
+            // body over the limit, an upstream that failed mid-upload): discard the rest so the
+            // client gets to read the answer. A stalled or failed body has nothing more to come.
+            let unread = match body {
+                Some(body) => (!http_body::Body::is_end_stream(&body)).then_some(Unread {
+                    body,
+                    invited: !waits,
+                }),
+                None => fin
+                    .ctx
+                    .request_progress
+                    .as_ref()
+                    .and_then(|p| p.take_rest()),
+            };
+            if let Some(unread) = unread
+                && !matches!(
+                    err,
+                    GatewayError::ClientBodyTimeout { .. }
+                        | GatewayError::ClientBodyTooSlow { .. }
+                        | GatewayError::ClientDisconnected
+                )
+            {
+                // A refusal is >= 400: clients stop uploading when they see it, so its end
+                // need not wait for the discard.
+                let _ = linger::discard(&fin.gw, &fin.conn.0, fin.ctx.version, unread);
+            }
+            error_response(fin, err)
+        }
     };
     Ok(response)
 }
 
 async fn pipeline(
     fin: &mut Finish,
-    req: Request<Incoming>,
+    req: Parts,
+    body: &mut Option<Incoming>,
 ) -> Result<(Response<Incoming>, Lease), GatewayError> {
     let Finish { gw, ctx, conn } = fin;
-    let conn: &ConnInfo = &conn.0;
+    let conn_arc = &conn.0;
+    let conn: &ConnInfo = conn_arc;
     let (service, strip) = select_service(gw, ctx, &req)?;
     ctx.service = Some(Arc::clone(&service));
     service.metrics.inflight.inc();
@@ -241,10 +306,30 @@ async fn pipeline(
     })?;
     ctx.queue_wait = Some(waited);
     ctx.permit = Some(permit);
-    let upstream_req = upstream_request(&service, ctx, conn, req, strip)?;
+    // From here on the request holds a slot: bound how long a client can keep it.
+    let deadline = service
+        .config
+        .request_timeout
+        .map(|d| d.saturating_sub(ctx.start.elapsed()));
+    ctx.watch = Some(watchdog::Watch::start(
+        Arc::clone(conn_arc),
+        service.config.send_timeout,
+        deadline,
+    ));
+    let upstream_req = upstream_request(&service, ctx, conn, req, body, strip)?;
     let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
     Ok((resp, lease))
+}
+
+/// The client asked for `100 Continue` (HTTP/1.1 only; hyper's HTTP/2 server never sends it)
+/// and will not send its body until hyper sends one, which it does when the body is first read.
+fn waits_for_continue(req: &Parts) -> bool {
+    req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Settles who the client is, then finds the longest matching route; returns the service and the
@@ -253,7 +338,7 @@ async fn pipeline(
 fn select_service(
     gw: &Gateway,
     ctx: &mut RequestCtx,
-    req: &Request<Incoming>,
+    req: &Parts,
 ) -> Result<(Arc<Service>, usize), GatewayError> {
     let state = gw.state();
     let trusted = state.trusted_proxies();
@@ -262,11 +347,11 @@ fn select_service(
         ctx.peer_trusted = trusted.iter().any(|n| n.contains(&peer));
         ctx.client_ip = crate::admission::client_ip(
             peer,
-            headers::forwarded_for(req.headers()).as_deref(),
+            headers::forwarded_for(&req.headers).as_deref(),
             trusted,
         );
     }
-    let path = req.uri().path();
+    let path = req.uri.path();
     if !headers::path_is_safe(path) {
         return Err(GatewayError::BadRequest(
             "the path must not contain dot segments or encoded slashes",
@@ -299,9 +384,9 @@ fn rate_limit(service: &Service, ctx: &RequestCtx) -> Result<(), GatewayError> {
 }
 
 /// Refuses what can be refused from the head alone, before any upstream contact.
-fn early_reject(service: &Service, req: &Request<Incoming>) -> Result<(), GatewayError> {
+fn early_reject(service: &Service, req: &Parts) -> Result<(), GatewayError> {
     let limit = service.config.max_body_bytes;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+    if let Some(len) = req.headers.get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
             .ok()
@@ -314,13 +399,10 @@ fn early_reject(service: &Service, req: &Request<Incoming>) -> Result<(), Gatewa
     Ok(())
 }
 
-async fn authenticate(
-    service: &Service,
-    req: &Request<Incoming>,
-) -> Result<Principal, GatewayError> {
+async fn authenticate(service: &Service, req: &Parts) -> Result<Principal, GatewayError> {
     service
         .auth
-        .authenticate(req.headers())
+        .authenticate(&req.headers)
         .await
         .map_err(GatewayError::Unauthenticated)
 }
@@ -332,10 +414,11 @@ fn upstream_request(
     service: &Service,
     ctx: &mut RequestCtx,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut parts: Parts,
+    incoming: &mut Option<Incoming>,
     strip: usize,
 ) -> Result<Request<RequestBody>, GatewayError> {
-    let (mut parts, incoming) = req.into_parts();
+    let waits = waits_for_continue(&parts);
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -348,17 +431,22 @@ fn upstream_request(
         // The scoring container never sees the caller's key or token.
         parts.headers.remove(header::AUTHORIZATION);
     }
-    if let Some(name) = service
+    // Only the gateway speaks for the caller's identity: whatever the auth mode, a client-sent
+    // subject is dropped under every spelling a server might read as its name.
+    let configured = service
         .config
         .token
         .as_ref()
-        .and_then(|t| t.subject_header.as_ref())
-    {
-        // Only the gateway speaks for the caller's identity: a client-sent value is dropped.
-        parts.headers.remove(name);
-        if let Principal::Token { subject, .. } = &ctx.principal
-            && let Ok(value) = HeaderValue::from_str(subject)
-        {
+        .and_then(|t| t.subject_header.as_ref());
+    headers::remove_lookalikes(&mut parts.headers, &headers::X_SCOREGATE_SUBJECT);
+    if let Some(name) = configured {
+        if *name != headers::X_SCOREGATE_SUBJECT {
+            headers::remove_lookalikes(&mut parts.headers, name);
+        }
+        if let Principal::Token { subject, .. } = &ctx.principal {
+            // Verification refused subjects that are not valid header values (401).
+            let value = HeaderValue::from_str(subject)
+                .map_err(|_| GatewayError::Unauthenticated(AuthFailure::TokenClaims))?;
             parts.headers.insert(name.clone(), value);
         }
     }
@@ -383,17 +471,22 @@ fn upstream_request(
     parts.uri = upstream_uri(&service.config.upstream, &parts.uri, strip)?;
     parts.version = Version::HTTP_11;
 
-    let body = if http_body::Body::is_end_stream(&incoming) {
-        RequestBody::Empty
-    } else {
-        let progress = Arc::new(Progress::default());
-        ctx.request_progress = Some(Arc::clone(&progress));
-        RequestBody::Stream {
-            inner: incoming,
-            limit: service.config.max_body_bytes,
-            progress,
-            idle: body::IdleTimer::new(service.config.body_idle_timeout),
+    // Taken last: if anything above refuses the request, the caller still has the body.
+    let body = match incoming.take() {
+        Some(incoming) if !http_body::Body::is_end_stream(&incoming) => {
+            let progress = Arc::new(Progress::new(incoming, waits));
+            ctx.request_progress = Some(Arc::clone(&progress));
+            RequestBody::Stream {
+                limit: service.config.max_body_bytes,
+                progress,
+                idle: body::IdleTimer::new(service.config.body_idle_timeout),
+                rate: body::MinRate::new(
+                    service.config.min_body_rate,
+                    service.config.min_body_rate_window,
+                ),
+            }
         }
+        _ => RequestBody::Empty,
     };
     Ok(Request::from_parts(parts, body))
 }
@@ -461,6 +554,9 @@ async fn forward(
         }
         Ok(Err(_)) if fault == Some(BodyFault::Idle) => Err(GatewayError::ClientBodyTimeout {
             after: service.config.body_idle_timeout,
+        }),
+        Ok(Err(_)) if fault == Some(BodyFault::TooSlow) => Err(GatewayError::ClientBodyTooSlow {
+            min_rate: service.config.min_body_rate,
         }),
         Ok(Err(UpstreamError::Connect(e))) => Err(GatewayError::UpstreamConnect(e)),
         Ok(Err(UpstreamError::Http(e))) => {

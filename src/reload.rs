@@ -37,8 +37,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::auth::jwt::trusted::{Fetched, FetchedTx};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{self, Config};
-use crate::runtime::build::{self, Candidate, Context, PendingWrite};
+use crate::runtime::build::{self, Candidate, Context, Generated, PendingWrite};
 use crate::runtime::{BuildError, RuntimeState, StateCell, StateCert};
 use crate::source::Change;
 use crate::telemetry::activity::ActivityLog;
@@ -64,6 +65,8 @@ pub enum ReloadError {
     Build(#[from] BuildError),
     #[error("writing generated state failed: {0}")]
     Write(String),
+    #[error("writing generated state to etcd failed: {0}")]
+    Cluster(#[source] ClusterError),
     #[error("reload task failed")]
     Task,
 }
@@ -85,6 +88,8 @@ impl ReloadError {
 pub enum Trigger {
     /// The watch loop's periodic look at every source.
     Poll,
+    /// The etcd watch changed the replica's copy of its namespace (fleet mode).
+    Cluster,
     /// SIGHUP or `POST /reload`: the config file is re-read even if it looks unchanged.
     Reload {
         initiator: String,
@@ -127,6 +132,8 @@ struct Inner {
     health_wake: Arc<tokio::sync::Notify>,
     fetched_tx: FetchedTx,
     fetched_rx: Mutex<Option<UnboundedReceiver<Fetched>>>,
+    /// Fleet mode: the namespace's copy the shared sources read, and where "applied" is told.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Where the applier reports and whom it wakes.
@@ -136,14 +143,20 @@ pub struct Handles {
     pub activity: Arc<ActivityLog>,
     /// Woken after every published state (the health prober probes new services at once).
     pub health_wake: Arc<tokio::sync::Notify>,
+    /// Fleet mode's link to etcd (`None`: local backend).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Applier {
     /// Reads every source of `config`, builds the first state, writes what it generated and
     /// publishes the state in a new cell (blocking: run it off the async workers).
+    ///
+    /// In fleet mode, values the builder generates are created in etcd only if absent; when
+    /// another replica created one first, the namespace is read again and the state rebuilt
+    /// with its values (so replicas started together agree).
     pub fn start(config: Config, handles: Handles) -> Result<(Self, StateCell), ReloadError> {
-        let startup = Arc::new(config.clone());
-        let mut sources = Sources::open(config)?;
+        const ATTEMPTS: usize = 5;
+        let startup = Arc::new(config);
         let (fetched_tx, fetched_rx) = tokio::sync::mpsc::unbounded_channel();
         let resolver = Arc::new(StateCert::default());
         let ctx = Context {
@@ -152,8 +165,26 @@ impl Applier {
             fetched: &fetched_tx,
             previous: None,
         };
-        let Candidate { state, writes } = build::build(&ctx, &sources.inputs())?;
-        commit_writes(&mut sources, writes)?;
+        let mut attempt = 0;
+        let (sources, state, revision) = loop {
+            attempt += 1;
+            let revision = handles.cluster.as_ref().map(|c| c.mirror.revision());
+            let mut sources = Sources::open(startup.as_ref().clone(), handles.cluster.clone())?;
+            let Candidate { state, writes } = build::build(&ctx, &sources.inputs())?;
+            match commit_writes(&mut sources, writes) {
+                Ok(()) => break (sources, state, revision),
+                Err(ReloadError::Cluster(e)) if attempt < ATTEMPTS && !e.is_unavailable() => {
+                    tracing::info!(error = %e, "another replica created shared state first; adopting it");
+                    if let Some(cluster) = &handles.cluster {
+                        resync(cluster).map_err(ReloadError::Cluster)?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let (Some(cluster), Some(revision)) = (&handles.cluster, revision) {
+            cluster.set_applied(revision);
+        }
         let cell = StateCell::new(state, resolver);
         handles.activity.bind(&cell);
         let inner = Inner {
@@ -166,6 +197,7 @@ impl Applier {
             health_wake: handles.health_wake,
             fetched_tx,
             fetched_rx: Mutex::new(Some(fetched_rx)),
+            cluster: handles.cluster,
         };
         Ok((
             Self {
@@ -187,6 +219,11 @@ impl Applier {
     /// The configuration the process started with.
     pub fn startup_config(&self) -> &Arc<Config> {
         &self.inner.startup
+    }
+
+    /// Fleet mode's link to etcd (`None`: local backend).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.inner.cluster.as_ref()
     }
 
     /// Runs one cycle for `trigger`; returns the configuration's outcome when the config file
@@ -224,6 +261,21 @@ impl Inner {
         sources: &mut Sources,
         trigger: &Trigger,
     ) -> Option<Result<ReloadSummary, ReloadError>> {
+        // What the shared sources are about to read: once this cycle is over, the published
+        // state reflects (at least) this revision of the namespace.
+        let revision = self.cluster.as_ref().map(|c| c.mirror.revision());
+        let outcome = self.cycle_inner(sources, trigger);
+        if let (Some(cluster), Some(revision)) = (&self.cluster, revision) {
+            cluster.set_applied(revision);
+        }
+        outcome
+    }
+
+    fn cycle_inner(
+        &self,
+        sources: &mut Sources,
+        trigger: &Trigger,
+    ) -> Option<Result<ReloadSummary, ReloadError>> {
         let mut work = sources.clone();
         let mut events = Vec::new();
         work.poll_all(&mut events);
@@ -231,7 +283,9 @@ impl Inner {
         changed |= match trigger {
             Trigger::Fetched(f) => work.fetched(f.id.clone(), Arc::clone(&f.keys)),
             Trigger::Prune(now) => work.prune(*now),
-            Trigger::Poll | Trigger::Reload { .. } | Trigger::OwnWrite(_) => false,
+            Trigger::Poll | Trigger::Cluster | Trigger::Reload { .. } | Trigger::OwnWrite(_) => {
+                false
+            }
         };
         let mut fallback = work.clone();
         let config_change = match trigger {
@@ -332,12 +386,35 @@ impl Inner {
     }
 }
 
+/// Reads the whole namespace again (blocking; a first start that lost a create race).
+fn resync(cluster: &Cluster) -> Result<(), ClusterError> {
+    let prefix = cluster.state_prefix();
+    let (kvs, revision) =
+        tokio::runtime::Handle::current().block_on(cluster.client.get_prefix(&prefix))?;
+    cluster.mirror.replace(kvs, revision);
+    Ok(())
+}
+
 /// Writes what the builder generated, then lets the sources hold those values. On a failed
 /// write, files created by this commit are removed again and nothing is published.
+///
+/// A value bound to etcd (fleet mode) is written there instead, only if it is still as it was
+/// read (create-if-absent for a first value): when another replica wrote first, the commit
+/// fails with [`ReloadError::Cluster`] and the winner's value arrives through the watch. The
+/// admin credential is also written to this replica's file.
 fn commit_writes(sources: &mut Sources, writes: Vec<PendingWrite>) -> Result<(), ReloadError> {
     let mut created = Vec::new();
     let mut adopted = Vec::with_capacity(writes.len());
     for w in writes {
+        if let Some(shared) = &w.shared {
+            shared
+                .put_if_blocking(shared.mod_revision(), &w.bytes)
+                .map_err(ReloadError::Cluster)?;
+            if !matches!(w.generated, Generated::Admin { .. }) {
+                adopted.push(w.generated);
+                continue;
+            }
+        }
         let existed = w.path.exists();
         let written = match w.path.parent() {
             Some(dir) => crate::state::ensure_state_dir(dir),

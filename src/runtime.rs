@@ -39,6 +39,9 @@ pub struct RuntimeState {
     /// The scoring listener's TLS settings (`None`: plain HTTP). Shared across versions while
     /// `[server.tls]`'s client CA is unchanged, so session tickets stay valid.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The admin listener's TLS settings (`[server.admin_tls]`; `None`: plain HTTP). Shared
+    /// across versions while its certificate chain and client CA are unchanged.
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     /// The trusted identity provider for management callers, with its current keys.
     pub identity: Option<Identity>,
     /// Role assignments made through the API (`state_dir/role-assignments.json`).

@@ -289,10 +289,34 @@ impl ScoringListener {
         let limits = self.limits();
         let acceptor = self.gw.state().tls.clone().map(TlsAcceptor::from);
         let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
+        // A request body that outlived its lingering bounds unread ends the connection here:
+        // hyper would wait for it for ever (`proxy::linger`).
+        let result = tokio::select! {
+            served = self.serve_http(stream, acceptor, &limits, &conn, watcher) => served,
+            () = conn.abandoned() => {
+                tracing::debug!(%peer, "connection closed with a request body left unread");
+                return;
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    /// The TLS handshake (if any) and the HTTP protocol the connection speaks.
+    async fn serve_http(
+        &self,
+        stream: TcpStream,
+        acceptor: Option<TlsAcceptor>,
+        limits: &Limits,
+        conn: &Arc<ConnInfo>,
+        watcher: Watcher,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let peer = conn.peer;
         let gw = Arc::clone(&self.gw);
-        let info = Arc::clone(&conn);
+        let info = Arc::clone(conn);
         let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&info), req));
-        let result = match &acceptor {
+        match &acceptor {
             Some(acceptor) => {
                 let handshake = async {
                     // A peer that connects and closes without a byte (a TCP health probe, a
@@ -308,7 +332,7 @@ impl ScoringListener {
                 // in (the handshake and each protocol's connection are kilobytes each, and an
                 // idle connection should cost as little as possible).
                 match Box::pin(tokio::time::timeout(limits.handshake_timeout, handshake)).await {
-                    Ok(None) => return,
+                    Ok(None) => Ok(()),
                     Ok(Some(Ok(tls))) => {
                         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             // The HTTP/2 preface has no timer of its own.
@@ -318,7 +342,7 @@ impl ScoringListener {
                         } else {
                             let ctx = h1::Ctx {
                                 builder: &limits.http.h1,
-                                conn: &conn,
+                                conn,
                                 limits: limits.idle,
                                 parked: &self.gw.metrics.connections_parked,
                                 releases: &self.gw.metrics.connection_releases,
@@ -334,12 +358,12 @@ impl ScoringListener {
                     Ok(Some(Err(e))) => {
                         self.gw.metrics.tls_handshake_errors.inc();
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                        Ok(())
                     }
                     Err(_) => {
                         self.gw.metrics.tls_handshake_errors.inc();
                         tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
+                        Ok(())
                     }
                 }
             }
@@ -352,9 +376,6 @@ impl ScoringListener {
                     .into_owned();
                 Box::pin(watcher.watch(conn)).await
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
 }

@@ -1,6 +1,8 @@
 //! TLS for the scoring listener: loading a PEM certificate chain and key, and building the rustls
 //! server configuration around a certificate resolver (the runtime state's, so certificates
-//! change live for new handshakes).
+//! change live for new handshakes). The admin listener (`[server.admin_tls]`) gets a
+//! configuration of its own around a fixed certificate ([`admin_server_config`]), rebuilt when
+//! a reload reads a different pair.
 //!
 //! Policy: TLS 1.2 and 1.3 only, the crypto provider's default suites (all AEAD with forward
 //! secrecy: AES-GCM and ChaCha20-Poly1305 over ECDHE) in the provider's order whatever the
@@ -116,6 +118,27 @@ pub fn server_config(
     // server-side state per client; the cache covers TLS 1.2 session ids.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    Ok(config)
+}
+
+/// Always presents one certificate.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// The admin listener's server configuration: the same policy as the scoring listener's, one
+/// certificate, HTTP/1.1 only (the admin listener speaks nothing else).
+pub fn admin_server_config(
+    certified_key: CertifiedKey,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = server_config(Arc::new(FixedCert(Arc::new(certified_key))), client_ca)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

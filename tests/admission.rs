@@ -7,12 +7,14 @@ mod support;
 
 mod admission {
     pub mod bodies;
+    pub mod early;
     pub mod idle;
     pub mod listener;
     pub mod network;
     pub mod order;
     pub mod queue;
     pub mod rate;
+    pub mod slow_clients;
     pub mod tls_peers;
 }
 

@@ -180,6 +180,51 @@ async fn a_group_or_world_writable_state_dir_is_refused() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// A non-loopback admin listener without `admin_allow_cidrs` or `[server.admin_tls]` is valid,
+/// but `check-config` warns about both on stderr (exit status 0); nothing is bound.
+#[tokio::test]
+async fn check_config_warns_about_an_open_admin_listener() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let builder = GatewayBuilder::new()
+        .listen(free_port(), "0.0.0.0:9901".parse().expect("address"))
+        .service("iris", "/api/v1/service/iris", "http://127.0.0.1:5001");
+    let (_pki, path) = builder.write(dir.path());
+    let path = path.to_str().expect("UTF-8 path");
+    let out = process::run(&["check-config", "--config", path], QUICK).await;
+    assert!(out.status.success(), "{out:?}");
+    for expected in [
+        "warning: server.admin_listen: 0.0.0.0:9901 is not a loopback address and server.admin_allow_cidrs is unset",
+        "[server.admin_tls] is not set",
+    ] {
+        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
+    }
+    let (pki, path) = builder
+        .server("admin_allow_cidrs = [\"10.0.0.0/8\"]")
+        .write(dir.path());
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\nadmin_tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            pki.cert_path().display(),
+            pki.key_path().display()
+        ),
+        1,
+    );
+    std::fs::write(&path, text).expect("write config");
+    let out = process::run(
+        &[
+            "check-config",
+            "--config",
+            path.to_str().expect("UTF-8 path"),
+        ],
+        QUICK,
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
 /// What the demo printed up to its curl command.
 struct Banner {
     lines: Vec<String>,

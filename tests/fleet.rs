@@ -5,5 +5,10 @@
 mod support;
 
 mod fleet {
+    pub mod cli;
     pub mod client;
+    pub mod measure;
+    pub mod outage;
+    pub mod shared;
+    pub mod view;
 }

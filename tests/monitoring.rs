@@ -2,7 +2,8 @@
 //! `deploy/monitoring/grafana-dashboard.json` and `deploy/monitoring/prometheus-rules.yaml` use is
 //! exported by a real gateway scraped over its metrics listener, once traffic of each kind has
 //! created the series that appear at first use. Names that exist only in fleet mode are listed in
-//! [`FLEET_ONLY`]; no other name may be missing.
+//! [`FLEET_ONLY`], which a gateway in fleet mode exports (checked against a real etcd); no other
+//! name may be missing.
 
 mod support;
 
@@ -149,5 +150,39 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             used.contains(name),
             "{name} is listed as fleet-only but no longer used"
         );
+    }
+}
+
+/// The fleet-only names are exported by a gateway in fleet mode (a real etcd), so every name the
+/// pack uses is exported by some running gateway.
+#[tokio::test]
+async fn a_fleet_mode_gateway_exports_the_fleet_only_names() {
+    let etcd = support::etcd::Etcd::start().await;
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .split_admin_plane()
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .table(&etcd.cluster_toml("monitoring", "pod-a"))
+        .start()
+        .await;
+    gw.wait_ready().await;
+    let url = format!(
+        "http://{}/metrics",
+        gw.metrics_addr.expect("metrics listener")
+    );
+    let text = within("scrape", async {
+        gw.admin_client()
+            .get(&url)
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text")
+    })
+    .await;
+    let exported = names_exported(&text);
+    for name in FLEET_ONLY {
+        assert!(exported.contains(name), "{name} not exported in fleet mode");
     }
 }

@@ -234,3 +234,175 @@ async fn an_operator_provided_admin_credential_is_used_and_never_written() {
         "the operator's file is left alone"
     );
 }
+
+/// `GET /healthz` on a fresh TLS connection to the admin listener made with `config`; any
+/// failure (handshake refused, or the connection closed by the server's alert after a TLS 1.3
+/// handshake) is an `Err`.
+async fn admin_over_tls(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<StatusCode, String> {
+    use http_body_util::Full;
+    let tls = support::certs::try_connect(addr, config)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/healthz")
+        .header("host", "localhost")
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    within("admin request over TLS", sender.send_request(req))
+        .await
+        .map(|resp| resp.status())
+        .map_err(|e| format!("request: {e}"))
+}
+
+/// `[server.admin_tls]` (issue 15 item 12): the admin listener speaks TLS with its own
+/// certificate, so the management API (keys, the admin credential) is encrypted; plain HTTP gets
+/// no answer; with `client_ca`, a client without a certificate from that CA is refused.
+#[tokio::test]
+async fn admin_listener_serves_tls_and_with_client_ca_refuses_clients_without_a_certificate() {
+    let upstream = MockUpstream::start().await;
+    let pki = support::Pki::new();
+    let admin_tls = format!(
+        "admin_tls = {{ cert = \"{}\", key = \"{}\" }}",
+        pki.cert_path().display(),
+        pki.key_path().display()
+    );
+    let gw = GatewayBuilder::new()
+        .pki(pki.clone())
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .server(&admin_tls)
+        .start()
+        .await;
+    let https = pki
+        .client_builder(gw.admin_addr)
+        .http1_only()
+        .build()
+        .expect("HTTPS client");
+    let url = |path: &str| format!("https://localhost:{}{path}", gw.admin_addr.port());
+    let health = within("GET /healthz over TLS", https.get(url("/healthz")).send())
+        .await
+        .expect("the admin listener answers over TLS");
+    assert_eq!(health.status(), StatusCode::OK);
+    let token = gw.admin_token().await;
+    let listed = within(
+        "listkeys over TLS",
+        https
+            .post(url("/services/iris/listkeys"))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await
+    .expect("listkeys answered");
+    assert_eq!(listed.status(), StatusCode::OK);
+    let keys: serde_json::Value = within("body", listed.json()).await.expect("JSON");
+    assert!(keys["primaryKey"].is_string(), "{keys}");
+    let plain = within(
+        "plain HTTP to the TLS admin listener",
+        gw.admin_client()
+            .get(format!("http://{}/healthz", gw.admin_addr))
+            .send(),
+    )
+    .await;
+    assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+
+    // Mutual TLS: only clients with a certificate from client_ca.
+    let clients = support::certs::TestCa::new("admin client CA");
+    let client_ca = pki.dir().join("admin-client-ca.pem");
+    std::fs::write(&client_ca, &clients.pem).expect("write client CA");
+    let mutual = GatewayBuilder::new()
+        .pki(pki.clone())
+        .service("iris", IRIS, &upstream.url())
+        .server(&format!(
+            "admin_tls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+            pki.cert_path().display(),
+            pki.key_path().display(),
+            client_ca.display()
+        ))
+        .start()
+        .await;
+    let server_ca = support::certs::der_of_pem(pki.ca_pem());
+    let config = |leaf: Option<&support::certs::Leaf>| {
+        support::certs::client_config_from_ders(
+            std::slice::from_ref(&server_ca),
+            leaf,
+            &[b"http/1.1"],
+        )
+    };
+    let without = admin_over_tls(mutual.admin_addr, config(None)).await;
+    assert!(without.is_err(), "no client certificate: {without:?}");
+    let member = clients.client_leaf("operator");
+    assert_eq!(
+        admin_over_tls(mutual.admin_addr, config(Some(&member))).await,
+        Ok(StatusCode::OK)
+    );
+}
+
+/// The admin listener's certificate is re-read with a configuration reload: after the files are
+/// replaced and `POST /reload` (sent over TLS) answers, a new
+/// connection is served with the new certificate.
+#[tokio::test]
+async fn a_reload_gives_new_admin_connections_the_replaced_certificate() {
+    use support::certs::{TestCa, client_config, peer_leaf, try_connect, write_atomic};
+    let upstream = MockUpstream::start().await;
+    let (first_ca, second_ca) = (TestCa::new("admin CA 1"), TestCa::new("admin CA 2"));
+    let (first, second) = (
+        first_ca.server_leaf("admin 1"),
+        second_ca.server_leaf("admin 2"),
+    );
+    let files = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (
+        files.path().join("admin.crt"),
+        files.path().join("admin.key"),
+    );
+    write_atomic(&cert, &first.cert_pem);
+    write_atomic(&key, &first.key_pem);
+    let gw = GatewayBuilder::new()
+        .service("iris", IRIS, &upstream.url())
+        .server(&format!(
+            "admin_tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .await;
+    let both = client_config(&[&first_ca, &second_ca], None, &[b"http/1.1"]);
+    let presented = || async {
+        peer_leaf(
+            &try_connect(gw.admin_addr, both.clone())
+                .await
+                .expect("TLS handshake with the admin listener"),
+        )
+    };
+    assert_eq!(presented().await, first.cert_der);
+
+    write_atomic(&cert, &second.cert_pem);
+    write_atomic(&key, &second.key_pem);
+    let https = reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(first_ca.pem.as_bytes()).expect("CA 1"),
+            reqwest::Certificate::from_pem(second_ca.pem.as_bytes()).expect("CA 2"),
+        ])
+        .resolve("localhost", gw.admin_addr)
+        .no_proxy()
+        .http1_only()
+        .build()
+        .expect("HTTPS client");
+    let token = gw.admin_token().await;
+    let reloaded = within(
+        "POST /reload over TLS",
+        https
+            .post(format!("https://localhost:{}/reload", gw.admin_addr.port()))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await
+    .expect("reload answered");
+    assert_eq!(reloaded.status(), StatusCode::OK);
+    assert_eq!(presented().await, second.cert_der);
+}

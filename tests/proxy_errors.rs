@@ -153,6 +153,8 @@ async fn silent_upstream_is_504_and_the_gateway_keeps_serving() {
 async fn declared_body_over_the_limit_is_413_without_contacting_the_upstream() {
     let upstream = MockUpstream::start().await;
     let gw = GatewayBuilder::new()
+        // The gateway waits this long for the unsent body before it closes the connection.
+        .server("lingering_timeout_ms = 100")
         .service_with("iris", IRIS, &upstream.url(), "max_body_bytes = 1024")
         .start()
         .await;

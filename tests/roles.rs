@@ -170,6 +170,7 @@ fn seed_table() -> Vec<Route> {
         route(M::GET, "/metrics", None, "metrics/read", S::OK, ALL),
         route(M::POST, "/reload", None, "config/reload", S::OK, WRITERS),
         route(M::GET, "/roles", None, "roles/read", S::OK, ALL),
+        route(M::GET, "/cluster", None, "cluster/read", S::OK, ALL),
         route(M::GET, "/role-assignments", None, "roles/read", S::OK, ALL),
         route(
             M::POST,

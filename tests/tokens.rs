@@ -930,3 +930,107 @@ async fn replacing_the_signing_key_file_stops_cached_tokens_of_the_old_key() {
     .await;
     assert_refused(&gw, &old_token, "unknown signing key", "token_unknown_key").await;
 }
+
+/// The headers a client sends to pass itself off as someone: every spelling a container's server
+/// might read as the subject header (WSGI and older gunicorn merge `_` into `-`).
+const SPOOFS: [(&str, &str); 3] = [
+    ("x-scoregate-subject", "admin"),
+    ("X_Scoregate_Subject", "admin"),
+    ("x-scoregate_subject", "admin"),
+];
+
+/// Sends `POST {route}/echo` with the spoofed subject headers (and `bearer`, if any) and returns
+/// the header names the container received.
+async fn names_upstream(gw: &TestGateway, route: &str, bearer: Option<&str>) -> Vec<String> {
+    let mut req = gw
+        .client()
+        .post(gw.url(&format!("{route}/echo")))
+        .body("{}");
+    for (name, value) in SPOOFS {
+        req = req.header(name, value);
+    }
+    if let Some(bearer) = bearer {
+        req = req.bearer_auth(bearer);
+    }
+    let resp = within("echo", req.send()).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK, "{route}");
+    let echo: Value = within("echo body", resp.json()).await.expect("JSON");
+    echo["headers"]
+        .as_object()
+        .expect("headers object")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn no_spelling_of_the_subject_header_reaches_the_container_in_any_auth_mode() {
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .service("open", "/api/v1/service/open", &upstream.url())
+        .service_with(
+            "keyed",
+            "/api/v1/service/keyed",
+            &upstream.url(),
+            "auth = \"key\"",
+        )
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"token\"")
+        .start()
+        .await;
+    gw.wait_ready().await;
+    let admin = support::admin_api::Admin::of(&gw).await;
+    let (key, _) = admin.keys("keyed").await;
+    let token = admin.token("iris").await;
+
+    for (route, bearer) in [
+        ("/api/v1/service/open", None),
+        ("/api/v1/service/keyed", Some(key.as_str())),
+    ] {
+        let names = names_upstream(&gw, route, bearer).await;
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.replace('_', "-") == "x-scoregate-subject"),
+            "{route}: {names:?}"
+        );
+    }
+    let names = names_upstream(&gw, IRIS, Some(&token)).await;
+    let subjects: Vec<&String> = names
+        .iter()
+        .filter(|n| n.replace('_', "-") == "x-scoregate-subject")
+        .collect();
+    assert_eq!(subjects, ["x-scoregate-subject"], "only the gateway's own");
+    let resp = within(
+        "token request",
+        gw.client()
+            .post(gw.url(&format!("{IRIS}/echo")))
+            .bearer_auth(&token)
+            .header("X_Scoregate_Subject", "admin")
+            .body("{}")
+            .send(),
+    )
+    .await
+    .expect("answer");
+    let echo: Value = within("echo body", resp.json()).await.expect("JSON");
+    assert_eq!(
+        echo["headers"]["x-scoregate-subject"],
+        json!(["bootstrap-admin"])
+    );
+}
+
+#[tokio::test]
+async fn a_token_whose_subject_is_not_a_header_value_is_401() {
+    let upstream = MockUpstream::start().await;
+    let gw = token_gateway(&upstream, "lifetime_s = 600").await;
+    gw.wait_ready().await;
+    let signer = Minter::from_signing_state(&signing_state(&gw, "iris"), None);
+    for sub in ["alice\r\nx-admin: yes", "bob\u{0}", "carol\u{7f}"] {
+        let token = signer.token(&own_claims("iris", sub, 600));
+        let (status, body) = score(&gw, &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{sub:?}: {body}");
+        assert_eq!(body["error"]["code"], "token_claims", "{sub:?}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    let token = signer.token(&own_claims("iris", "dana", 600));
+    assert_eq!(score(&gw, &token).await.0, StatusCode::OK);
+}

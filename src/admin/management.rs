@@ -69,6 +69,12 @@ pub enum ApiError {
     ReloadRejected(String),
     #[error("method not allowed; use {0}")]
     MethodNotAllowed(String),
+    /// Fleet mode: etcd cannot take the write now; nothing changed.
+    #[error("the cluster store (etcd) is unavailable; nothing was changed, retry later")]
+    ClusterUnavailable,
+    /// Fleet mode: another replica changed the same value first; nothing changed.
+    #[error("another replica changed this first; nothing was changed, retry")]
+    ClusterConflict,
 }
 
 impl ApiError {
@@ -101,6 +107,8 @@ impl ApiError {
             },
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClusterConflict => StatusCode::CONFLICT,
         }
     }
 
@@ -129,6 +137,8 @@ impl ApiError {
             Self::ClientNotAllowed => "client_ip_not_allowed",
             Self::ReloadRejected(_) => "reload_rejected",
             Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::ClusterUnavailable => "cluster_unavailable",
+            Self::ClusterConflict => "cluster_conflict",
         }
     }
 
@@ -251,6 +261,32 @@ fn write_error(service: &Service, e: WriteError) -> ApiError {
             ApiError::Assignments
         }
         WriteError::Task => ApiError::Keys(KeyError::Random),
+        WriteError::Cluster(e) => cluster_error(&e),
+    }
+}
+
+/// A fleet write etcd did not take (nothing changed).
+fn cluster_error(e: &crate::cluster::ClusterError) -> ApiError {
+    if matches!(e, crate::cluster::ClusterError::Conflict(_)) {
+        tracing::info!(error = %e, "a fleet write lost to another replica's");
+        return ApiError::ClusterConflict;
+    }
+    tracing::warn!(error = %e, "a fleet write failed");
+    if e.is_unavailable() {
+        ApiError::ClusterUnavailable
+    } else {
+        ApiError::Assignments
+    }
+}
+
+/// A role-assignment write that failed.
+fn assignment_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::Cluster(e) => cluster_error(&e),
+        other => {
+            tracing::error!(error = %other, "persisting a role assignment failed");
+            ApiError::Assignments
+        }
     }
 }
 
@@ -428,10 +464,7 @@ pub async fn assign_role(
     gw.applier
         .add_assignment(assignment.clone())
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "persisting a role assignment failed");
-            ApiError::Assignments
-        })?;
+        .map_err(assignment_error)?;
     Ok(json_response(
         StatusCode::CREATED,
         serde_json::to_vec(&assignment).unwrap_or_default(),
@@ -450,10 +483,7 @@ pub async fn remove_assignment(
     match gw.applier.remove_assignment(id).await {
         Ok(true) => Ok(json_response(StatusCode::NO_CONTENT, Vec::new())),
         Ok(false) => Err(ApiError::AssignmentNotFound(id.to_owned())),
-        Err(e) => {
-            tracing::error!(error = %e, "persisting a role assignment failed");
-            Err(ApiError::Assignments)
-        }
+        Err(e) => Err(assignment_error(e)),
     }
 }
 

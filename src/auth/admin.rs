@@ -115,6 +115,9 @@ pub struct CredentialFile {
     pub path: PathBuf,
     /// The operator provides the file; a missing one is an error, not a first start.
     pub provided: bool,
+    /// Fleet mode: the credential is the fleet's, in etcd under this key; the file is this
+    /// replica's copy of it.
+    pub shared: Option<crate::cluster::SharedKey>,
 }
 
 impl CredentialFile {
@@ -122,6 +125,7 @@ impl CredentialFile {
         Self {
             path: state_dir.join(BOOTSTRAP_FILE),
             provided: false,
+            shared: None,
         }
     }
 
@@ -131,6 +135,7 @@ impl CredentialFile {
             Some(path) => Self {
                 path: path.clone(),
                 provided: true,
+                shared: None,
             },
             None => Self::new(&server.state_dir),
         }
@@ -138,6 +143,9 @@ impl CredentialFile {
 
     /// Reads the credential; `None` when the file does not exist.
     pub fn read(&self) -> Result<Option<AdminCredentials>, CredentialError> {
+        if let Some(shared) = &self.shared {
+            return self.read_shared(shared);
+        }
         match std::fs::read_to_string(&self.path) {
             Ok(text) => AdminCredentials::from_secret(&Secret::new(text.trim().to_owned()))
                 .map(Some)
@@ -150,6 +158,36 @@ impl CredentialFile {
                 source,
             }),
         }
+    }
+
+    /// The fleet's credential from etcd; this replica's copy in the file follows it.
+    fn read_shared(
+        &self,
+        shared: &crate::cluster::SharedKey,
+    ) -> Result<Option<AdminCredentials>, CredentialError> {
+        let io = |source| CredentialError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes = match shared.read() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        let credentials = AdminCredentials::from_secret(&Secret::new(text)).ok_or_else(|| {
+            CredentialError::TooShort {
+                path: self.path.clone(),
+            }
+        })?;
+        let local = std::fs::read(&self.path).unwrap_or_default();
+        if local != bytes.as_slice() {
+            if let Some(dir) = self.path.parent() {
+                crate::state::ensure_state_dir(dir).map_err(io)?;
+            }
+            crate::state::write_atomic(&self.path, &bytes, 0o600).map_err(io)?;
+        }
+        Ok(Some(credentials))
     }
 
     /// A new random credential and the file's bytes; nothing is written here.
@@ -180,7 +218,10 @@ impl crate::source::Source for CredentialFile {
     type Error = CredentialError;
 
     fn observe(&self) -> crate::source::Version {
-        vec![crate::source::Fingerprint::of(&self.path)]
+        match &self.shared {
+            Some(shared) => vec![shared.stamp()],
+            None => vec![crate::source::Fingerprint::of(&self.path)],
+        }
     }
 
     fn load(

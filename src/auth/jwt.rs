@@ -219,7 +219,9 @@ impl TokenAuthority {
         let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
             return Err(AuthFailure::TokenClaims);
         };
-        if sub.is_empty() || sub.len() > 256 {
+        // The subject is sent upstream as a header value: one that cannot be (control
+        // characters, CR/LF) is refused, not forwarded without a subject.
+        if sub.is_empty() || sub.len() > 256 || http::HeaderValue::from_str(&sub).is_err() {
             return Err(AuthFailure::TokenClaims);
         }
         let refresh_after = claims.rfa.or_else(|| {

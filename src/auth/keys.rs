@@ -280,6 +280,8 @@ pub struct NewKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFile {
     pub source: KeySource,
+    /// Fleet mode: the keys live in etcd under this key (a state-directory source only).
+    pub shared: Option<crate::cluster::SharedKey>,
 }
 
 /// A key file as read.
@@ -321,7 +323,17 @@ impl KeyFileState {
 
 impl KeyFile {
     pub fn new(source: KeySource) -> Self {
-        Self { source }
+        Self {
+            source,
+            shared: None,
+        }
+    }
+
+    /// The same source, read from (and written to) etcd in fleet mode.
+    #[must_use]
+    pub fn shared(mut self, key: crate::cluster::SharedKey) -> Self {
+        self.shared = Some(key);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -332,8 +344,12 @@ impl KeyFile {
     /// slots across versions.
     pub fn read(&self, previous: Option<&KeySet>) -> Result<KeyFileState, KeyError> {
         let path = self.source.path();
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => Zeroizing::new(bytes),
+        let read = match &self.shared {
+            Some(shared) => shared.read(),
+            None => std::fs::read(path).map(Zeroizing::new),
+        };
+        let bytes = match read {
+            Ok(bytes) => bytes,
             // A generated file that is not there yet (and never was, for this gateway): the
             // builder makes one. An operator file, or a generated file that disappeared while
             // running, is an error (the last good keys stay).
@@ -482,7 +498,10 @@ impl crate::source::Source for KeyFile {
     type Error = KeyError;
 
     fn observe(&self) -> crate::source::Version {
-        vec![Fingerprint::of(self.source.path())]
+        match &self.shared {
+            Some(shared) => vec![shared.stamp()],
+            None => vec![Fingerprint::of(self.source.path())],
+        }
     }
 
     fn load(&self, previous: Option<&KeyFileState>) -> Result<KeyFileState, KeyError> {

@@ -318,6 +318,50 @@ impl Client {
         .await
     }
 
+    /// Writes every `(key, value)` in one transaction, only if none of the keys exists yet
+    /// (all or nothing). `Ok(None)` when one existed.
+    pub async fn create_all(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<i64>, EtcdError> {
+        let txn = pb::TxnRequest {
+            compare: entries
+                .iter()
+                .map(|(key, _)| pb::Compare {
+                    result: pb::compare::CompareResult::Equal.into(),
+                    target: pb::compare::CompareTarget::Create.into(),
+                    key: key.as_bytes().to_vec(),
+                    target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                    ..Default::default()
+                })
+                .collect(),
+            success: entries
+                .into_iter()
+                .map(|(key, value)| pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key: key.into_bytes(),
+                        value,
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            failure: Vec::new(),
+        };
+        let response = self
+            .call(|ch| {
+                let txn = txn.clone();
+                async move {
+                    let req = self.request(txn).await;
+                    KvClient::new(ch).txn(req).await
+                }
+            })
+            .await?
+            .into_inner();
+        Ok(response
+            .succeeded
+            .then(|| response.header.map_or(0, |h| h.revision)))
+    }
+
     /// Writes `value` under `key` only if the key was last modified at `mod_revision` (0: the
     /// key does not exist).
     pub async fn compare_and_put(

@@ -110,6 +110,8 @@ pub struct RawServer {
     pub tls_handshake_timeout_ms: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub idle_release_ms: Option<u64>,
+    pub lingering_timeout_ms: Option<u64>,
+    pub lingering_max_bytes: Option<u64>,
     pub worker_threads: Option<usize>,
     pub health_interval_ms: Option<u64>,
     pub watch_interval_ms: Option<u64>,
@@ -121,6 +123,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub admin_allow_cidrs: Option<Vec<String>>,
     pub tls: Option<RawTls>,
+    pub admin_tls: Option<RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +153,10 @@ pub struct RawService {
     pub max_request_wait_ms: Option<u64>,
     pub max_queue_length: Option<usize>,
     pub body_idle_timeout_ms: Option<u64>,
+    pub send_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub min_body_rate_bytes_per_s: Option<u64>,
+    pub min_body_rate_window_ms: Option<u64>,
     pub allow_cidrs: Option<Vec<String>>,
     pub rate_limit: Option<RawRateLimit>,
     pub upstream_ca: Option<String>,

@@ -5,6 +5,40 @@ use std::path::PathBuf;
 use super::raw;
 use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
 
+impl ServerConfig {
+    /// Settings that are valid but risky, for `check-config` and the startup log: an admin
+    /// listener reachable from the network without `admin_allow_cidrs`, or without TLS (the
+    /// management API carries keys and the admin credential).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.admin_listen.ip().is_loopback() {
+            return warnings;
+        }
+        if self.admin_allow_cidrs.is_none() {
+            warnings.push(format!(
+                "server.admin_listen: {} is not a loopback address and server.admin_allow_cidrs \
+                 is unset: anyone who can reach it may call the management API; list the \
+                 networks that may (e.g. admin_allow_cidrs = [\"10.0.0.0/8\"])",
+                self.admin_listen
+            ));
+        }
+        if self.admin_tls.is_none() {
+            warnings.push(format!(
+                "server.admin_listen: {} is not a loopback address and [server.admin_tls] is \
+                 not set: keys, tokens and the admin credential cross the network unencrypted",
+                self.admin_listen
+            ));
+        }
+        warnings
+    }
+}
+
+/// `lingering_timeout_ms`: nginx's `lingering_timeout` is 5 s.
+const DEFAULT_LINGERING_TIMEOUT_MS: u64 = 5_000;
+/// `lingering_max_bytes`: 64 MiB reads in well under a second on a fast link, and keeps a
+/// refused upload from making the gateway read for ever.
+const DEFAULT_LINGERING_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Validator<'_> {
     pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
         let output = match raw.output.as_deref().unwrap_or("stdout") {
@@ -61,7 +95,7 @@ impl Validator<'_> {
         }
         let queue_max_bytes = raw
             .queue_max_bytes
-            .unwrap_or(crate::telemetry::sink::QueueLimits::DEFAULT_BYTES);
+            .unwrap_or(super::DEFAULT_QUEUE_MAX_BYTES);
         if !(65_536..=1 << 30).contains(&queue_max_bytes) {
             self.issue(
                 "telemetry.queue_max_bytes",
@@ -123,16 +157,7 @@ impl Validator<'_> {
             raw.probe_listen.as_deref(),
             raw.metrics_listen.as_deref(),
         );
-        let state_dir = self.path(raw.state_dir.as_deref().unwrap_or("state"));
-        if state_dir.exists() && !state_dir.is_dir() {
-            self.issue(
-                "server.state_dir",
-                format!("{} exists and is not a directory", state_dir.display()),
-            );
-        }
-        for problem in crate::state::check_state_dir(&state_dir) {
-            self.issue("server.state_dir", problem);
-        }
+        let state_dir = self.state_dir(raw.state_dir.as_deref());
         let admin_token_file = raw.admin_token_file.map(|f| self.admin_token_file(&f));
         let compute_type = raw.compute_type.unwrap_or_else(|| "AKS".to_owned());
         if compute_type.is_empty() || compute_type.len() > 64 {
@@ -164,6 +189,17 @@ impl Validator<'_> {
                 1,
             ),
             idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 1_000, 0),
+            lingering_timeout: self.millis(
+                "server.lingering_timeout_ms",
+                raw.lingering_timeout_ms,
+                DEFAULT_LINGERING_TIMEOUT_MS,
+                0,
+            ),
+            lingering_max_bytes: self.bytes(
+                "server.lingering_max_bytes",
+                raw.lingering_max_bytes,
+                DEFAULT_LINGERING_MAX_BYTES,
+            ),
             worker_threads: raw.worker_threads,
             health_interval: self.millis(
                 "server.health_interval_ms",
@@ -201,7 +237,25 @@ impl Validator<'_> {
                 .unwrap_or_default(),
             admin_allow_cidrs: self.cidrs("server.admin_allow_cidrs", raw.admin_allow_cidrs),
             tls: raw.tls.and_then(|tls| self.tls(tls)),
+            admin_tls: raw
+                .admin_tls
+                .and_then(|tls| self.tls_table("server.admin_tls", tls)),
         }
+    }
+
+    /// `server.state_dir` (default `state`): a directory if it exists, private to its owner.
+    fn state_dir(&mut self, raw: Option<&str>) -> PathBuf {
+        let state_dir = self.path(raw.unwrap_or("state"));
+        if state_dir.exists() && !state_dir.is_dir() {
+            self.issue(
+                "server.state_dir",
+                format!("{} exists and is not a directory", state_dir.display()),
+            );
+        }
+        for problem in crate::state::check_state_dir(&state_dir) {
+            self.issue("server.state_dir", problem);
+        }
+        state_dir
     }
 
     /// `probe_listen` and `metrics_listen`, optional, each on an address of its own.
@@ -260,31 +314,44 @@ impl Validator<'_> {
         }
     }
 
+    /// `[server.tls]`: a TLS table whose files are also a watched source (their versions are
+    /// recorded just before they are read).
     pub(super) fn tls(&mut self, raw: raw::RawTls) -> Option<TlsConfig> {
+        if let (Some(cert), Some(key)) = (&raw.cert, &raw.key) {
+            self.fingerprints.cert = crate::fingerprint::Fingerprint::of(&self.path(cert));
+            self.fingerprints.key = crate::fingerprint::Fingerprint::of(&self.path(key));
+        }
+        self.tls_table("server.tls", raw)
+    }
+
+    /// A TLS table (`[server.tls]`, `[server.admin_tls]`): the pair is read and checked to
+    /// match, the client CA read; problems name `table.field`.
+    pub(super) fn tls_table(&mut self, table: &str, raw: raw::RawTls) -> Option<TlsConfig> {
         let cert = raw.cert.map(|c| self.path(&c));
         let key = raw.key.map(|k| self.path(&k));
         if cert.is_none() {
             self.issue(
-                "server.tls.cert",
-                "is required when [server.tls] is present",
+                format!("{table}.cert"),
+                format!("is required when [{table}] is present"),
             );
         }
         if key.is_none() {
-            self.issue("server.tls.key", "is required when [server.tls] is present");
+            self.issue(
+                format!("{table}.key"),
+                format!("is required when [{table}] is present"),
+            );
         }
         let client_ca = raw.client_ca.and_then(|ca| {
             let path = self.path(&ca);
             match crate::tls::load_ca(&path) {
                 Ok(certs) => Some((path, certs)),
                 Err(e) => {
-                    self.issue("server.tls.client_ca", e);
+                    self.issue(format!("{table}.client_ca"), e);
                     None
                 }
             }
         });
         let (cert_path, key_path) = (cert?, key?);
-        self.fingerprints.cert = crate::fingerprint::Fingerprint::of(&cert_path);
-        self.fingerprints.key = crate::fingerprint::Fingerprint::of(&key_path);
         match crate::tls::load_certified_key(&cert_path, &key_path) {
             Ok(certified_key) => Some(TlsConfig {
                 cert_path,
@@ -294,7 +361,7 @@ impl Validator<'_> {
             }),
             Err(e) => {
                 let field = if e.is_cert_problem() { "cert" } else { "key" };
-                self.issue(format!("server.tls.{field}"), e.to_string());
+                self.issue(format!("{table}.{field}"), e.to_string());
                 None
             }
         }

@@ -172,6 +172,18 @@ impl Validator<'_> {
                 60_000,
                 1,
             ),
+            send_timeout: self.millis(&key("send_timeout_ms"), raw.send_timeout_ms, 30_000, 1),
+            request_timeout: match raw.request_timeout_ms {
+                None | Some(0) => None,
+                Some(ms) => Some(self.millis(&key("request_timeout_ms"), Some(ms), 0, 1)),
+            },
+            min_body_rate: raw.min_body_rate_bytes_per_s.unwrap_or(500),
+            min_body_rate_window: self.millis(
+                &key("min_body_rate_window_ms"),
+                raw.min_body_rate_window_ms,
+                10_000,
+                100,
+            ),
             allow_cidrs: self.cidrs(&key("allow_cidrs"), raw.allow_cidrs),
             rate_limit: raw
                 .rate_limit

@@ -496,3 +496,87 @@ fn record_queue_bytes_default_and_bounds() {
         );
     }
 }
+
+#[test]
+fn admin_listener_on_the_network_warns_and_admin_tls_is_validated() {
+    let d = Dir::new();
+    let warnings = |server: &str| {
+        d.parse(&format!("[server]\n{server}\n{MINIMAL}"))
+            .expect("valid")
+            .server
+            .warnings()
+    };
+    assert!(warnings("").is_empty(), "loopback by default");
+    let open = warnings("admin_listen = \"0.0.0.0:9901\"");
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(
+        open[0].starts_with("server.admin_listen: 0.0.0.0:9901 is not a loopback address")
+            && open[0].contains("server.admin_allow_cidrs is unset"),
+        "{open:?}"
+    );
+    assert!(
+        open[1].contains("[server.admin_tls] is not set"),
+        "{open:?}"
+    );
+    let guarded = warnings(
+        "admin_listen = \"0.0.0.0:9901\"\nadmin_allow_cidrs = [\"10.0.0.0/8\"]\n\
+         admin_tls = { cert = \"good.crt\", key = \"good.key\" }",
+    );
+    assert!(guarded.is_empty(), "{guarded:?}");
+
+    let issues = d.issues(&format!(
+        "[server]\nadmin_tls = {{ cert = \"missing.crt\" }}\n{MINIMAL}"
+    ));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(
+        issues[0],
+        "server.admin_tls.key: is required when [server.admin_tls] is present"
+    );
+    let issues = d.issues(&format!(
+        "[server]\nadmin_tls = {{ cert = \"good.crt\", key = \"garbage.key\" }}\n{MINIMAL}"
+    ));
+    assert!(
+        issues.len() == 1 && issues[0].starts_with("server.admin_tls.key: "),
+        "{issues:?}"
+    );
+}
+
+#[test]
+fn lingering_bounds_have_defaults_and_are_validated_by_key() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.lingering_timeout, Duration::from_secs(5));
+    assert_eq!(c.server.lingering_max_bytes, 64 * 1024 * 1024);
+    let issues = d.issues(&format!(
+        "[server]\nlingering_timeout_ms = 100000000000\nlingering_max_bytes = 2000000000000\n{MINIMAL}"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "server.lingering_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+            "server.lingering_max_bytes: 2000000000000 exceeds the maximum of 1099511627776 (1 TiB)",
+        ]
+    );
+}
+
+#[test]
+fn slow_client_bounds_have_defaults_and_are_validated_by_key() {
+    let d = Dir::new();
+    let c = d.parse(MINIMAL).expect("valid");
+    let s = &c.services[0];
+    assert_eq!(s.send_timeout, Duration::from_secs(30));
+    assert_eq!(s.request_timeout, None);
+    assert_eq!(s.min_body_rate, 500);
+    assert_eq!(s.min_body_rate_window, Duration::from_secs(10));
+    let issues = d.issues(&format!(
+        "{MINIMAL}send_timeout_ms = 0\nrequest_timeout_ms = 100000000000\nmin_body_rate_window_ms = 10\n"
+    ));
+    assert_eq!(
+        issues,
+        [
+            "service[0].send_timeout_ms: 0 is below the minimum of 1 ms",
+            "service[0].request_timeout_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
+            "service[0].min_body_rate_window_ms: 10 is below the minimum of 100 ms",
+        ]
+    );
+}

@@ -63,6 +63,24 @@ async fn every_variant_has_a_pinned_status_side_and_code() {
             "request_body_timeout",
         ),
         (
+            GatewayError::ClientBodyTooSlow { min_rate: 500 },
+            408,
+            Side::Client,
+            "request_body_too_slow",
+        ),
+        (
+            GatewayError::ClientSendTimeout { after: ms(5) },
+            408,
+            Side::Client,
+            "client_send_timeout",
+        ),
+        (
+            GatewayError::RequestDeadline { after: ms(5) },
+            408,
+            Side::Client,
+            "request_deadline_exceeded",
+        ),
+        (
             GatewayError::ClientDisconnected,
             499,
             Side::Client,

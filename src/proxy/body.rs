@@ -2,20 +2,25 @@
 //!
 //! [`RequestBody`] carries the client's body to the upstream frame by frame, counting bytes and
 //! enforcing the service's size limit mid-stream; what it saw is shared with the handler through
-//! [`Progress`], because the upstream client polls the body on its own connection task.
-//! [`ProxyBody`] carries the response to the client (an upstream stream or a gateway-generated
-//! body) and owns the request's [`Finish`] guard, so the record is written exactly once, when the
-//! last byte is handed to hyper or when hyper drops the body (the client went away).
+//! [`Progress`], because the upstream client polls the body on its own connection task. The
+//! client's body itself lives in the `Progress` too, so the handler can take back what the
+//! upstream did not read ([`Progress::take_rest`]) when an answer comes first, and discard it
+//! (`proxy::linger`). [`ProxyBody`] carries the response to the client (an upstream stream or a
+//! gateway-generated body) and owns the request's [`Finish`] guard, so the record is written
+//! exactly once, when the last byte is handed to hyper or when hyper drops the body (the client
+//! went away).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::Finish;
@@ -23,16 +28,41 @@ use super::upstream::Lease;
 use crate::error::GatewayError;
 
 /// What the request body wrapper observed; read by the handler after forwarding.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Progress {
     bytes: AtomicU64,
     /// 0 while fine, else one of the `BODY_*` faults below.
     outcome: AtomicU8,
+    /// The client's body while it streams upstream.
+    source: Mutex<Source>,
+}
+
+#[derive(Debug)]
+struct Source {
+    /// `None` once the body has ended, or once the handler took it back.
+    body: Option<Incoming>,
+    /// The handler took the body back: the upstream request is abandoned.
+    taken: bool,
+    /// The client will not send its body until invited (`Expect: 100-continue`, HTTP/1.1), and
+    /// has not been: hyper sends `100 Continue` when the body is first read.
+    uninvited: bool,
+    /// The upstream connection's task, waiting for body data; woken when the body is taken.
+    waiter: Option<Waker>,
+}
+
+/// The part of a request body nobody read, handed back for discarding.
+#[derive(Debug)]
+pub struct Unread {
+    pub body: Incoming,
+    /// The client sends (or is sending) its body; `false` for an HTTP/1.1 client still waiting
+    /// for the `100 Continue` it asked for.
+    pub invited: bool,
 }
 
 const BODY_CLIENT_ERROR: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
 const BODY_IDLE: u8 = 3;
+const BODY_TOO_SLOW: u8 = 4;
 
 /// The request body stopped for a reason that belongs to the client, not the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +71,25 @@ pub enum BodyFault {
     TooLarge,
     /// No data for longer than the idle timeout.
     Idle,
+    /// Slower than `min_body_rate_bytes_per_s`.
+    TooSlow,
 }
 
 impl Progress {
+    /// `waits`: the client asked for `100 Continue` (HTTP/1.1).
+    pub fn new(body: Incoming, waits: bool) -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            outcome: AtomicU8::new(0),
+            source: Mutex::new(Source {
+                body: Some(body),
+                taken: false,
+                uninvited: waits,
+                waiter: None,
+            }),
+        }
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -53,8 +99,28 @@ impl Progress {
             BODY_CLIENT_ERROR => Some(BodyFault::ClientError),
             BODY_TOO_LARGE => Some(BodyFault::TooLarge),
             BODY_IDLE => Some(BodyFault::Idle),
+            BODY_TOO_SLOW => Some(BodyFault::TooSlow),
             _ => None,
         }
+    }
+
+    fn source(&self) -> MutexGuard<'_, Source> {
+        self.source.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes back the rest of the client's body, if it has not ended: the upstream request then
+    /// fails (its connection is not reused) and the caller decides what becomes of the rest.
+    pub fn take_rest(&self) -> Option<Unread> {
+        let mut source = self.source();
+        let body = source.body.take()?;
+        source.taken = true;
+        if let Some(waiter) = source.waiter.take() {
+            waiter.wake();
+        }
+        (!body.is_end_stream()).then_some(Unread {
+            body,
+            invited: !source.uninvited,
+        })
     }
 }
 
@@ -67,6 +133,11 @@ pub enum RequestBodyError {
     TooLarge { limit: u64 },
     #[error("request body stalled")]
     Idle,
+    #[error("request body too slow")]
+    TooSlow,
+    /// The upstream answered before reading the whole body; the rest is not forwarded.
+    #[error("request body no longer forwarded: the upstream has answered")]
+    Stopped,
 }
 
 /// Cuts off a stream that moves no data for `after`. The timer is only armed when the stream
@@ -112,15 +183,68 @@ impl IdleTimer {
     }
 }
 
+/// A minimum data rate, checked over consecutive windows as data arrives: a body that trickles
+/// (each piece inside the idle timeout, so it never stalls) still cannot hold its admission slot
+/// for long. A body with no data at all is the idle timer's business.
+#[derive(Debug)]
+pub struct MinRate {
+    /// Bytes per second; 0: no minimum.
+    per_s: u64,
+    window: Duration,
+    /// Start of the current window (`None` until the first poll).
+    since: Option<tokio::time::Instant>,
+    bytes: u64,
+}
+
+impl MinRate {
+    pub fn new(per_s: u64, window: Duration) -> Self {
+        Self {
+            per_s,
+            window,
+            since: None,
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes; `false` when a whole window passed below the rate.
+    fn record(&mut self, n: usize) -> bool {
+        if self.per_s == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        self.bytes += n as u64;
+        let elapsed = now.duration_since(since);
+        if elapsed < self.window {
+            return true;
+        }
+        let needed = u128::from(self.per_s) * elapsed.as_millis() / 1000;
+        if u128::from(self.bytes) < needed {
+            return false;
+        }
+        self.since = Some(now);
+        self.bytes = 0;
+        true
+    }
+
+    /// Starts the first window when the body is first asked for.
+    fn start(&mut self) {
+        if self.since.is_none() && self.per_s != 0 {
+            self.since = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
 /// The body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     Empty,
     Stream {
-        inner: Incoming,
         limit: u64,
+        /// Holds the client's body (see [`Progress::take_rest`]).
         progress: Arc<Progress>,
         idle: IdleTimer,
+        rate: MinRate,
     },
 }
 
@@ -133,26 +257,50 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let Self::Stream {
-            inner,
             limit,
             progress,
             idle,
+            rate,
         } = self.get_mut()
         else {
             return Poll::Ready(None);
         };
-        let polled = match Pin::new(inner).poll_frame(cx) {
+        rate.start();
+        let mut source = progress.source();
+        source.uninvited = false;
+        let Some(inner) = source.body.as_mut() else {
+            // Taken back: ending the body here would tell the upstream it had all of it.
+            return Poll::Ready(source.taken.then_some(Err(RequestBodyError::Stopped)));
+        };
+        let polled = match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(polled) => polled,
             Poll::Pending => {
+                if !source
+                    .waiter
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    source.waiter = Some(cx.waker().clone());
+                }
+                drop(source);
                 ready!(idle.poll_expired(cx));
                 progress.outcome.store(BODY_IDLE, Ordering::Release);
                 return Poll::Ready(Some(Err(RequestBodyError::Idle)));
             }
         };
         idle.progressed();
+        let ended = inner.is_end_stream();
         match polled {
             Some(Ok(frame)) => {
+                if ended {
+                    source.body = None;
+                }
+                drop(source);
                 if let Some(data) = frame.data_ref() {
+                    if !rate.record(data.len()) {
+                        progress.outcome.store(BODY_TOO_SLOW, Ordering::Release);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooSlow)));
+                    }
                     let total = progress
                         .bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed)
@@ -167,24 +315,38 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
+                source.body = None;
                 progress.outcome.store(BODY_CLIENT_ERROR, Ordering::Release);
                 Poll::Ready(Some(Err(RequestBodyError::Client(e))))
             }
-            None => Poll::Ready(None),
+            None => {
+                source.body = None;
+                Poll::Ready(None)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Stream { inner, .. } => inner.is_end_stream(),
+            Self::Stream { progress, .. } => {
+                let source = progress.source();
+                source
+                    .body
+                    .as_ref()
+                    .map_or(!source.taken, Incoming::is_end_stream)
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Stream { inner, .. } => inner.size_hint(),
+            Self::Stream { progress, .. } => progress
+                .source()
+                .body
+                .as_ref()
+                .map_or_else(SizeHint::default, Incoming::size_hint),
         }
     }
 }
@@ -206,7 +368,19 @@ enum Kind {
         /// Back to the pool once the body has ended; dropped (closing the connection) if the
         /// body is abandoned or fails.
         conn: Option<Lease>,
+        /// The upstream answered before the request body ended: the response's last frame
+        /// waits until the rest of the request body has been discarded (see `linger`).
+        lingering: Option<Box<Lingering>>,
     },
+}
+
+/// The end of a response held back while the rest of the request body is discarded.
+#[derive(Debug)]
+struct Lingering {
+    /// Resolves (its sender dropped) when the discard is over.
+    over: oneshot::Receiver<()>,
+    /// The response's last frame; `None` if the body ended without one.
+    last: Option<Frame<Bytes>>,
 }
 
 /// Why the response stream to the client was cut.
@@ -232,6 +406,7 @@ impl ProxyBody {
                 body,
                 idle: IdleTimer::new(idle),
                 conn: Some(conn),
+                lingering: None,
             },
             finish: Some(finish),
         }
@@ -244,16 +419,41 @@ impl ProxyBody {
     }
 
     /// Marks the response complete and writes the record now, not whenever hyper drops us; the
-    /// upstream connection is free for the next request.
-    fn complete(&mut self) {
+    /// upstream connection is free for the next request. If the upstream answered before the
+    /// request body ended, the rest of it is not forwarded but discarded (`linger`), the upstream
+    /// connection, cut mid-request, is closed instead, and over HTTP/2 `last` (the response's
+    /// last frame) is held back until the discard is over: curl 7.88 stops reading its HTTP/2
+    /// connection once it has the whole response, so it would never see the flow-control credit
+    /// it needs to finish the upload, and would wait for ever.
+    fn complete(&mut self, last: Option<Frame<Bytes>>) -> Option<Frame<Bytes>> {
+        let mut finish = self.finish.take();
+        let unread = finish
+            .as_ref()
+            .and_then(|f| f.ctx.request_progress.as_ref()?.take_rest());
         if let Kind::Upstream { conn, .. } = &mut self.kind
             && let Some(conn) = conn.take()
+            && unread.is_none()
         {
             conn.release();
         }
-        if let Some(mut f) = self.finish.take() {
-            f.ctx.response_complete = true;
+        let Some(f) = &mut finish else {
+            return last;
+        };
+        f.ctx.response_complete = true;
+        let Some(unread) = unread else {
+            return last;
+        };
+        let over = super::linger::discard(&f.gw, &f.conn.0, f.ctx.version, unread);
+        // Only HTTP/2 needs the hold: over HTTP/1.1 curl reads the answer once its upload is
+        // done, and the connection is closed if the discard gives up.
+        if let Some(over) = over
+            && f.ctx.version >= http::Version::HTTP_2
+            && let Kind::Upstream { lingering, .. } = &mut self.kind
+        {
+            *lingering = Some(Box::new(Lingering { over, last }));
+            return None;
         }
+        last
     }
 }
 
@@ -263,7 +463,7 @@ impl Drop for ProxyBody {
     /// client that went away.
     fn drop(&mut self) {
         if http_body::Body::is_end_stream(self) {
-            self.complete();
+            self.complete(None);
         }
     }
 }
@@ -276,21 +476,63 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
+        // The send timeout runs while a frame waits for the client, not while the upstream is.
+        let watch = self
+            .finish
+            .as_ref()
+            .and_then(|f| f.ctx.watch.as_ref())
+            .map(Arc::clone);
+        if let Some(watch) = &watch {
+            watch.asked();
+        }
+        let polled = self.poll_next_frame(cx);
+        if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (&watch, &polled) {
+            watch.sending();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint()
+    }
+}
+
+impl ProxyBody {
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self;
         match &mut this.kind {
             Kind::Full(bytes) => {
                 let frame = bytes.take();
                 match frame {
                     Some(b) => {
                         this.count(b.len());
-                        this.complete();
+                        this.complete(None);
                         Poll::Ready(Some(Ok(Frame::data(b))))
                     }
                     None => {
-                        this.complete();
+                        this.complete(None);
                         Poll::Ready(None)
                     }
                 }
+            }
+            Kind::Upstream {
+                lingering: Some(held),
+                ..
+            } => {
+                // Either outcome (the sender is dropped) means the discard is over.
+                let _ = ready!(Pin::new(&mut held.over).poll(cx));
+                let last = held.last.take();
+                if let Kind::Upstream { lingering, .. } = &mut this.kind {
+                    *lingering = None;
+                }
+                Poll::Ready(last.map(Ok))
             }
             Kind::Upstream {
                 body: inner, idle, ..
@@ -314,10 +556,17 @@ impl Body for ProxyBody {
                         if let Some(data) = frame.data_ref() {
                             this.count(data.len());
                         }
-                        if end {
-                            this.complete();
+                        if !end {
+                            return Poll::Ready(Some(Ok(frame)));
                         }
-                        Poll::Ready(Some(Ok(frame)))
+                        match this.complete(Some(frame)) {
+                            Some(frame) => Poll::Ready(Some(Ok(frame))),
+                            // Held back: the next poll waits for the discard.
+                            None => {
+                                cx.waker().wake_by_ref();
+                                Poll::Pending
+                            }
+                        }
                     }
                     Some(Err(e)) => {
                         if let Some(f) = &mut this.finish {
@@ -328,7 +577,17 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))
                     }
                     None => {
-                        this.complete();
+                        this.complete(None);
+                        if matches!(
+                            &this.kind,
+                            Kind::Upstream {
+                                lingering: Some(_),
+                                ..
+                            }
+                        ) {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                         Poll::Ready(None)
                     }
                 }
@@ -336,14 +595,16 @@ impl Body for ProxyBody {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream {
+                body, lingering, ..
+            } => lingering.is_none() && body.is_end_stream(),
         }
     }
 
-    fn size_hint(&self) -> SizeHint {
+    fn hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),

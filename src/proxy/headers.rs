@@ -10,6 +10,8 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_TOKEN_REFRESH_AFTER: HeaderName = HeaderName::from_static("x-token-refresh-after");
+/// The default name of the verified-subject header the gateway sends upstream.
+pub static X_SCOREGATE_SUBJECT: HeaderName = HeaderName::from_static("x-scoregate-subject");
 
 /// Hop-by-hop headers per RFC 9110 §7.6.1, plus the de-facto `Keep-Alive` and
 /// `Proxy-Connection`. They describe one connection and must not be forwarded.
@@ -48,6 +50,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Removes every header that a server could take for `name`: the same name once `_` is read as
+/// `-` (WSGI servers and older gunicorn merge `X_Scoregate_Subject` into `X-Scoregate-Subject`).
+/// Names are lower case already (HTTP/2 requires it, hyper lower-cases HTTP/1.1 names).
+pub fn remove_lookalikes(headers: &mut HeaderMap, name: &HeaderName) {
+    let target = name.as_str().as_bytes();
+    let same = |candidate: &HeaderName| {
+        let c = candidate.as_str().as_bytes();
+        c.len() == target.len()
+            && c.iter()
+                .zip(target)
+                .all(|(&a, &b)| a == b || (a == b'_' && b == b'-') || (a == b'-' && b == b'_'))
+    };
+    // One pass over the names; nothing is allocated unless a look-alike is there.
+    if !headers.keys().any(same) {
+        return;
+    }
+    let found: Vec<HeaderName> = headers.keys().filter(|n| same(n)).cloned().collect();
+    for n in found {
+        headers.remove(n);
     }
 }
 
@@ -136,6 +160,36 @@ pub fn set_response_ids(
     headers.insert(X_MS_REQUEST_ID.clone(), request_id.clone());
     if let Some(c) = client_request_id {
         headers.insert(X_MS_CLIENT_REQUEST_ID.clone(), c.clone());
+    }
+}
+
+#[cfg(test)]
+mod lookalike_tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_subject_header_is_removed_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-scoregate-subject", "a"),
+            ("X_Scoregate_Subject", "b"),
+            ("x-scoregate_subject", "c"),
+            ("x-scoregate-subjects", "keep"),
+            ("x-scoregate", "keep"),
+            ("content-type", "keep"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_lookalikes(&mut h, &X_SCOREGATE_SUBJECT);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["content-type", "x-scoregate", "x-scoregate-subjects"]
+        );
     }
 }
 

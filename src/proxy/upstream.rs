@@ -13,7 +13,9 @@
 //! new one) and gets it as a [`Lease`]; the response body gives the lease back when its last
 //! byte has passed ([`Lease::release`]), which is when hyper's connection task has already
 //! turned to wait for the next request. A body that is abandoned drops the lease instead, and
-//! with it the connection, which cannot be reused with unread bytes on it.
+//! with it the connection, which cannot be reused with unread bytes on it. Dropping a lease (or
+//! an idle connection) ends the connection's task at once, even one stuck writing a request body
+//! the container stopped reading (it answered early).
 //!
 //! An idle connection is reused for `upstream_keepalive_ms` (default 4 s), less than the idle
 //! timeout of common container servers (uvicorn and Node.js: 5 s), so the gateway does not send a
@@ -35,6 +37,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::rt::{Read, Write};
 use hyper_util::client::legacy::connect::HttpConnector;
 use prometheus::IntCounter;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_service::Service;
 
 use super::body::RequestBody;
@@ -82,23 +85,31 @@ enum Connector {
     Tls(hyper_rustls::HttpsConnector<HttpConnector>),
 }
 
+/// A connection: the handle to send on, and the guard that ends its task when dropped.
+#[derive(Debug)]
+struct Conn {
+    sender: SendRequest<RequestBody>,
+    _close: DropGuard,
+}
+
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
 /// One upstream connection lent to one request.
 #[derive(Debug)]
 pub struct Lease {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     pool: Arc<Pool>,
 }
 
 impl Lease {
     /// The response has ended: the connection goes back to the pool for the next request.
     pub fn release(self) {
-        let Self { sender, pool } = self;
+        let Self { conn, pool } = self;
+        let sender = &conn.sender;
         if sender.is_closed() || pool.keepalive.is_zero() {
             return;
         }
@@ -109,7 +120,7 @@ impl Lease {
         let expired = idle.partition_point(|c| now.duration_since(c.since) > pool.keepalive);
         idle.drain(..expired);
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 }
@@ -156,34 +167,43 @@ impl UpstreamClient {
         &self,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        if let Some(mut sender) = poll_fn(|cx| Poll::Ready(self.0.checkout(cx))).await {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(sender))),
+        if let Some(mut conn) = poll_fn(|cx| Poll::Ready(self.0.checkout(cx))).await {
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(conn))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(UpstreamError::Http(e.into_error())),
                 },
             }
         }
-        let mut sender = self.0.connect().await?;
-        let resp = sender
+        let mut conn = self.0.connect().await?;
+        let resp = conn
+            .sender
             .send_request(req)
             .await
             .map_err(UpstreamError::Http)?;
-        Ok((resp, self.lease(sender)))
+        Ok((resp, self.lease(conn)))
     }
 
-    fn lease(&self, sender: SendRequest<RequestBody>) -> Lease {
+    fn lease(&self, conn: Conn) -> Lease {
         Lease {
-            sender,
+            conn,
             pool: Arc::clone(&self.0),
         }
     }
 
     /// `GET path` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
     /// 200 `Healthy` (AZUREML-CONTRACT B.3). The (small) body is read so the connection can be
-    /// reused by the next probe or request.
-    pub async fn probe(&self, path: &str, host: http::HeaderValue, timeout: Duration) -> bool {
+    /// reused; it goes back to the pool only if the next probe, `next_in` from now, comes before
+    /// the pool would expire it (`upstream_keepalive_ms`): an idle service then holds no upstream
+    /// connection between probes (about 29 KiB each, which adds up over many services).
+    pub async fn probe(
+        &self,
+        path: &str,
+        host: http::HeaderValue,
+        timeout: Duration,
+        next_in: Duration,
+    ) -> bool {
         let Ok(req) = Request::get(path)
             .header(http::header::HOST, host)
             .body(RequestBody::Empty)
@@ -195,7 +215,9 @@ impl UpstreamClient {
             let healthy = resp.status().is_success();
             let body = http_body_util::Limited::new(resp.into_body(), PROBE_MAX_BODY);
             http_body_util::BodyExt::collect(body).await.ok()?;
-            lease.release();
+            if next_in < lease.pool.keepalive {
+                lease.release();
+            }
             Some(healthy)
         };
         matches!(
@@ -209,7 +231,7 @@ impl Pool {
     /// The most recently used idle connection that is ready for a request. Connections the
     /// upstream closed, or that are still busy (a request body the upstream did not wait for),
     /// are dropped on the way.
-    fn checkout(&self, cx: &mut Context<'_>) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some(mut conn) = idle.pop() {
@@ -218,14 +240,14 @@ impl Pool {
                 idle.clear();
                 return None;
             }
-            if let Poll::Ready(Ok(())) = conn.sender.poll_ready(cx) {
-                return Some(conn.sender);
+            if let Poll::Ready(Ok(())) = conn.conn.sender.poll_ready(cx) {
+                return Some(conn.conn);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
         let target = self.target.clone();
         self.opened.inc();
         match self.connector.clone() {
@@ -245,18 +267,28 @@ impl Pool {
 }
 
 /// Starts HTTP/1.1 on a new connection; its I/O runs in a task of its own until the connection
-/// closes or every handle to it is gone.
-async fn handshake<T>(io: T) -> Result<SendRequest<RequestBody>, UpstreamError>
+/// closes, or until the returned [`Conn`] is dropped.
+async fn handshake<T>(io: T) -> Result<Conn, UpstreamError>
 where
     T: Read + Write + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::handshake(io)
         .await
         .map_err(|e| UpstreamError::Connect(e.into()))?;
+    let close = CancellationToken::new();
+    let closed = close.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+        tokio::select! {
+            ended = conn => if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            },
+            // hyper ends a connection whose handles are gone only once the exchange in progress
+            // is over, which for a request body the container no longer reads is never.
+            () = closed.cancelled() => {}
         }
     });
-    Ok(sender)
+    Ok(Conn {
+        sender,
+        _close: close.drop_guard(),
+    })
 }

@@ -14,7 +14,8 @@ use crate::auth::jwt::TokenAuthority;
 use crate::auth::jwt::signing::SigningFile;
 use crate::auth::jwt::trusted::{IssuerId, JwksFile, KeyMap};
 use crate::auth::keys::KeyFile;
-use crate::config::{AuthMode, Config, TrustedIssuer, TrustedKeys};
+use crate::cluster::Cluster;
+use crate::config::{AuthMode, Config, KeySource, SigningSource, TrustedIssuer, TrustedKeys};
 use crate::policy::AssignmentFile;
 use crate::runtime::BuildError;
 use crate::runtime::build::{Generated, Inputs};
@@ -32,6 +33,8 @@ pub struct Sources {
     pub fetched: BTreeMap<IssuerId, (TrustedIssuer, Arc<KeyMap>)>,
     pub assignments: Watched<AssignmentFile>,
     pub admin: Watched<CredentialFile>,
+    /// Fleet mode: state-directory sources are bound to etcd keys instead of files.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// A change a poll found in a source other than the config file, for logs, metrics and the
@@ -83,9 +86,17 @@ fn poll<S: Source>(
 
 impl Sources {
     /// The sources of the configuration the gateway starts with; every one is read now.
-    pub fn open(config: Config) -> Result<Self, BuildError> {
+    pub fn open(config: Config, cluster: Option<Arc<Cluster>>) -> Result<Self, BuildError> {
         let state_dir = config.server.state_dir.clone();
-        let admin_file = CredentialFile::of(&config.server);
+        let mut admin_file = CredentialFile::of(&config.server);
+        let mut assignment_file = AssignmentFile::new(&state_dir);
+        if let Some(c) = &cluster {
+            // An operator's admin_token_file stays per replica (delivered like the config).
+            if !admin_file.provided {
+                admin_file.shared = Some(c.shared("admin"));
+            }
+            assignment_file.shared = Some(c.shared("assignments/"));
+        }
         let seen = vec![config.fingerprints.config];
         let mut sources = Self {
             config: Watched::with_value(
@@ -100,9 +111,9 @@ impl Sources {
             signing: BTreeMap::new(),
             jwks_files: BTreeMap::new(),
             fetched: BTreeMap::new(),
-            assignments: Watched::open(AssignmentFile::new(&state_dir))
-                .map_err(BuildError::Assignments)?,
+            assignments: Watched::open(assignment_file).map_err(BuildError::Assignments)?,
             admin: Watched::open(admin_file).map_err(BuildError::Admin)?,
+            cluster,
         };
         let config = Arc::clone(sources.config.value());
         sources.follow(&config)?;
@@ -128,7 +139,10 @@ impl Sources {
         let mut signing = BTreeMap::new();
         for s in &config.services {
             if let (AuthMode::Key, Some(source)) = (s.auth, &s.keys) {
-                let file = KeyFile::new(source.clone());
+                let mut file = KeyFile::new(source.clone());
+                if let (Some(c), KeySource::State { .. }) = (&self.cluster, source) {
+                    file = file.shared(c.shared(&format!("keys/{}", s.name)));
+                }
                 let watched = reuse_or_open(self.keys.remove(&s.name), file).map_err(|source| {
                     BuildError::Keys {
                         service: s.name.clone(),
@@ -138,11 +152,14 @@ impl Sources {
                 keys.insert(s.name.clone(), watched);
             }
             if let Some(token) = &s.token {
-                let file = SigningFile::new(
+                let mut file = SigningFile::new(
                     token.signing.clone(),
                     token.algorithm,
                     TokenAuthority::overlap(token),
                 );
+                if let (Some(c), SigningSource::State { .. }) = (&self.cluster, &token.signing) {
+                    file = file.shared(c.shared(&format!("signing/{}", s.name)));
+                }
                 let watched =
                     reuse_or_open(self.signing.remove(&s.name), file).map_err(|source| {
                         BuildError::Signing {

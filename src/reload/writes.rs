@@ -1,17 +1,31 @@
-//! Management writes: each one writes its source (atomically) under the reload lock and then runs
-//! a cycle, so the change is applied through the same observe path as an operator's edit, and the
-//! call answers only once the state that holds it is published.
+//! Management writes: each one writes its source under the reload lock and then runs a cycle, so
+//! the change is applied through the same observe path as an operator's edit, and the call
+//! answers only once the state that holds it is published.
 //!
 //! Before writing, a cycle applies whatever changed on disk since the last poll (the offline CLI,
 //! an operator), so a write is made on top of that change, not over it.
+//!
+//! In fleet mode the source is an etcd key: the new value is planned under the lock from the
+//! applied one, then written by a transaction that succeeds only if the key is still at the mod
+//! revision that value was read at (or, for a new role assignment, does not exist yet), and the
+//! call waits until the watch has brought the commit back and a cycle has applied it. A write
+//! that etcd cannot take changes nothing and fails with `cluster_unavailable`; one that lost a
+//! race with another replica's write fails with a conflict and changes nothing either.
 
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 use super::sources::Sources;
 use super::{Applier, Own, Trigger};
 use crate::auth::KeySlot;
 use crate::auth::jwt::signing::SigningError;
 use crate::auth::keys::{KeyError, NewKeys, Secret};
+use crate::cluster::{ClusterError, SharedKey};
+
+/// How long a committed fleet write waits for its change to be applied here.
+const APPLY_LIMIT: Duration = Duration::from_secs(10);
 use crate::policy::{Assignment, AssignmentError};
 
 /// Why a management write did not happen.
@@ -26,28 +40,128 @@ pub enum WriteError {
     Signing(#[from] SigningError),
     #[error(transparent)]
     Assignments(#[from] AssignmentError),
+    /// Fleet mode: etcd could not take the write, or another replica wrote first.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("the write task failed")]
     Task,
 }
 
+/// What a planned write does.
+enum Plan<T> {
+    /// A file was written; a cycle applies it.
+    Local(T),
+    /// An etcd transaction to run, then wait for.
+    Shared { out: T, op: SharedOp },
+}
+
+/// A fleet-mode write to etcd.
+enum SharedOp {
+    /// Seal and put `bytes` if the key is still at `expected` (0: absent).
+    Put {
+        key: SharedKey,
+        expected: i64,
+        bytes: Zeroizing<Vec<u8>>,
+    },
+    /// Create a plain (not secret) value; the key must not exist.
+    Create { key: SharedKey, bytes: Vec<u8> },
+    /// Delete the key if it is still at `expected`.
+    Delete { key: SharedKey, expected: i64 },
+}
+
+impl SharedOp {
+    /// Runs the transaction; the commit revision.
+    async fn run(self) -> Result<(i64, SharedKey), ClusterError> {
+        match self {
+            Self::Put {
+                key,
+                expected,
+                bytes,
+            } => Ok((key.put_if(expected, &bytes).await?, key)),
+            Self::Create { key, bytes } => {
+                let client = &key.cluster.client;
+                match client.create(&key.key, bytes, 0).await? {
+                    crate::cluster::etcd::Txn::Committed(r) => Ok((r, key)),
+                    crate::cluster::etcd::Txn::Conflict { .. } => {
+                        Err(ClusterError::Conflict(key.key.clone()))
+                    }
+                }
+            }
+            Self::Delete { key, expected } => {
+                let client = &key.cluster.client;
+                match client.compare_and_delete(&key.key, expected).await? {
+                    crate::cluster::etcd::Txn::Committed(r) => Ok((r, key)),
+                    crate::cluster::etcd::Txn::Conflict { .. } => {
+                        Err(ClusterError::Conflict(key.key.clone()))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The mod revision a shared source's applied value was read at (0: absent).
+fn applied_revision(seen: &crate::source::Version) -> i64 {
+    seen.first()
+        .copied()
+        .flatten()
+        .and_then(|f| f.as_revision())
+        .unwrap_or(0)
+}
+
 impl Applier {
-    /// Runs `write` on the sources between two cycles (see the module docs).
+    /// Plans `write` on the sources after a cycle; a local write is applied by a second cycle,
+    /// a fleet write is committed in etcd and waited for (see the module docs).
     async fn write<T: Send + 'static>(
         &self,
         own: Own,
-        write: impl FnOnce(&Sources) -> Result<T, WriteError> + Send + 'static,
+        op: &'static str,
+        write: impl FnOnce(&Sources) -> Result<Plan<T>, WriteError> + Send + 'static,
     ) -> Result<T, WriteError> {
-        let _serial = self.inner.serial.lock().await;
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut sources = inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
-            inner.cycle(&mut sources, &Trigger::Poll);
-            let out = write(&sources)?;
-            inner.cycle(&mut sources, &Trigger::OwnWrite(own));
-            Ok(out)
-        })
-        .await
-        .map_err(|_| WriteError::Task)?
+        let planned = {
+            let _serial = self.inner.serial.lock().await;
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || {
+                let mut sources = inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
+                inner.cycle(&mut sources, &Trigger::Poll);
+                let plan = write(&sources)?;
+                if matches!(plan, Plan::Local(_)) {
+                    inner.cycle(&mut sources, &Trigger::OwnWrite(own));
+                }
+                Ok::<_, WriteError>(plan)
+            })
+            .await
+            .map_err(|_| WriteError::Task)??
+        };
+        match planned {
+            Plan::Local(out) => Ok(out),
+            Plan::Shared { out, op: shared } => {
+                let result = async {
+                    let (revision, key) = shared.run().await?;
+                    if key.cluster.wait_applied(revision, APPLY_LIMIT).await {
+                        Ok(())
+                    } else {
+                        Err(ClusterError::NotApplied(revision))
+                    }
+                }
+                .await;
+                if let Some(cluster) = self.cluster() {
+                    let outcome = match &result {
+                        Ok(()) => "committed",
+                        Err(ClusterError::Conflict(_)) => "conflict",
+                        Err(e) if e.is_unavailable() => "unavailable",
+                        Err(_) => "error",
+                    };
+                    cluster
+                        .metrics
+                        .writes
+                        .with_label_values(&[op, outcome])
+                        .inc();
+                }
+                result?;
+                Ok(out)
+            }
+        }
     }
 
     /// Replaces one key of a key-mode service (generated, or `value`).
@@ -59,7 +173,7 @@ impl Applier {
         initiator: &str,
     ) -> Result<NewKeys, WriteError> {
         let (name, initiator) = (service.to_owned(), initiator.to_owned());
-        self.write(Own::Keys(name.clone()), move |sources| {
+        self.write(Own::Keys(name.clone()), "regenerateKeys", move |sources| {
             let watched = sources
                 .keys
                 .get(&name)
@@ -70,8 +184,17 @@ impl Applier {
                 .keys()
                 .ok_or_else(|| WriteError::Gone(name.clone()))?;
             let (_, shown, bytes) = file.regenerate(current, slot, value, &initiator)?;
+            if let Some(key) = &file.shared {
+                let expected = applied_revision(watched.seen());
+                let op = SharedOp::Put {
+                    key: key.clone(),
+                    expected,
+                    bytes,
+                };
+                return Ok(Plan::Shared { out: shown, op });
+            }
             file.write(&bytes)?;
-            Ok(shown)
+            Ok(Plan::Local(shown))
         })
         .await
     }
@@ -83,30 +206,56 @@ impl Applier {
         initiator: &str,
     ) -> Result<Arc<str>, WriteError> {
         let (name, initiator) = (service.to_owned(), initiator.to_owned());
-        self.write(Own::Signing(name.clone()), move |sources| {
-            let watched = sources
-                .signing
-                .get(&name)
-                .ok_or_else(|| WriteError::Gone(name.clone()))?;
-            let file = watched.source();
-            let current = watched
-                .value()
-                .set()
-                .ok_or_else(|| WriteError::Gone(name.clone()))?;
-            let (_, kid, bytes) = file.rotate(current, &initiator)?;
-            file.write(&bytes)?;
-            Ok(kid)
-        })
+        self.write(
+            Own::Signing(name.clone()),
+            "rotateSigningKey",
+            move |sources| {
+                let watched = sources
+                    .signing
+                    .get(&name)
+                    .ok_or_else(|| WriteError::Gone(name.clone()))?;
+                let file = watched.source();
+                let current = watched
+                    .value()
+                    .set()
+                    .ok_or_else(|| WriteError::Gone(name.clone()))?;
+                let (_, kid, bytes) = file.rotate(current, &initiator)?;
+                if let Some(key) = &file.shared {
+                    let expected = applied_revision(watched.seen());
+                    let op = SharedOp::Put {
+                        key: key.clone(),
+                        expected,
+                        bytes,
+                    };
+                    return Ok(Plan::Shared { out: kid, op });
+                }
+                file.write(&bytes)?;
+                Ok(Plan::Local(kid))
+            },
+        )
         .await
     }
 
     /// Adds a role assignment made through the API.
     pub async fn add_assignment(&self, assignment: Assignment) -> Result<(), WriteError> {
-        self.write(Own::Assignments, move |sources| {
+        self.write(Own::Assignments, "addRoleAssignment", move |sources| {
+            let file = sources.assignments.source();
+            if let Some(prefix) = &file.shared {
+                // One key per assignment: concurrent adds never conflict.
+                let key = SharedKey {
+                    cluster: Arc::clone(&prefix.cluster),
+                    key: format!("{}{}", prefix.key, assignment.id),
+                };
+                let bytes = serde_json::to_vec(&assignment).unwrap_or_default();
+                return Ok(Plan::Shared {
+                    out: (),
+                    op: SharedOp::Create { key, bytes },
+                });
+            }
             let mut list = sources.assignments.value().as_ref().clone();
             list.push(assignment);
-            sources.assignments.source().write(&list)?;
-            Ok(())
+            file.write(&list)?;
+            Ok(Plan::Local(()))
         })
         .await
     }
@@ -114,15 +263,27 @@ impl Applier {
     /// Removes an API role assignment; false when there is none with that id.
     pub async fn remove_assignment(&self, id: &str) -> Result<bool, WriteError> {
         let id = id.to_owned();
-        self.write(Own::Assignments, move |sources| {
+        self.write(Own::Assignments, "removeRoleAssignment", move |sources| {
+            let file = sources.assignments.source();
             let mut list = sources.assignments.value().as_ref().clone();
             let before = list.len();
             list.retain(|a| a.id != id);
             if list.len() == before {
-                return Ok(false);
+                return Ok(Plan::Local(false));
             }
-            sources.assignments.source().write(&list)?;
-            Ok(true)
+            if let Some(prefix) = &file.shared {
+                let key = SharedKey {
+                    cluster: Arc::clone(&prefix.cluster),
+                    key: format!("{}{id}", prefix.key),
+                };
+                let expected = key.mod_revision();
+                return Ok(Plan::Shared {
+                    out: true,
+                    op: SharedOp::Delete { key, expected },
+                });
+            }
+            file.write(&list)?;
+            Ok(Plan::Local(true))
         })
         .await
     }

@@ -110,6 +110,8 @@ pub enum Generated {
 #[derive(Debug)]
 pub struct PendingWrite {
     pub path: PathBuf,
+    /// Fleet mode: the value goes to etcd (create-if-absent, or compare-and-swap).
+    pub shared: Option<crate::cluster::SharedKey>,
     pub bytes: Zeroizing<Vec<u8>>,
     pub generated: Generated,
 }
@@ -151,6 +153,7 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
             services,
             cert: inputs.cert.clone(),
             tls: listener_tls(ctx, &inputs.config)?,
+            admin_tls: admin_listener_tls(ctx, &inputs.config)?,
             identity,
             assignments: Arc::clone(&inputs.assignments),
             admin,
@@ -161,9 +164,13 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
                 .redact_query_params
                 .clone()
                 .map_or_else(Redaction::default, Redaction::new),
-            // Decided once per process: a replica keeps its name across reloads.
+            // Decided once per process: a replica keeps its name across reloads. In fleet mode
+            // it is `[cluster] instance`, the name its registration and activity carry.
             role_instance: ctx.previous.map_or_else(
-                || Arc::from(crate::telemetry::role::instance(None)),
+                || {
+                    let configured = inputs.config.cluster.etcd().map(|e| e.instance.as_str());
+                    Arc::from(crate::telemetry::role::instance(configured))
+                },
                 |p| Arc::clone(&p.role_instance),
             ),
             config: Arc::clone(&inputs.config),
@@ -184,6 +191,7 @@ fn admin_credentials(
     let (credentials, bytes) = file.generate().map_err(BuildError::Admin)?;
     writes.push(PendingWrite {
         path: file.path.clone(),
+        shared: file.shared.clone(),
         bytes,
         generated: Generated::Admin {
             file: file.clone(),
@@ -246,6 +254,7 @@ fn pending_keys(
     let state = KeyFileState::written(Arc::clone(&shared), &bytes, "scoregate");
     writes.push(PendingWrite {
         path: file.path().to_owned(),
+        shared: file.shared.clone(),
         bytes,
         generated: Generated::Keys {
             service: service.to_owned(),
@@ -285,6 +294,7 @@ fn token_authority(
             let state = SigningFileState::written(Arc::clone(&shared), &bytes, "scoregate");
             writes.push(PendingWrite {
                 path: file.path().to_owned(),
+                shared: file.shared.clone(),
                 bytes,
                 generated: Generated::Signing {
                     service: name.clone(),
@@ -432,6 +442,29 @@ fn listener_tls(
     }
     let resolver: Arc<dyn rustls::server::ResolvesServerCert> = Arc::clone(ctx.resolver) as _;
     crate::tls::server_config(resolver, client_ca)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(BuildError::Tls)
+}
+
+/// The admin listener's TLS settings: the running ones while the certificate chain and the
+/// client CA are unchanged (so session tickets stay valid), else new ones.
+fn admin_listener_tls(
+    ctx: &Context<'_>,
+    config: &Config,
+) -> Result<Option<Arc<rustls::ServerConfig>>, BuildError> {
+    let Some(tls) = &config.server.admin_tls else {
+        return Ok(None);
+    };
+    let client_ca = tls.client_ca.as_ref().map(|(_, certs)| certs.clone());
+    if let Some(previous) = ctx.previous
+        && let (Some(running), Some(before)) =
+            (&previous.admin_tls, &previous.config.server.admin_tls)
+        && before.certified_key.cert == tls.certified_key.cert
+        && before.client_ca.as_ref().map(|(_, c)| c) == client_ca.as_ref()
+    {
+        return Ok(Some(Arc::clone(running)));
+    }
+    crate::tls::admin_server_config(tls.certified_key.clone(), client_ca)
         .map(|c| Some(Arc::new(c)))
         .map_err(BuildError::Tls)
 }

@@ -1,9 +1,16 @@
 //! The activity log: one entry per management operation (and per refused management call, and
 //! per change picked up from disk), always with its initiator.
 //!
-//! Entries go to the record stream as `"type":"activity"` JSON lines (never dropped) and into a
-//! bounded in-memory ring that `GET /activity?limit=N` serves. Entries never hold a secret: the
+//! Entries go to the record stream as `"type":"activity"` JSON lines (never dropped) and into
+//! bounded in-memory rings that `GET /activity?limit=N` serves. Entries never hold a secret: the
 //! initiator is a principal id, `reason` is a fixed message.
+//!
+//! Refusals of unauthenticated callers (`initiator: "anonymous"`) cost an attacker nothing, so
+//! they never share a ring with the audit trail: they are kept apart, aggregated per source
+//! (`sourceIp`, `operationName`, `service`, `reason`: one entry, with a `count` once repeated,
+//! and the latest time and request id), at most [`ANONYMOUS_CAPACITY`] sources, the least recently seen
+//! evicted first. A flood of anonymous calls therefore cannot push an authenticated operation
+//! out of `GET /activity`; the record stream still has every refusal as its own line.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -15,8 +22,14 @@ use serde::{Serialize, Serializer};
 use super::sink::RecordSink;
 use crate::runtime::StateCell;
 
-/// Entries kept in memory for `GET /activity`.
+/// Entries kept in memory for `GET /activity` (besides the anonymous refusals).
 pub const RING_CAPACITY: usize = 1000;
+
+/// Aggregated anonymous refusals (distinct sources) kept in memory.
+pub const ANONYMOUS_CAPACITY: usize = 100;
+
+/// The initiator of refused unauthenticated calls.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// How a management operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +61,11 @@ pub struct ActivityRecord {
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Anonymous refusals in `GET /activity`: how many this entry stands for when more than one
+    /// (its `timestamp` and `RequestId` are then the latest one's). Absent on every other entry
+    /// and in the record stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     /// The service's `role_name` (or `telemetry.role_name` for entries about no service); set
     /// by [`ActivityLog::record`].
     #[serde(rename = "RoleName")]
@@ -73,9 +91,23 @@ impl ActivityRecord {
             source_ip: None,
             request_id: None,
             reason: None,
+            count: None,
             role_name: None,
             role_instance: None,
         }
+    }
+
+    /// A refused call of a caller without valid credentials.
+    fn is_anonymous_denial(&self) -> bool {
+        self.initiator == ANONYMOUS && self.result == Outcome::Denied
+    }
+
+    /// Whether two anonymous refusals come from the same source and were refused the same way.
+    fn same_source(&self, other: &Self) -> bool {
+        self.source_ip == other.source_ip
+            && self.operation == other.operation
+            && self.service == other.service
+            && self.reason == other.reason
     }
 
     #[must_use]
@@ -101,20 +133,34 @@ impl ActivityRecord {
 /// Writes entries to the record stream and keeps the most recent ones.
 #[derive(Debug)]
 pub struct ActivityLog {
-    ring: Mutex<VecDeque<ActivityRecord>>,
+    rings: Mutex<Rings>,
     sink: RecordSink,
     /// The published state, for each entry's `RoleName` and `RoleInstance` (bound once the
     /// first state exists; entries before that name the service and the host directly).
     state: OnceLock<StateCell>,
 }
 
+#[derive(Debug, Default)]
+struct Rings {
+    /// Everything but anonymous refusals, oldest first.
+    audit: VecDeque<ActivityRecord>,
+    /// Aggregated anonymous refusals, least recently seen first.
+    anonymous: VecDeque<ActivityRecord>,
+}
+
 impl ActivityLog {
     pub fn new(sink: RecordSink) -> Self {
         Self {
-            ring: Mutex::new(VecDeque::with_capacity(64)),
+            rings: Mutex::new(Rings::default()),
             sink,
             state: OnceLock::new(),
         }
+    }
+
+    fn rings(&self) -> std::sync::MutexGuard<'_, Rings> {
+        self.rings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reads role names and the instance from `cell` from now on (the first binding stays).
@@ -140,25 +186,103 @@ impl ActivityLog {
         entry.role_name = Some(role_name);
         entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
-        let mut ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ring.len() == RING_CAPACITY {
-            ring.pop_front();
+        let mut rings = self.rings();
+        if entry.is_anonymous_denial() {
+            let anonymous = &mut rings.anonymous;
+            let mut entry = entry;
+            let seen = anonymous.iter().position(|e| e.same_source(&entry));
+            if let Some(earlier) = seen.and_then(|i| anonymous.remove(i)) {
+                entry.count = Some(earlier.count.unwrap_or(1).saturating_add(1));
+            } else if anonymous.len() == ANONYMOUS_CAPACITY {
+                anonymous.pop_front();
+            }
+            anonymous.push_back(entry);
+            return;
         }
-        ring.push_back(entry);
+        if rings.audit.len() == RING_CAPACITY {
+            rings.audit.pop_front();
+        }
+        rings.audit.push_back(entry);
     }
 
-    /// The newest `limit` entries, oldest first.
+    /// The newest `limit` entries of both rings, oldest first.
     pub fn recent(&self, limit: usize) -> Vec<ActivityRecord> {
-        let ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ring.iter()
-            .skip(ring.len().saturating_sub(limit))
-            .cloned()
-            .collect()
+        let rings = self.rings();
+        let newest = |ring: &VecDeque<ActivityRecord>| {
+            ring.iter()
+                .skip(ring.len().saturating_sub(limit))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut entries = newest(&rings.audit);
+        entries.extend(newest(&rings.anonymous));
+        drop(rings);
+        // Stable: entries with equal times keep their ring order.
+        entries.sort_by_key(|e| e.timestamp);
+        entries.split_off(entries.len().saturating_sub(limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::sink::{QueueLimits, RecordOutput, SinkCounters};
+    use prometheus::{IntCounter, IntGauge};
+
+    fn log() -> (ActivityLog, crate::telemetry::sink::RecordWriter) {
+        let counters = SinkCounters {
+            dropped: IntCounter::new("d", "d").expect("counter"),
+            write_errors: IntCounter::new("w", "w").expect("counter"),
+            activity_dropped: IntCounter::new("a", "a").expect("counter"),
+            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
+        };
+        let (sink, writer) = RecordSink::spawn(
+            RecordOutput::Writer(Box::new(std::io::sink())),
+            QueueLimits::lines(64),
+            true,
+            counters,
+        )
+        .expect("spawn");
+        (ActivityLog::new(sink), writer)
+    }
+
+    fn denial(ip: u8) -> ActivityRecord {
+        ActivityRecord::new("listKeys", ANONYMOUS, Outcome::Denied)
+            .source(IpAddr::from([10, 0, 0, ip]), format!("rid-{ip}"))
+            .reason("missing_credentials")
+    }
+
+    #[test]
+    fn anonymous_sources_are_bounded_least_recently_seen_first_and_never_evict_the_audit() {
+        let (log, writer) = log();
+        log.record(ActivityRecord::new(
+            "listKeys",
+            "bootstrap-admin",
+            Outcome::Succeeded,
+        ));
+        // More distinct sources than kept; source 0 repeats, so it stays the most recent.
+        for ip in 0..=u8::try_from(ANONYMOUS_CAPACITY).expect("fits") {
+            log.record(denial(ip));
+            log.record(denial(0));
+        }
+        let all = log.recent(RING_CAPACITY);
+        let anonymous: Vec<&ActivityRecord> =
+            all.iter().filter(|e| e.initiator == ANONYMOUS).collect();
+        assert_eq!(anonymous.len(), ANONYMOUS_CAPACITY);
+        assert!(all.iter().any(|e| e.initiator == "bootstrap-admin"));
+        let zero = anonymous
+            .iter()
+            .find(|e| e.source_ip == Some(IpAddr::from([10, 0, 0, 0])))
+            .expect("the repeating source is kept");
+        // Twice in the first round, once in each of the other ANONYMOUS_CAPACITY rounds.
+        assert_eq!(zero.count, Some(ANONYMOUS_CAPACITY as u64 + 2));
+        assert!(
+            !anonymous
+                .iter()
+                .any(|e| e.source_ip == Some(IpAddr::from([10, 0, 0, 1]))),
+            "the least recently seen source was evicted"
+        );
+        drop(log);
+        writer.join();
     }
 }

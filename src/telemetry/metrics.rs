@@ -62,6 +62,8 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     pub connections_parked: IntGauge,
     pub connection_releases: IntCounter,
+    /// Request bodies read and discarded after their answer (`proxy::linger`), by outcome.
+    pub lingering_discards: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub key_reloads: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
@@ -262,6 +264,12 @@ impl Metrics {
                 &r,
                 "scoregate_connection_releases_total",
                 "Times an idle HTTP/1.1 connection gave its HTTP buffers back.",
+            ),
+            lingering_discards: counter_vec(
+                &r,
+                "scoregate_lingering_discards_total",
+                "Request bodies answered before they were read, then read and discarded so the client could read the answer, by outcome (complete, too_large, timeout, client_stopped).",
+                &["outcome"],
             ),
             config_reloads: counter_vec(
                 &r,

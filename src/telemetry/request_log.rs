@@ -135,9 +135,11 @@ impl std::fmt::Display for Name<'_> {
 /// Called exactly once per request, from `proxy::Finish::drop`.
 pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     if !ctx.response_started {
-        // hyper dropped the request before any response existed: the client went away.
-        ctx.status = GatewayError::ClientDisconnected.status().as_u16();
-        ctx.error = Some(GatewayError::ClientDisconnected);
+        // hyper dropped the request before any response existed: the client went away, or the
+        // watchdog closed its connection (and said why).
+        let err = ctx.error.take().unwrap_or(GatewayError::ClientDisconnected);
+        ctx.status = err.status().as_u16();
+        ctx.error = Some(err);
     } else if !ctx.response_complete && ctx.error.is_none() {
         // The status went out but the body did not finish: the client went away mid-response.
         ctx.error = Some(GatewayError::ClientDisconnected);

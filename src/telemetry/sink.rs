@@ -94,7 +94,7 @@ pub struct QueueLimits {
 
 impl QueueLimits {
     /// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
-    pub const DEFAULT_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_BYTES: usize = crate::config::DEFAULT_QUEUE_MAX_BYTES;
 
     /// A line limit with the default byte limit.
     pub const fn lines(lines: usize) -> Self {

@@ -132,3 +132,58 @@ async fn leases_and_an_unreachable_etcd() {
     assert!(e.is_unavailable(), "{e}");
     assert!(!c.status().await[0].healthy);
 }
+
+#[tokio::test]
+async fn a_replica_with_another_seal_key_refuses_to_start_and_overwrites_nothing() {
+    use scoregate::cluster::{Cluster, ClusterError, ClusterMetrics};
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |seal: &std::path::Path, name: &str| {
+        let text = etcd.cluster_toml("seal", name).replace(
+            &etcd.seal_key.display().to_string(),
+            &seal.display().to_string(),
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!("{text}\n[[service]]\nname = \"m\"\nroute = \"/\"\nupstream = \"http://127.0.0.1:1\"\n"),
+        )
+        .expect("write");
+        let config = scoregate::config::load_and_validate(&path).expect("config");
+        let etcd_config = std::sync::Arc::clone(config.cluster.etcd().expect("etcd"));
+        let metrics = scoregate::telemetry::metrics::Metrics::new();
+        let state = dir.path().join(format!("{name}-state"));
+        async move { Cluster::open(etcd_config, &state, &ClusterMetrics::register(&metrics)).await }
+    };
+    let first = within("first replica", open(&etcd.seal_key, "a"))
+        .await
+        .expect("the first replica creates the seal check");
+    let c = client(&etcd);
+    let (before, _) = c.get_prefix("/scoregate/seal/").await.expect("get");
+    assert_eq!(before.len(), 1, "the seal check is stored");
+    drop(first);
+
+    let other = dir.path().join("other.key");
+    std::fs::write(
+        &other,
+        scoregate::cluster::seal::SealKey::generate().expect("key"),
+    )
+    .expect("write");
+    let e = within("second replica", open(&other, "b"))
+        .await
+        .expect_err("another seal key is refused");
+    assert!(matches!(e, ClusterError::SealMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("other.key"), "{e}");
+    let (after, _) = c.get_prefix("/scoregate/seal/").await.expect("get");
+    assert_eq!(
+        before
+            .iter()
+            .map(|kv| (&kv.key, kv.mod_revision))
+            .collect::<Vec<_>>(),
+        after
+            .iter()
+            .map(|kv| (&kv.key, kv.mod_revision))
+            .collect::<Vec<_>>(),
+        "nothing overwritten"
+    );
+}

@@ -32,7 +32,8 @@ impl Admin {
         Self::new(gw.admin_addr, &gw.dir().join("state")).await
     }
 
-    async fn new(addr: SocketAddr, state_dir: &Path) -> Self {
+    /// The client for the admin listener at `addr` of a gateway whose state is in `state_dir`.
+    pub async fn new(addr: SocketAddr, state_dir: &Path) -> Self {
         Self {
             client: reqwest::Client::builder()
                 .no_proxy()

@@ -181,12 +181,20 @@ impl Etcd {
 
     /// A `[cluster]` table for this etcd, namespace and instance.
     pub fn cluster_toml(&self, namespace: &str, instance: &str) -> String {
-        let endpoints = self
-            .endpoints()
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.cluster_toml_for(namespace, instance, &all)
+    }
+
+    /// A `[cluster]` table that names only the members at `members` (a replica that can be cut
+    /// off by stopping them).
+    pub fn cluster_toml_for(&self, namespace: &str, instance: &str, members: &[usize]) -> String {
+        let endpoints = members
             .iter()
+            .map(|&i| self.members[i].url())
             .map(|e| format!("{e:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // Fails fast on a stopped member (connection refused), bounded by 1 s otherwise.
         format!(
             "[cluster]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nnamespace = \"{namespace}\"\ninstance = \"{instance}\"\nseal_key_file = \"{}\"\ndial_timeout_ms = 1000\n",
             self.seal_key.display()

@@ -40,6 +40,11 @@ pub struct GatewayBuilder {
     telemetry_lines: Vec<String>,
     /// A record output replacing the in-memory buffer, with its queue limits; taken by `start`.
     record_output: Arc<Mutex<Option<(RecordOutput, QueueLimits)>>>,
+    /// Whole tables appended to the file (e.g. `[cluster]`).
+    tables: Vec<String>,
+    /// A state directory outside the gateway's temporary directory (to restart on the same
+    /// state); default `<dir>/state`.
+    state_dir: Option<PathBuf>,
 }
 
 impl Default for GatewayBuilder {
@@ -55,6 +60,8 @@ impl Default for GatewayBuilder {
             split_planes: false,
             telemetry_lines: Vec::new(),
             record_output: Arc::default(),
+            tables: Vec::new(),
+            state_dir: None,
         }
     }
 }
@@ -158,13 +165,26 @@ impl GatewayBuilder {
         self
     }
 
+    /// Appends a whole table (e.g. a `[cluster]` table) to the file.
+    pub fn table(mut self, text: &str) -> Self {
+        self.tables.push(text.to_owned());
+        self
+    }
+
+    /// Keeps the state directory at `path` (which outlives the gateway) instead of `<dir>/state`.
+    pub fn state_dir(mut self, path: &Path) -> Self {
+        self.state_dir = Some(path.to_owned());
+        self
+    }
+
     /// The configuration file's text, with its state directory inside `dir`.
     pub fn toml(&self, pki: &Pki, dir: &Path) -> String {
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| dir.join("state"));
         let mut text = format!(
             "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\nstate_dir = \"{}\"\n",
             self.listen,
             self.admin_listen,
-            dir.join("state").display()
+            state_dir.display()
         );
         if self.split_planes {
             text.push_str("probe_listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n");
@@ -192,6 +212,10 @@ impl GatewayBuilder {
                 text.push_str(line);
                 text.push('\n');
             }
+        }
+        for table in &self.tables {
+            text.push('\n');
+            text.push_str(table);
         }
         text
     }

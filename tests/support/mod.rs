@@ -14,6 +14,7 @@
 //! - [`pattern`]: deterministic large bodies generated and verified as streams, never held whole.
 //! - [`wire`]: raw TLS and low-level hyper requests for exact bytes and headers.
 //! - [`check`]: reading responses and asserting the gateway's error envelope.
+//! - [`curl`]: the system `curl` as a child process (its own HTTP/2 and HTTP/1.1 stacks).
 //! - [`jwt`]: an independent JWS encoder (aws-lc-rs) for tokens the gateway must accept or refuse.
 //! - [`jwks`]: `JwksServer`, a trusted issuer's JWKS URL that can rotate, fail and count fetches.
 //! - [`admin_http`]: the shared transport and credential reading for the three management
@@ -41,6 +42,7 @@ pub mod admin_api;
 pub mod admin_http;
 pub mod certs;
 pub mod check;
+pub mod curl;
 pub mod etcd;
 pub mod gateway;
 pub mod jwks;

@@ -21,6 +21,7 @@
 //! | `gate?bytes=N` | waits until the test calls [`MockUpstream::open_gate`], then streams `N` (default 1024) pattern bytes |
 //! | `status?code=N` | answers like `echo` with status `N` |
 //! | `close` | answers like `echo` with `Connection: close`, then closes the connection |
+//! | `early?code=N` | answers `N` (default 200) with `{"early":true}` at once, without reading the body; the body stays unread (the connection open) until the mock is dropped |
 //!
 //! Health probes (`GET /` without `x-request-id`, which the gateway adds to every forwarded
 //! request) are counted separately so they never disturb assertions on proxied traffic.
@@ -117,6 +118,8 @@ pub enum BodyEnd {
 struct Shared {
     seen: watch::Sender<Vec<Seen>>,
     gate_open: watch::Sender<bool>,
+    /// Cancelled when the mock is dropped.
+    stop: CancellationToken,
 }
 
 /// See the module documentation.
@@ -146,11 +149,12 @@ impl MockUpstream {
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             seen: watch::Sender::new(Vec::new()),
             gate_open: watch::Sender::new(false),
+            stop: stop.clone(),
         });
-        let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop.clone()));
         Ok(Self { addr, shared, stop })
     }
@@ -303,16 +307,31 @@ async fn handle(
                 .expect("gate sender outlives its receivers");
             Ok(pattern_response(param("bytes").unwrap_or(1024)))
         }
-        "status" => {
-            let code = param("code").unwrap_or(200);
-            let status = u16::try_from(code)
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-                .unwrap_or(StatusCode::OK);
-            echo(&seen, body, status).await
+        "early" => {
+            // Held, not dropped: hyper would otherwise close the connection, and a container
+            // that answers early may well keep it open without reading.
+            let stop = shared.stop.clone();
+            tokio::spawn(async move {
+                let _unread = body;
+                stop.cancelled().await;
+            });
+            let mut resp = Response::new(full(Bytes::from_static(br#"{"early":true}"#)));
+            *resp.status_mut() = status_param(param("code"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
         }
+        "status" => echo(&seen, body, status_param(param("code"))).await,
         _ => echo(&seen, body, StatusCode::OK).await,
     }
+}
+
+fn status_param(code: Option<u64>) -> StatusCode {
+    code.and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK)
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<u64> {

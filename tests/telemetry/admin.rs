@@ -253,3 +253,79 @@ async fn assert_streamed_without_secrets(gw: &TestGateway, entries: &[Value], se
         assert!(!text.contains(secret), "a secret is in the activity log");
     }
 }
+
+/// More than a ring's worth of unauthenticated calls (issue 15 item 8) neither evicts nor hides
+/// the authenticated operations: anonymous refusals are kept apart and aggregated per source and
+/// reason, while the record stream still has each of them.
+#[tokio::test]
+async fn anonymous_refusals_cannot_flush_authenticated_operations_from_the_activity_log() {
+    const FLOOD: usize = 1_150;
+    const WRONG: usize = 30;
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .start()
+        .await;
+    let (status, regen_id, _) = manage_with_id(
+        &gw,
+        Method::POST,
+        "/services/iris/regenerateKeys",
+        Some(json!({"keyType": "Secondary"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let listkeys = gw.admin_url("/services/iris/listkeys");
+    let mut last_id = String::new();
+    for (n, credential) in [(FLOOD, None), (WRONG, Some("not-the-admin-credential"))] {
+        for _ in 0..n {
+            let (status, headers, _) =
+                mgmt_keys::call(gw.admin_client(), Method::POST, &listkeys, credential, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            last_id = header(&headers, "x-request-id").to_owned();
+        }
+    }
+
+    for limit in [100, 1000] {
+        let entries = gw.activity(limit).await;
+        let regen = entry(&entries, "regenerateKeys", "Succeeded");
+        assert_eq!(regen["initiator"], "bootstrap-admin", "{regen}");
+        assert_eq!(regen["RequestId"], regen_id.as_str(), "{regen}");
+        let denied: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["initiator"] == "anonymous")
+            .collect();
+        assert_eq!(
+            denied.len(),
+            2,
+            "one entry per source and reason: {denied:#?}"
+        );
+        let by_reason = |reason: &str| {
+            denied
+                .iter()
+                .find(|e| e["reason"] == reason)
+                .unwrap_or_else(|| panic!("no {reason} entry in {denied:#?}"))
+        };
+        let missing = by_reason("missing_credentials");
+        assert_eq!(missing["count"], FLOOD, "{missing}");
+        assert_eq!(missing["sourceIp"], "127.0.0.1", "{missing}");
+        assert_eq!(missing["operationName"], "listKeys", "{missing}");
+        let wrong = by_reason("invalid_credentials");
+        assert_eq!(wrong["count"], WRONG, "{wrong}");
+        assert_eq!(wrong["RequestId"], last_id.as_str(), "the latest: {wrong}");
+        assert!(
+            regen.get("count").is_none(),
+            "only aggregated refusals carry a count"
+        );
+    }
+
+    // The record stream keeps every refusal as its own line.
+    wait_until("every refusal to reach the record stream", || async {
+        gw.records()
+            .iter()
+            .filter(|r| r["type"] == "activity" && r["initiator"] == "anonymous")
+            .count()
+            == FLOOD + WRONG
+    })
+    .await;
+}

@@ -228,6 +228,8 @@ pub struct SigningFile {
     pub algorithm: Algorithm,
     /// How long a replaced key keeps verifying: token lifetime plus leeway.
     pub overlap: Duration,
+    /// Fleet mode: the keys live in etcd under this key (a state-directory source only).
+    pub shared: Option<crate::cluster::SharedKey>,
 }
 
 /// A signing-key file as read.
@@ -284,7 +286,15 @@ impl SigningFile {
             source,
             algorithm,
             overlap,
+            shared: None,
         }
+    }
+
+    /// The same source, read from (and written to) etcd in fleet mode.
+    #[must_use]
+    pub fn shared(mut self, key: crate::cluster::SharedKey) -> Self {
+        self.shared = Some(key);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -306,9 +316,11 @@ impl SigningFile {
                     updated_by: None,
                 }))
             }
-            SigningSource::State { path } => match std::fs::read(path) {
+            SigningSource::State { path } => match match &self.shared {
+                Some(shared) => shared.read(),
+                None => std::fs::read(path).map(Zeroizing::new),
+            } {
                 Ok(bytes) => {
-                    let bytes = Zeroizing::new(bytes);
                     let (set, updated_by) = parse_state(path, &bytes, self.algorithm)?;
                     Ok(SigningFileState::Loaded(LoadedSigning {
                         set: Arc::new(set),
@@ -391,7 +403,10 @@ impl crate::source::Source for SigningFile {
     type Error = SigningError;
 
     fn observe(&self) -> crate::source::Version {
-        vec![Fingerprint::of(self.path())]
+        match &self.shared {
+            Some(shared) => vec![shared.stamp()],
+            None => vec![Fingerprint::of(self.path())],
+        }
     }
 
     fn load(&self, previous: Option<&SigningFileState>) -> Result<SigningFileState, SigningError> {
