@@ -45,6 +45,8 @@
 //! - [`source`]: the shape every source of state has (observe → fingerprint → read → validate,
 //!   keep the last good), with [`fingerprint`]'s cheap file fingerprints.
 //! - [`fingerprint`]: cheap file fingerprints the sources use to notice a change.
+//! - `fuzzing` (hidden): thin wrappers over the real parsers and checks for the `cargo fuzz`
+//!   targets in `fuzz/` (docs/security.md).
 
 #![forbid(unsafe_code)]
 
@@ -58,6 +60,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod policy;

@@ -113,16 +113,22 @@ fn route_in<'s, 'p>(
     services: &'s [Arc<Service>],
     path: &'p str,
 ) -> Option<(&'s Arc<Service>, &'p str)> {
-    services.iter().find_map(|s| {
-        let rest = path.strip_prefix(s.config.route.as_str())?;
-        if rest.is_empty() {
-            Some((s, "/"))
-        } else if rest.starts_with('/') {
-            Some((s, rest))
-        } else {
-            None
-        }
-    })
+    services
+        .iter()
+        .find_map(|s| route_rest(&s.config.route, path).map(|rest| (s, rest)))
+}
+
+/// The rest of `path` (always starting with `/`) when `route` is a prefix of it on a segment
+/// boundary.
+pub(crate) fn route_rest<'p>(route: &str, path: &'p str) -> Option<&'p str> {
+    let rest = path.strip_prefix(route)?;
+    if rest.is_empty() {
+        Some("/")
+    } else if rest.starts_with('/') {
+        Some(rest)
+    } else {
+        None
+    }
 }
 
 /// Where the state is published: one `ArcSwap`, and the certificate resolver that reads from

@@ -5,7 +5,8 @@
 //! a reload reads a different pair.
 //!
 //! Policy: TLS 1.2 and 1.3 only, the crypto provider's default suites (all AEAD with forward
-//! secrecy: AES-GCM and ChaCha20-Poly1305 over ECDHE), ALPN `h2` then `http/1.1`, stateless
+//! secrecy: AES-GCM and ChaCha20-Poly1305 over ECDHE) in the provider's order whatever the
+//! client prefers, ALPN `h2` then `http/1.1`, stateless
 //! session tickets plus a session cache for cheap resumption. This module knows nothing about HTTP
 //! beyond the ALPN names; the handshake timeout lives in `server`.
 
@@ -109,6 +110,10 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's suite order, not the client's: every suite offered is AEAD with forward
+    // secrecy, but the provider's order (AES-256-GCM first) is the one the operator reviewed, and
+    // scanners (testssl.sh "cipher order") rate a server without one as a finding.
+    config.ignore_client_order = true;
     // Stateless tickets let reconnecting clients resume without a full handshake and without
     // server-side state per client; the cache covers TLS 1.2 session ids.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
@@ -200,6 +205,69 @@ mod tests {
         let err = load_certified_key(&cert, &key_b).expect_err("mismatch");
         assert!(matches!(err, LoadError::KeyUnusable { .. }), "{err}");
         assert!(!err.is_cert_problem());
+    }
+
+    /// An in-memory handshake between `server` and a client offering `suites` in that order;
+    /// returns the suite agreed on.
+    fn negotiate(
+        server: rustls::ServerConfig,
+        trusted: CertificateDer<'static>,
+        suites: Vec<rustls::SupportedCipherSuite>,
+    ) -> rustls::CipherSuite {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted).expect("trust the test certificate");
+        let client_provider = CryptoProvider {
+            cipher_suites: suites,
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+        let mut wire = Vec::new();
+        for _ in 0..10 {
+            wire.clear();
+            while c.wants_write() {
+                c.write_tls(&mut wire).expect("client writes");
+            }
+            s.read_tls(&mut wire.as_slice()).expect("server reads");
+            s.process_new_packets().expect("server handshake");
+            wire.clear();
+            while s.wants_write() {
+                s.write_tls(&mut wire).expect("server writes");
+            }
+            c.read_tls(&mut wire.as_slice()).expect("client reads");
+            c.process_new_packets().expect("client handshake");
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        s.negotiated_cipher_suite().expect("a suite").suite()
+    }
+
+    #[test]
+    fn the_server_chooses_the_suite_whatever_the_client_prefers() {
+        use rustls::crypto::aws_lc_rs::cipher_suite::{
+            TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert = write(dir.path(), "a.crt", &a.cert.pem());
+        let key = write(dir.path(), "a.key", &a.signing_key.serialize_pem());
+        let certified = load_certified_key(&cert, &key).expect("pair");
+        let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(certified));
+        let config = server_config(resolver, None).expect("server config");
+        // The client prefers ChaCha20; the server's order puts AES-256-GCM first.
+        let agreed = negotiate(
+            config,
+            a.cert.der().clone(),
+            vec![TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_256_GCM_SHA384],
+        );
+        assert_eq!(agreed, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
     }
 
     #[test]

@@ -367,9 +367,9 @@ impl KeyFile {
                 });
             }
         };
-        let (material, updated_by) = parse_file(path, &bytes)?;
+        let (set, updated_by) = parse_keys(path, &bytes, previous)?;
         Ok(KeyFileState::Loaded(LoadedKeys {
-            set: Arc::new(KeySet::build(material, previous)?),
+            set: Arc::new(set),
             updated_by,
             digest: digest_of(&bytes),
         }))
@@ -515,6 +515,17 @@ impl crate::source::Source for KeyFile {
             _ => false,
         }
     }
+}
+
+/// A key file's bytes as a key set, and who wrote the file if it says (`path` only names the
+/// file in errors). What [`KeyFile::read`] does once it has the bytes; `fuzzing` calls it too.
+pub(crate) fn parse_keys(
+    path: &Path,
+    bytes: &[u8],
+    previous: Option<&KeySet>,
+) -> Result<(KeySet, Option<String>), KeyError> {
+    let (material, updated_by) = parse_file(path, bytes)?;
+    Ok((KeySet::build(material, previous)?, updated_by))
 }
 
 fn strip_plain(set: &mut KeySet) {

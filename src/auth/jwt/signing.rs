@@ -165,7 +165,7 @@ fn generate_material(alg: Algorithm) -> Result<Zeroizing<String>, SigningError> 
 }
 
 /// Builds the signing and verifying keys from persisted material.
-fn keys_from_material(
+pub(crate) fn keys_from_material(
     alg: Algorithm,
     material: &str,
 ) -> Result<(EncodingKey, Arc<DecodingKey>), String> {
@@ -476,7 +476,7 @@ fn read_operator_file(path: &Path, algorithm: Algorithm) -> Result<SigningSet, S
 }
 
 /// Parses a state file; also returns who wrote it, if it says.
-fn parse_state(
+pub(crate) fn parse_state(
     path: &Path,
     bytes: &[u8],
     algorithm: Algorithm,
