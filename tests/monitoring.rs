@@ -157,6 +157,52 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     }
 }
 
+/// Series that carry `service="<name>"` in a scrape.
+fn series_of(text: &str, service: &str) -> usize {
+    let label = format!("service=\"{service}\"");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .count()
+}
+
+/// Cardinality scales with services (issue 16): an idle key-mode service has 10 series and one
+/// that serves successful calls at most 40 (the README states both numbers).
+#[tokio::test]
+async fn a_key_mode_service_serving_calls_has_at_most_40_series() {
+    let upstream = MockUpstream::start().await;
+    let gw = GatewayBuilder::new()
+        .split_admin_plane()
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .start()
+        .await;
+    // The health gauge appears with the first probe's result.
+    support::wait_until("the first health probe", || async {
+        scrape(&gw)
+            .await
+            .contains("scoregate_upstream_healthy{service=\"iris\"} 1")
+    })
+    .await;
+    assert_eq!(series_of(&scrape(&gw).await, "iris"), 10, "idle service");
+    let (primary, _) = Admin::of(&gw).await.keys("iris").await;
+    let res = within(
+        "scoring call",
+        gw.client()
+            .post(gw.url("/api/v1/service/iris/score"))
+            .bearer_auth(&primary)
+            .body("{}")
+            .send(),
+    )
+    .await
+    .expect("the gateway answered");
+    assert_eq!(res.status(), StatusCode::OK);
+    let after = scrape(&gw).await;
+    let serving = series_of(&after, "iris");
+    assert!(
+        (11..=40).contains(&serving),
+        "a service serving calls has {serving} series:\n{after}"
+    );
+}
+
 /// The fleet-only names are exported by a gateway in fleet mode (a real etcd), so every name the
 /// pack uses is exported by some running gateway.
 #[tokio::test]
