@@ -43,11 +43,9 @@ pub async fn probe_loop(gw: Arc<Gateway>) {
 async fn probe(gw: &Gateway, service: &Service, interval: Duration) -> bool {
     let up = &service.config.upstream;
     let path = format!("{}{}", up.base_path, service.config.health_path);
-    let next_in = if service.is_healthy() {
-        interval
-    } else {
-        interval.min(UNHEALTHY_INTERVAL)
-    };
+    // The next probe of a service that answers healthy comes `interval` from now (sooner only
+    // while another service is unhealthy); of one that does not, soon.
+    let next_in = (interval, interval.min(UNHEALTHY_INTERVAL));
     let healthy = service
         .upstream
         .probe(&path, service.host_header.clone(), PROBE_TIMEOUT, next_in)

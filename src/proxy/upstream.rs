@@ -194,15 +194,17 @@ impl UpstreamClient {
 
     /// `GET path` answered with a 2xx within `timeout`. Azure ML containers answer `GET /` with
     /// 200 `Healthy` (AZUREML-CONTRACT B.3). The (small) body is read so the connection can be
-    /// reused; it goes back to the pool only if the next probe, `next_in` from now, comes before
-    /// the pool would expire it (`upstream_keepalive_ms`): an idle service then holds no upstream
-    /// connection between probes (about 29 KiB each, which adds up over many services).
+    /// reused; it goes back to the pool only if the next probe comes before the pool would
+    /// expire it (`upstream_keepalive_ms`), the next probe being `next_in.0` from now after a
+    /// healthy answer and `next_in.1` after an unhealthy one: an idle service then holds no
+    /// upstream connection between probes (about 29 KiB each, which adds up over many services),
+    /// from its very first healthy probe on.
     pub async fn probe(
         &self,
         path: &str,
         host: http::HeaderValue,
         timeout: Duration,
-        next_in: Duration,
+        next_in: (Duration, Duration),
     ) -> bool {
         let Ok(req) = Request::get(path)
             .header(http::header::HOST, host)
@@ -215,7 +217,8 @@ impl UpstreamClient {
             let healthy = resp.status().is_success();
             let body = http_body_util::Limited::new(resp.into_body(), PROBE_MAX_BODY);
             http_body_util::BodyExt::collect(body).await.ok()?;
-            if next_in < lease.pool.keepalive {
+            let next = if healthy { next_in.0 } else { next_in.1 };
+            if next < lease.pool.keepalive {
                 lease.release();
             }
             Some(healthy)
