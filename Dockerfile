@@ -42,8 +42,8 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 # ---------------------------------------------------------------------------- build
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-# The runtime image gets a stripped binary: no symbols, no line tables (about 10 MB instead of
-# 47 MB with the profile's line tables for perf). Set here so the dependency layer below is built
+# The runtime image gets a stripped binary: no symbols, no line tables (13.4 MB at 45ad273
+# instead of 62 MB with the profile's line tables for perf). Set here so the dependency layer below is built
 # with the same profile and stays reusable.
 ENV CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_PROFILE_RELEASE_STRIP=symbols
@@ -51,9 +51,11 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false \
 # Dependency layer: compile every dependency against stub sources, so this layer is reused until
 # Cargo.toml or Cargo.lock change. Then remove the stub's own artifacts so the real build below
 # cannot mistake them for up to date (COPY keeps the sources' older timestamps).
-# build.rs generates the etcd client from proto/ (fleet mode), in the stub build too.
+# build.rs generates the etcd client from proto/ (fleet mode), in the stub build too; the
+# manifest names the bench in benches/, which cargo must find to read it.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
+COPY benches ./benches
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
@@ -61,8 +63,10 @@ RUN mkdir -p src \
  && rm -rf src target/release/scoregate target/release/.fingerprint/scoregate-* \
            target/release/deps/scoregate-* target/release/deps/libscoregate-*
 
+# `scoregate --version` names the commit (build.rs reads SCOREGATE_COMMIT; there is no .git here).
+ARG REVISION=unknown
 COPY src ./src
-RUN cargo build --release --locked \
+RUN SCOREGATE_COMMIT="${REVISION}" cargo build --release --locked \
  && install -D -m 0755 target/release/scoregate /out/usr/local/bin/scoregate \
  && install -d -m 0700 /out/var/lib/scoregate
 

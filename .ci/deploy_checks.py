@@ -2,7 +2,10 @@
 """Offline checks of the deploy kit (issue 16), run by .ci/run after the Rust tests:
 
 1. Dockerfile: hadolint (with .hadolint.yaml: the OCI labels must be present), and the
-   HEALTHCHECK / EXPOSE lines agree with the probe and metrics ports of the kit's config.
+   HEALTHCHECK / EXPOSE lines agree with the probe and metrics ports of the kit's config. The
+   build context is staged as .dockerignore lets it through; every COPY source must be in it,
+   and both build steps (the stub dependency layer, then the real sources) must pass
+   `cargo check --locked` there (no Docker daemon needed; catches a missing file early).
 2. deploy/monitoring: `promtool check rules` and `promtool test rules`; every alert has a unit
    test that expects it to fire; every dashboard query is valid PromQL (checked by promtool as a
    recording rule, Grafana variables replaced) and every panel is well formed.
@@ -79,6 +82,57 @@ def check_dockerfile(kit_config):
         fail(f"Dockerfile EXPOSE {sorted(exposed)} is not {sorted(wanted)}")
     else:
         ok(f"EXPOSE {' '.join(sorted(exposed))} (scoring, probes, metrics; not the admin port)")
+
+
+def stage_context(dest):
+    """Copies what .dockerignore (an allow list: `*`, then `!path` lines, then exclusions)
+    lets into the build context."""
+    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()]
+    lines = [l for l in lines if l and not l.startswith("#")]
+    if lines[0] != "*":
+        fail(".dockerignore is not an allow list starting with `*`")
+        return
+    for entry in (l[1:].rstrip("/") for l in lines[1:] if l.startswith("!")):
+        src = ROOT / entry
+        if src.is_dir():
+            shutil.copytree(src, dest / entry)
+        elif src.exists():
+            (dest / entry).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / entry)
+    excluded = [l for l in lines[1:] if not l.startswith("!")]
+    for path in list(dest.rglob("*")):
+        rel = path.relative_to(dest).as_posix()
+        if path.is_file() and any(Path(rel).match(g.removeprefix("**/")) for g in excluded):
+            path.unlink()
+
+
+def check_build_context(tmp):
+    context = Path(tmp) / "docker-context"
+    context.mkdir()
+    stage_context(context)
+    text = (ROOT / "Dockerfile").read_text()
+    copies = [l.split()[1:-1] for l in text.splitlines()
+              if l.startswith("COPY ") and "--from=" not in l]
+    missing = [src for srcs in copies for src in srcs if not (context / src).exists()]
+    if missing:
+        fail(f"Dockerfile COPY sources not in the build context (.dockerignore): {missing}")
+        return
+    ok(f"every COPY source is in the build context: {[s for c in copies for s in c]}")
+    # The dependency layer: everything copied before the sources, with a stub crate.
+    stub = Path(tmp) / "docker-stub"
+    stub.mkdir()
+    for src in (s for c in copies for s in c if s != "src"):
+        (shutil.copytree if (context / src).is_dir() else shutil.copy2)(context / src, stub / src)
+    (stub / "src").mkdir()
+    (stub / "src" / "main.rs").write_text("fn main() {}\n")
+    (stub / "src" / "lib.rs").write_text("")
+    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"))
+    for what, crate in (("the dependency layer (stub sources)", stub), ("the sources", context)):
+        r = run(["cargo", "check", "--locked", "--quiet"], cwd=crate, env=env)
+        if r.returncode != 0:
+            fail(f"image build step `cargo check` on {what}:\n{r.stderr[-3000:]}")
+        else:
+            ok(f"image build context: cargo check passes on {what}")
 
 
 # ---------------------------------------------------------------------------- monitoring
@@ -325,6 +379,7 @@ def main():
         base_config = check_kubernetes(scoregate, tmp)
         if base_config:
             check_dockerfile(base_config)
+        check_build_context(tmp)
     total = "all passed" if not failures else f"{len(failures)} failed"
     print(f"deploy checks: {total}")
     sys.exit(1 if failures else 0)
