@@ -123,8 +123,13 @@ pub struct TelemetryConfig {
 /// `[telemetry.otlp]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
-    /// `http://host:port/v1/traces` (the path defaults to the OTLP/HTTP traces path).
+    /// `http(s)://host:port/v1/traces` (the path defaults to the OTLP/HTTP traces path).
     pub endpoint: Uri,
+    /// Sent with every export request (`headers_file`: e.g. a collector's API key). The values
+    /// are marked sensitive, so `Debug` never prints them.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A CA (PEM) trusted for an `https://` endpoint, beside the system's roots.
+    pub ca: Option<PathBuf>,
     /// Spans waiting for export; beyond it new spans are dropped and counted.
     pub queue_capacity: usize,
     /// Spans per export request at most.

@@ -104,6 +104,8 @@ pub struct RawOtlp {
     pub queue_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub timeout_ms: Option<u64>,
+    pub headers_file: Option<String>,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,7 +1,9 @@
 //! Validation of `[server]`, `[server.tls]` and `[telemetry]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
 
 use super::raw;
 use super::{LogFormat, RecordsOutput, ServerConfig, TelemetryConfig, TlsConfig, Validator};
@@ -134,7 +136,8 @@ impl Validator<'_> {
         }
     }
 
-    /// `[telemetry.otlp]`: an `http://` endpoint (the path defaults to `/v1/traces`).
+    /// `[telemetry.otlp]`: an `http://` or `https://` endpoint (the path defaults to
+    /// `/v1/traces`), optional headers from a file and a CA for https.
     fn otlp(&mut self, raw: &raw::RawOtlp) -> crate::config::OtlpConfig {
         let endpoint = match raw.endpoint.as_deref() {
             None => {
@@ -142,30 +145,55 @@ impl Validator<'_> {
                 http::Uri::from_static("http://127.0.0.1:4318/v1/traces")
             }
             Some(text) => match text.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") => match uri.authority() {
-                    // No path: the OTLP/HTTP traces path.
-                    Some(authority) if matches!(uri.path(), "" | "/") => {
-                        format!("http://{authority}/v1/traces")
-                            .parse()
-                            .unwrap_or(uri)
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => {
+                    match uri.authority() {
+                        // No path: the OTLP/HTTP traces path.
+                        Some(authority) if matches!(uri.path(), "" | "/") => format!(
+                            "{}://{authority}/v1/traces",
+                            uri.scheme_str().unwrap_or("http")
+                        )
+                        .parse()
+                        .unwrap_or(uri),
+                        Some(_) => uri,
+                        None => {
+                            self.issue("telemetry.otlp.endpoint", format!("{text:?} has no host"));
+                            uri
+                        }
                     }
-                    Some(_) => uri,
-                    None => {
-                        self.issue("telemetry.otlp.endpoint", format!("{text:?} has no host"));
-                        uri
-                    }
-                },
+                }
                 _ => {
                     self.issue(
                         "telemetry.otlp.endpoint",
-                        format!("{text:?} is not an http://host:port[/path] URL (OTLP/HTTP; https is not supported yet)"),
+                        format!("{text:?} is not an http(s)://host:port[/path] URL (OTLP/HTTP)"),
                     );
                     http::Uri::from_static("http://127.0.0.1:4318/v1/traces")
                 }
             },
         };
+        let ca = raw.ca.as_deref().map(|ca| {
+            let path = self.path(ca);
+            if let Err(e) = crate::tls::load_ca(&path) {
+                self.issue("telemetry.otlp.ca", e);
+            }
+            path
+        });
+        if ca.is_some() && endpoint.scheme_str() != Some("https") {
+            self.issue("telemetry.otlp.ca", "applies to an https:// endpoint only");
+        }
+        let headers = match raw.headers_file.as_deref() {
+            None => Vec::new(),
+            Some(file) => {
+                let path = self.path(file);
+                read_headers(&path).unwrap_or_else(|e| {
+                    self.issue("telemetry.otlp.headers_file", e);
+                    Vec::new()
+                })
+            }
+        };
         crate::config::OtlpConfig {
             endpoint,
+            headers,
+            ca,
             queue_capacity: self.count(
                 "telemetry.otlp.queue_capacity",
                 raw.queue_capacity,
@@ -449,4 +477,43 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Headers the OTLP exporter sets itself or that belong to the connection.
+const RESERVED_EXPORT_HEADERS: [&str; 6] = [
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+];
+
+/// A headers file (`[telemetry.otlp] headers_file`): one `Name: value` per line; blank lines and
+/// lines starting with `#` are skipped. Values are marked sensitive (they are often API keys), and
+/// no error quotes one.
+fn read_headers(path: &Path) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut headers = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{}: expected `Name: value`", at()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("{}: {:?} is not a header name", at(), name.trim()))?;
+        if RESERVED_EXPORT_HEADERS.contains(&name.as_str()) {
+            return Err(format!("{}: {name} is set by the exporter", at()));
+        }
+        let mut value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("{}: the value of {name} is not a valid header value", at()))?;
+        value.set_sensitive(true);
+        headers.push((name, value));
+    }
+    Ok(headers)
 }

@@ -83,18 +83,77 @@ fn otlp_export_settings() {
     assert_eq!((otlp.queue_capacity, otlp.batch_size), (4096, 512));
     assert!(d.parse(MINIMAL).expect("valid").telemetry.otlp.is_none());
     let issues = d.issues(&format!(
-        "[telemetry.otlp]\nendpoint = \"https://collector:4318\"\nqueue_capacity = 1\n{MINIMAL}"
+        "[telemetry.otlp]\nendpoint = \"grpc://collector:4317\"\nqueue_capacity = 1\n{MINIMAL}"
     ));
     assert_eq!(
         issues,
         [
-            "telemetry.otlp.endpoint: \"https://collector:4318\" is not an http://host:port[/path] URL (OTLP/HTTP; https is not supported yet)",
+            "telemetry.otlp.endpoint: \"grpc://collector:4317\" is not an http(s)://host:port[/path] URL (OTLP/HTTP)",
             "telemetry.otlp.queue_capacity: 1 is not between 16 and 1048576",
         ]
     );
     assert_eq!(
         d.issues(&format!("[telemetry.otlp]\n{MINIMAL}")),
         ["telemetry.otlp.endpoint: is required in [telemetry.otlp]"]
+    );
+}
+
+#[test]
+fn otlp_https_ca_and_headers_file() {
+    let d = Dir::new();
+    std::fs::write(
+        d.dir.path().join("otlp-headers"),
+        "# key\nx-api-key: abc\n\nx-tenant: t1\n",
+    )
+    .expect("write");
+    let c = d
+        .parse(&format!(
+            "[telemetry.otlp]\nendpoint = \"https://collector:4318\"\nca = \"good.crt\"\nheaders_file = \"otlp-headers\"\n{MINIMAL}"
+        ))
+        .expect("valid");
+    let otlp = c.telemetry.otlp.expect("otlp on");
+    assert_eq!(otlp.endpoint, "https://collector:4318/v1/traces");
+    assert_eq!(otlp.ca, Some(d.dir.path().join("good.crt")));
+    let names: Vec<&str> = otlp.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["x-api-key", "x-tenant"]);
+    assert!(otlp.headers.iter().all(|(_, v)| v.is_sensitive()));
+    assert!(
+        !format!("{otlp:?}").contains("abc"),
+        "Debug hides header values"
+    );
+
+    std::fs::write(d.dir.path().join("bad-headers"), "x-api-key abc\n").expect("write");
+    std::fs::write(
+        d.dir.path().join("reserved-headers"),
+        "Content-Type: text/plain\n",
+    )
+    .expect("write");
+    let bad = d.dir.path().join("bad-headers").display().to_string();
+    let reserved = d.dir.path().join("reserved-headers").display().to_string();
+    for (file, expected) in [
+        (
+            "bad-headers",
+            format!("telemetry.otlp.headers_file: {bad} line 1: expected `Name: value`"),
+        ),
+        (
+            "reserved-headers",
+            format!(
+                "telemetry.otlp.headers_file: {reserved} line 1: content-type is set by the exporter"
+            ),
+        ),
+    ] {
+        assert_eq!(
+            d.issues(&format!(
+                "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\nheaders_file = \"{file}\"\n{MINIMAL}"
+            )),
+            [expected]
+        );
+    }
+    assert_eq!(
+        d.issues(&format!(
+            "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\nca = \"good.crt\"\n{MINIMAL}"
+        )),
+        ["telemetry.otlp.ca: applies to an https:// endpoint only"]
     );
 }
 

@@ -7,6 +7,11 @@
 //! so batches grow by themselves while a send is in flight, and retries a refused batch with
 //! exponential backoff, honouring `Retry-After` (429, 502, 503, 504, connection failures); a
 //! batch still refused after the last attempt is dropped and counted.
+//!
+//! The endpoint may be `https://` (system roots plus an optional `ca`), and every export request
+//! carries the headers of `headers_file` (e.g. a collector's API key). At shutdown, after the
+//! scoring listener has drained, [`Flush::run`] sends what is still queued (one attempt per
+//! batch, bounded by the export `timeout`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -26,6 +32,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prometheus::IntCounter;
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::OtlpConfig;
 use crate::telemetry::metrics::Metrics;
@@ -80,16 +88,47 @@ pub struct OtlpExporter {
     dropped: IntCounter,
 }
 
+/// The shutdown side of the exporter, held by the composition root.
+#[derive(Debug)]
+pub struct Flush {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    bound: Duration,
+}
+
+impl Flush {
+    /// Sends what is still queued and stops the export task; waits at most the export timeout
+    /// (plus the batch in flight), so a receiver that is down cannot hold up the exit.
+    pub async fn run(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(self.bound, self.task).await.is_err() {
+            tracing::warn!("OTLP export did not finish within its timeout at shutdown");
+        }
+    }
+}
+
 impl OtlpExporter {
-    /// Starts the export task (on the current tokio runtime). It ends when every exporter handle
-    /// is gone and the queue is drained.
-    pub fn start(config: &OtlpConfig, instance: Arc<str>, metrics: &Metrics) -> Self {
+    /// Starts the export task (on the current tokio runtime). It ends when [`Flush::run`] asks it
+    /// to, or when every exporter handle is gone, after sending what is queued.
+    pub fn start(
+        config: &OtlpConfig,
+        instance: Arc<str>,
+        metrics: &Metrics,
+    ) -> Result<(Self, Flush), String> {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let dropped = metrics.export_dropped.with_label_values(&[EXPORTER]);
+        let tls = crate::tls::client_config(config.ca.as_deref())?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let stop = CancellationToken::new();
         let task = ExportTask {
             config: config.clone(),
             instance,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            stop: stop.clone(),
             dropped: dropped.clone(),
             ok: metrics.export_batches.with_label_values(&[EXPORTER, "ok"]),
             retried: metrics
@@ -99,8 +138,9 @@ impl OtlpExporter {
                 .export_batches
                 .with_label_values(&[EXPORTER, "failed"]),
         };
-        tokio::spawn(task.run(rx));
-        Self { tx, dropped }
+        let bound = config.timeout * 2;
+        let task = tokio::spawn(task.run(rx));
+        Ok((Self { tx, dropped }, Flush { stop, task, bound }))
     }
 
     /// Queues a span, or drops and counts it when the queue is full.
@@ -114,7 +154,8 @@ impl OtlpExporter {
 struct ExportTask {
     config: OtlpConfig,
     instance: Arc<str>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    stop: CancellationToken,
     dropped: IntCounter,
     ok: IntCounter,
     retried: IntCounter,
@@ -132,38 +173,68 @@ enum SendError {
 impl ExportTask {
     async fn run(self, mut rx: mpsc::Receiver<SpanRecord>) {
         let mut batch = Vec::with_capacity(self.config.batch_size);
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                span = rx.recv() => match span {
+                    Some(span) => span,
+                    None => break,
+                },
+            };
             batch.push(first);
-            while batch.len() < self.config.batch_size {
-                match rx.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(_) => break,
-                }
-            }
-            let body = Bytes::from(encode(&batch, &self.instance).encode_to_vec());
-            if !self.deliver(body).await {
-                self.dropped.inc_by(batch.len() as u64);
-            }
-            batch.clear();
+            self.send_batch(&mut batch, &mut rx, ATTEMPTS).await;
+        }
+        // Shutdown: what is still queued goes out, one attempt per batch.
+        rx.close();
+        while let Ok(first) = rx.try_recv() {
+            batch.push(first);
+            self.send_batch(&mut batch, &mut rx, 1).await;
         }
     }
 
-    /// Sends one batch, retrying as the receiver allows; false if it was never accepted.
-    async fn deliver(&self, body: Bytes) -> bool {
+    /// Fills `batch` from the queue (up to `batch_size`), sends it, and empties it.
+    async fn send_batch(
+        &self,
+        batch: &mut Vec<SpanRecord>,
+        rx: &mut mpsc::Receiver<SpanRecord>,
+        attempts: u32,
+    ) {
+        while batch.len() < self.config.batch_size {
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
+        let body = Bytes::from(encode(batch, &self.instance).encode_to_vec());
+        if !self.deliver(body, attempts).await {
+            self.dropped.inc_by(batch.len() as u64);
+        }
+        batch.clear();
+    }
+
+    /// Sends one batch, retrying as the receiver allows (not once shutdown has begun); false if
+    /// it was never accepted.
+    async fn deliver(&self, body: Bytes, attempts: u32) -> bool {
         let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
+        for attempt in 1..=attempts {
             match self.send(body.clone()).await {
                 Ok(()) => {
                     self.ok.inc();
                     return true;
                 }
-                Err(SendError::Refused) => break,
-                Err(SendError::Retry(after)) if attempt < ATTEMPTS => {
+                Err(SendError::Retry(after)) if attempt < attempts && !self.stop.is_cancelled() => {
                     self.retried.inc();
-                    tokio::time::sleep(after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER))).await;
+                    let wait = after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        // Shutdown: one last attempt instead of the wait.
+                        () = self.stop.cancelled() => {}
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(SendError::Retry(_)) => {}
+                // Refused for good, the last attempt, or shutdown.
+                Err(_) => break,
             }
         }
         self.failed.inc();
@@ -171,10 +242,13 @@ impl ExportTask {
     }
 
     async fn send(&self, body: Bytes) -> Result<(), SendError> {
-        let req = http::Request::post(self.config.endpoint.clone())
+        let mut req = http::Request::post(self.config.endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(body))
             .map_err(|_| SendError::Refused)?;
+        for (name, value) in &self.config.headers {
+            req.headers_mut().append(name, value.clone());
+        }
         let resp = match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {

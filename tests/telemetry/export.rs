@@ -17,8 +17,10 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use reqwest::StatusCode;
 
+use super::support::certs::TestCa;
 use super::support::check::{header, send_json};
 use super::support::process::free_port;
+use super::support::tls_upstream::TlsFront;
 use super::support::{GatewayBuilder, IRIS, MockUpstream, TestGateway, wait_until};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -28,9 +30,12 @@ const PARENT: &str = "00f067aa0ba902b7";
 #[derive(Debug, Default)]
 struct Received {
     requests: Vec<(String, ExportTraceServiceRequest)>,
-    /// Statuses still to answer before 200s, in order (with `Retry-After: 0`).
+    /// Statuses still to answer before 200s, in order (with `Retry-After: retry_after`).
     script: Vec<u16>,
+    retry_after: &'static str,
     answered: Vec<u16>,
+    /// The `x-api-key` header of each request (from the exporter's `headers_file`).
+    api_keys: Vec<Option<String>>,
 }
 
 /// An OTLP/HTTP receiver on loopback that decodes what arrives; stops with the test.
@@ -42,12 +47,17 @@ struct Receiver {
 
 impl Receiver {
     async fn start(script: Vec<u16>) -> Self {
+        Self::start_with(script, "0").await
+    }
+
+    async fn start_with(script: Vec<u16>, retry_after: &'static str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         let state = Arc::new(Mutex::new(Received {
             script,
+            retry_after,
             ..Received::default()
         }));
         let shared = Arc::clone(&state);
@@ -65,6 +75,11 @@ impl Receiver {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or_default()
                                 .to_owned();
+                            let api_key = req
+                                .headers()
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
                             let body = req.into_body().collect().await?.to_bytes();
                             let mut s = state.lock().expect("receiver state");
                             let status = if s.script.is_empty() {
@@ -73,6 +88,7 @@ impl Receiver {
                                 s.script.remove(0)
                             };
                             s.answered.push(status);
+                            s.api_keys.push(api_key);
                             if status == 200 {
                                 assert_eq!(path, "/v1/traces");
                                 let decoded = ExportTraceServiceRequest::decode(body)
@@ -81,7 +97,7 @@ impl Receiver {
                             }
                             let resp = hyper::Response::builder()
                                 .status(status)
-                                .header("retry-after", "0")
+                                .header("retry-after", s.retry_after)
                                 .body(Full::new(Bytes::new()))
                                 .expect("response");
                             Ok::<_, hyper::Error>(resp)
@@ -306,4 +322,92 @@ async fn with_the_receiver_down_requests_are_unaffected_and_drops_are_counted() 
         async move { dropped >= 20 }
     })
     .await;
+}
+
+/// An `https://` receiver whose certificate comes from a CA named by `ca`, and a `headers_file`
+/// whose API key reaches the receiver with every batch.
+#[tokio::test]
+async fn spans_reach_an_https_receiver_trusted_through_ca_with_the_headers_file() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let ca = TestCa::new("otlp test CA");
+    let front = TlsFront::start(&ca.server_leaf("collector"), receiver.addr).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_path = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca_path, &ca.pem).expect("write CA");
+    let headers_path = dir.path().join("otlp-headers");
+    std::fs::write(
+        &headers_path,
+        "# the collector's key\nx-api-key: k-123-secret\n",
+    )
+    .expect("write headers");
+    let upstream = MockUpstream::start().await;
+    let gw = export_gateway(
+        &upstream,
+        &format!(
+            "endpoint = \"{}\", ca = {:?}, headers_file = {:?}",
+            front.url(),
+            ca_path.display().to_string(),
+            headers_path.display().to_string()
+        ),
+    )
+    .await;
+    let (primary, _) = gw.list_keys("iris").await;
+    let (status, headers, _) = send_json(
+        gw.client()
+            .post(gw.url(&format!("{IRIS}/score")))
+            .bearer_auth(&primary)
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = header(&headers, "x-request-id").to_owned();
+    let (role, _, span) = receiver.span_for(&id).await;
+    assert_eq!(
+        (role.as_str(), span.name.as_str()),
+        ("iris-model", "POST /score")
+    );
+    let s = receiver.state.lock().expect("receiver state");
+    assert!(
+        s.api_keys
+            .iter()
+            .all(|k| k.as_deref() == Some("k-123-secret")),
+        "{:?}",
+        s.api_keys
+    );
+}
+
+/// At shutdown, a span whose batch is waiting out a long `Retry-After` is sent before `run`
+/// returns: the exporter stops waiting and makes one last attempt.
+#[tokio::test]
+async fn spans_still_queued_at_shutdown_are_sent_before_the_gateway_exits() {
+    let receiver = Receiver::start_with(vec![503], "3600").await;
+    let upstream = MockUpstream::start().await;
+    let mut gw = export_gateway(
+        &upstream,
+        &format!("endpoint = \"http://{}\"", receiver.addr),
+    )
+    .await;
+    let (primary, _) = gw.list_keys("iris").await;
+    let (status, headers, _) = send_json(
+        gw.client()
+            .post(gw.url(&format!("{IRIS}/score")))
+            .bearer_auth(&primary)
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = header(&headers, "x-request-id").to_owned();
+    wait_until("the first batch to be refused with Retry-After", || {
+        let refused = receiver.state.lock().expect("state").answered == [503];
+        async move { refused }
+    })
+    .await;
+    gw.shutdown().await;
+    let delivered = receiver.spans().into_iter().any(|(_, _, s)| {
+        string_attr(&s.attributes, "scoregate.request_id").as_deref() == Some(id.as_str())
+    });
+    assert!(
+        delivered,
+        "the queued span was sent before the gateway exited"
+    );
 }
