@@ -87,6 +87,9 @@ pub async fn run(
     let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
     let (otlp, flush_export) = start_export(&config, &telemetry.metrics)?.unzip();
+    if let Some(exporter) = &otlp {
+        activity.export_to(exporter.clone());
+    }
     let health_wake = Arc::new(tokio::sync::Notify::new());
     // Fleet mode: the namespace is read (or the local snapshot loaded) before the first state is
     // built from it.

@@ -125,6 +125,9 @@ pub struct TelemetryConfig {
 pub struct OtlpConfig {
     /// `http(s)://host:port/v1/traces` (the path defaults to the OTLP/HTTP traces path).
     pub endpoint: Uri,
+    /// Where activity entries go as log records: `logs_endpoint`, else the traces endpoint with
+    /// its `/v1/traces` replaced by `/v1/logs` (or `/v1/logs` on its host).
+    pub logs_endpoint: Uri,
     /// Sent with every export request (`headers_file`: e.g. a collector's API key). The values
     /// are marked sensitive, so `Debug` never prints them.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,

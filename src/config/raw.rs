@@ -106,6 +106,7 @@ pub struct RawOtlp {
     pub timeout_ms: Option<u64>,
     pub headers_file: Option<String>,
     pub ca: Option<String>,
+    pub logs_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -144,31 +144,11 @@ impl Validator<'_> {
                 self.issue("telemetry.otlp.endpoint", "is required in [telemetry.otlp]");
                 http::Uri::from_static("http://127.0.0.1:4318/v1/traces")
             }
-            Some(text) => match text.parse::<http::Uri>() {
-                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => {
-                    match uri.authority() {
-                        // No path: the OTLP/HTTP traces path.
-                        Some(authority) if matches!(uri.path(), "" | "/") => format!(
-                            "{}://{authority}/v1/traces",
-                            uri.scheme_str().unwrap_or("http")
-                        )
-                        .parse()
-                        .unwrap_or(uri),
-                        Some(_) => uri,
-                        None => {
-                            self.issue("telemetry.otlp.endpoint", format!("{text:?} has no host"));
-                            uri
-                        }
-                    }
-                }
-                _ => {
-                    self.issue(
-                        "telemetry.otlp.endpoint",
-                        format!("{text:?} is not an http(s)://host:port[/path] URL (OTLP/HTTP)"),
-                    );
-                    http::Uri::from_static("http://127.0.0.1:4318/v1/traces")
-                }
-            },
+            Some(text) => self.otlp_endpoint("telemetry.otlp.endpoint", text, "/v1/traces"),
+        };
+        let logs_endpoint = match raw.logs_endpoint.as_deref() {
+            Some(text) => self.otlp_endpoint("telemetry.otlp.logs_endpoint", text, "/v1/logs"),
+            None => logs_beside(&endpoint),
         };
         let ca = raw.ca.as_deref().map(|ca| {
             let path = self.path(ca);
@@ -192,6 +172,7 @@ impl Validator<'_> {
         };
         crate::config::OtlpConfig {
             endpoint,
+            logs_endpoint,
             headers,
             ca,
             queue_capacity: self.count(
@@ -203,6 +184,36 @@ impl Validator<'_> {
             ),
             batch_size: self.count("telemetry.otlp.batch_size", raw.batch_size, 512, 1, 8192),
             timeout: self.millis("telemetry.otlp.timeout_ms", raw.timeout_ms, 10_000, 100),
+        }
+    }
+
+    /// An OTLP/HTTP endpoint: `http(s)://host:port[/path]`, the path defaulting to `signal_path`.
+    fn otlp_endpoint(&mut self, key: &str, text: &str, signal_path: &str) -> http::Uri {
+        let fallback = || http::Uri::from_static("http://127.0.0.1:4318/");
+        match text.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) => {
+                match uri.authority() {
+                    // No path: the signal's OTLP/HTTP path.
+                    Some(authority) if matches!(uri.path(), "" | "/") => {
+                        let scheme = uri.scheme_str().unwrap_or("http");
+                        format!("{scheme}://{authority}{signal_path}")
+                            .parse()
+                            .unwrap_or(uri)
+                    }
+                    Some(_) => uri,
+                    None => {
+                        self.issue(key, format!("{text:?} has no host"));
+                        fallback()
+                    }
+                }
+            }
+            _ => {
+                self.issue(
+                    key,
+                    format!("{text:?} is not an http(s)://host:port[/path] URL (OTLP/HTTP)"),
+                );
+                fallback()
+            }
         }
     }
 
@@ -516,4 +527,17 @@ fn read_headers(path: &Path) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
         headers.push((name, value));
     }
     Ok(headers)
+}
+
+/// The logs endpoint beside a traces endpoint: `/v1/traces` at the end of its path becomes
+/// `/v1/logs`; any other path gives `/v1/logs` on the same host.
+fn logs_beside(traces: &http::Uri) -> http::Uri {
+    let path = traces.path();
+    let logs = match path.strip_suffix("/v1/traces") {
+        Some(prefix) => format!("{prefix}/v1/logs"),
+        None => "/v1/logs".to_owned(),
+    };
+    let mut parts = traces.clone().into_parts();
+    parts.path_and_query = logs.parse().ok();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| traces.clone())
 }

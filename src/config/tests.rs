@@ -80,7 +80,31 @@ fn otlp_export_settings() {
         .expect("valid");
     let otlp = c.telemetry.otlp.expect("otlp on");
     assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.logs_endpoint, "http://127.0.0.1:4318/v1/logs");
     assert_eq!((otlp.queue_capacity, otlp.batch_size), (4096, 512));
+    for (extra, logs) in [
+        (
+            "endpoint = \"http://c:4318/otel/v1/traces\"",
+            "http://c:4318/otel/v1/logs",
+        ),
+        (
+            "endpoint = \"http://c:4318/spans\"",
+            "http://c:4318/v1/logs",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\nlogs_endpoint = \"http://d:4318\"",
+            "http://d:4318/v1/logs",
+        ),
+    ] {
+        let c = d
+            .parse(&format!("[telemetry.otlp]\n{extra}\n{MINIMAL}"))
+            .expect("valid");
+        assert_eq!(
+            c.telemetry.otlp.expect("otlp").logs_endpoint,
+            logs,
+            "{extra}"
+        );
+    }
     assert!(d.parse(MINIMAL).expect("valid").telemetry.otlp.is_none());
     let issues = d.issues(&format!(
         "[telemetry.otlp]\nendpoint = \"grpc://collector:4317\"\nqueue_capacity = 1\n{MINIMAL}"

@@ -141,6 +141,8 @@ pub struct ActivityLog {
     /// Fleet mode: every successful management write is also sent here (to the fleet's trail in
     /// etcd, `cluster::trail`).
     fleet: OnceLock<tokio::sync::mpsc::UnboundedSender<ActivityRecord>>,
+    /// `[telemetry.otlp]`: every entry is also exported as an OTLP log record.
+    export: OnceLock<super::export::OtlpExporter>,
 }
 
 /// Operations that change shared state: what the fleet's trail keeps.
@@ -166,7 +168,13 @@ impl ActivityLog {
             sink,
             state: OnceLock::new(),
             fleet: OnceLock::new(),
+            export: OnceLock::new(),
         }
+    }
+
+    /// Exports every entry from now on as an OTLP log record (set once).
+    pub fn export_to(&self, exporter: super::export::OtlpExporter) {
+        let _ = self.export.set(exporter);
     }
 
     /// Sends every successful management write to `tx` from now on (fleet mode; set once).
@@ -203,6 +211,9 @@ impl ActivityLog {
         entry.role_name = Some(role_name);
         entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
+        if let Some(exporter) = self.export.get() {
+            exporter.offer_activity(&entry);
+        }
         if let Some(tx) = self.fleet.get()
             && matches!(entry.result, Outcome::Succeeded)
             && FLEET_OPERATIONS.contains(&entry.operation)

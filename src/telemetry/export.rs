@@ -1,8 +1,11 @@
 //! OTLP/HTTP export (`[telemetry.otlp]`): one server span per request, following the
-//! OpenTelemetry HTTP semantic conventions, sent as protobuf `ExportTraceServiceRequest`s.
+//! OpenTelemetry HTTP semantic conventions, sent as protobuf `ExportTraceServiceRequest`s to the
+//! traces endpoint, and every activity entry (management operations, reloads) as an OTLP log
+//! record in `ExportLogsServiceRequest`s to the logs endpoint.
 //!
 //! A request never waits for export: `finish` offers its span to a bounded queue and, when the
-//! queue is full, the span is dropped and counted (`scoregate_export_dropped_total{exporter}`).
+//! queue is full, the span is dropped and counted (`scoregate_export_dropped_total{exporter}`);
+//! activity entries share the queue and its bound.
 //! One task drains the queue: it takes everything queued (up to `batch_size`) into one request,
 //! so batches grow by themselves while a send is in flight, and retries a refused batch with
 //! exponential backoff, honouring `Retry-After` (429, 502, 503, 504, connection failures); a
@@ -23,8 +26,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
@@ -36,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::OtlpConfig;
+use crate::telemetry::activity::{ActivityRecord, Outcome};
 use crate::telemetry::metrics::Metrics;
 
 /// The `exporter` label of this exporter's series.
@@ -81,10 +87,22 @@ pub struct SpanRecord {
     pub error: Option<&'static str>,
 }
 
+/// What waits in the export queue.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "spans are the common case: boxing them would cost an allocation per request"
+)]
+enum Item {
+    Span(SpanRecord),
+    /// Rare next to spans, so boxed to keep the queue's slots small.
+    Activity(Box<ActivityRecord>),
+}
+
 /// The request side of the exporter: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct OtlpExporter {
-    tx: mpsc::Sender<SpanRecord>,
+    tx: mpsc::Sender<Item>,
     dropped: IntCounter,
 }
 
@@ -145,7 +163,17 @@ impl OtlpExporter {
 
     /// Queues a span, or drops and counts it when the queue is full.
     pub fn offer(&self, span: SpanRecord) {
-        if self.tx.try_send(span).is_err() {
+        self.queue(Item::Span(span));
+    }
+
+    /// Queues an activity entry as a log record, or drops and counts it when the queue is full
+    /// (the entry itself is in the record stream and `GET /activity` regardless).
+    pub fn offer_activity(&self, entry: &ActivityRecord) {
+        self.queue(Item::Activity(Box::new(entry.clone())));
+    }
+
+    fn queue(&self, item: Item) {
+        if self.tx.try_send(item).is_err() {
             self.dropped.inc();
         }
     }
@@ -171,7 +199,7 @@ enum SendError {
 }
 
 impl ExportTask {
-    async fn run(self, mut rx: mpsc::Receiver<SpanRecord>) {
+    async fn run(self, mut rx: mpsc::Receiver<Item>) {
         let mut batch = Vec::with_capacity(self.config.batch_size);
         loop {
             let first = tokio::select! {
@@ -193,32 +221,50 @@ impl ExportTask {
         }
     }
 
-    /// Fills `batch` from the queue (up to `batch_size`), sends it, and empties it.
+    /// Fills `batch` from the queue (up to `batch_size`), sends its spans and its log records
+    /// (one request each), and empties it.
     async fn send_batch(
         &self,
-        batch: &mut Vec<SpanRecord>,
-        rx: &mut mpsc::Receiver<SpanRecord>,
+        batch: &mut Vec<Item>,
+        rx: &mut mpsc::Receiver<Item>,
         attempts: u32,
     ) {
         while batch.len() < self.config.batch_size {
             match rx.try_recv() {
-                Ok(span) => batch.push(span),
+                Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let body = Bytes::from(encode(batch, &self.instance).encode_to_vec());
-        if !self.deliver(body, attempts).await {
-            self.dropped.inc_by(batch.len() as u64);
+        let (mut spans, mut entries) = (Vec::new(), Vec::new());
+        for item in batch.drain(..) {
+            match item {
+                Item::Span(span) => spans.push(span),
+                Item::Activity(entry) => entries.push(entry),
+            }
         }
-        batch.clear();
+        if !spans.is_empty() {
+            let body = Bytes::from(encode(&spans, &self.instance).encode_to_vec());
+            if !self.deliver(&self.config.endpoint, body, attempts).await {
+                self.dropped.inc_by(spans.len() as u64);
+            }
+        }
+        if !entries.is_empty() {
+            let body = Bytes::from(encode_logs(&entries).encode_to_vec());
+            if !self
+                .deliver(&self.config.logs_endpoint, body, attempts)
+                .await
+            {
+                self.dropped.inc_by(entries.len() as u64);
+            }
+        }
     }
 
     /// Sends one batch, retrying as the receiver allows (not once shutdown has begun); false if
     /// it was never accepted.
-    async fn deliver(&self, body: Bytes, attempts: u32) -> bool {
+    async fn deliver(&self, endpoint: &http::Uri, body: Bytes, attempts: u32) -> bool {
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=attempts {
-            match self.send(body.clone()).await {
+            match self.send(endpoint, body.clone()).await {
                 Ok(()) => {
                     self.ok.inc();
                     return true;
@@ -241,8 +287,8 @@ impl ExportTask {
         false
     }
 
-    async fn send(&self, body: Bytes) -> Result<(), SendError> {
-        let mut req = http::Request::post(self.config.endpoint.clone())
+    async fn send(&self, endpoint: &http::Uri, body: Bytes) -> Result<(), SendError> {
+        let mut req = http::Request::post(endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(body))
             .map_err(|_| SendError::Refused)?;
@@ -299,17 +345,104 @@ fn encode(batch: &[SpanRecord], instance: &str) -> ExportTraceServiceRequest {
                     ..Resource::default()
                 }),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "scoregate".to_owned(),
-                        version: env!("CARGO_PKG_VERSION").to_owned(),
-                        ..InstrumentationScope::default()
-                    }),
+                    scope: Some(scope()),
                     spans,
                     schema_url: String::new(),
                 }],
                 schema_url: String::new(),
             })
             .collect(),
+    }
+}
+
+/// The protobuf request of activity entries: one `ResourceLogs` per (role name, instance).
+fn encode_logs(entries: &[Box<ActivityRecord>]) -> ExportLogsServiceRequest {
+    let mut by_role: BTreeMap<(&str, &str), Vec<LogRecord>> = BTreeMap::new();
+    for entry in entries {
+        let role = entry.role_name.as_deref().unwrap_or("scoregate");
+        let instance = entry.role_instance.as_deref().unwrap_or_default();
+        by_role
+            .entry((role, instance))
+            .or_default()
+            .push(log_of(entry));
+    }
+    ExportLogsServiceRequest {
+        resource_logs: by_role
+            .into_iter()
+            .map(|((role, instance), log_records)| ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv_str("service.name", role),
+                        kv_str("service.instance.id", instance),
+                    ],
+                    ..Resource::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect(),
+    }
+}
+
+/// An activity entry as a log record: the operation name is the body and the event name, the
+/// entry's fields are attributes (the record stream's names), and a failure or a denial is a
+/// warning.
+fn log_of(e: &ActivityRecord) -> LogRecord {
+    let at = e
+        .timestamp
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+    let result = match e.result {
+        Outcome::Succeeded => "Succeeded",
+        Outcome::Failed => "Failed",
+        Outcome::Denied => "Denied",
+    };
+    let (severity, text) = match e.result {
+        Outcome::Succeeded => (SeverityNumber::Info, "INFO"),
+        Outcome::Failed | Outcome::Denied => (SeverityNumber::Warn, "WARN"),
+    };
+    let mut attributes = vec![
+        kv_str("scoregate.operation", e.operation),
+        kv_str("scoregate.initiator", &e.initiator),
+        kv_str("scoregate.result", result),
+    ];
+    let optional = [
+        ("scoregate.service", e.service.as_deref()),
+        ("scoregate.request_id", e.request_id.as_deref()),
+        ("scoregate.reason", e.reason.as_deref()),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            attributes.push(kv_str(key, v));
+        }
+    }
+    if let Some(ip) = e.source_ip {
+        attributes.push(kv_str("client.address", &ip.to_string()));
+    }
+    LogRecord {
+        time_unix_nano: nanos,
+        observed_time_unix_nano: nanos,
+        severity_number: severity as i32,
+        severity_text: text.to_owned(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(e.operation.to_owned())),
+        }),
+        attributes,
+        event_name: format!("scoregate.activity.{}", e.operation),
+        ..LogRecord::default()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "scoregate".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..InstrumentationScope::default()
     }
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -30,6 +31,8 @@ const PARENT: &str = "00f067aa0ba902b7";
 #[derive(Debug, Default)]
 struct Received {
     requests: Vec<(String, ExportTraceServiceRequest)>,
+    /// Decoded `/v1/logs` requests.
+    logs: Vec<ExportLogsServiceRequest>,
     /// Statuses still to answer before 200s, in order (with `Retry-After: retry_after`).
     script: Vec<u16>,
     retry_after: &'static str,
@@ -89,7 +92,11 @@ impl Receiver {
                             };
                             s.answered.push(status);
                             s.api_keys.push(api_key);
-                            if status == 200 {
+                            if status == 200 && path == "/v1/logs" {
+                                let decoded = ExportLogsServiceRequest::decode(body)
+                                    .expect("a valid ExportLogsServiceRequest");
+                                s.logs.push(decoded);
+                            } else if status == 200 {
                                 assert_eq!(path, "/v1/traces");
                                 let decoded = ExportTraceServiceRequest::decode(body)
                                     .expect("a valid ExportTraceServiceRequest");
@@ -410,4 +417,78 @@ async fn spans_still_queued_at_shutdown_are_sent_before_the_gateway_exits() {
         delivered,
         "the queued span was sent before the gateway exited"
     );
+}
+
+/// Activity entries (here `regenerateKeys`) reach the receiver's `/v1/logs` as log records with
+/// the entry's fields, under the service's role name and this replica's instance.
+#[tokio::test]
+async fn activity_entries_are_exported_as_log_records() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let upstream = MockUpstream::start().await;
+    let gw = export_gateway(
+        &upstream,
+        &format!("endpoint = \"http://{}\"", receiver.addr),
+    )
+    .await;
+    let (status, _, resp) = gw
+        .manage(
+            reqwest::Method::POST,
+            "/services/iris/regenerateKeys",
+            Some(&serde_json::json!({"keyType": "Secondary"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let mut found = None;
+    wait_until("the regenerateKeys log record", || {
+        let s = receiver.state.lock().expect("receiver state");
+        found = s
+            .logs
+            .iter()
+            .flat_map(|r| r.resource_logs.iter())
+            .find_map(|rl| {
+                let record = rl
+                    .scope_logs
+                    .iter()
+                    .flat_map(|sl| sl.log_records.iter())
+                    .find(|l| {
+                        string_attr(&l.attributes, "scoregate.operation").as_deref()
+                            == Some("regenerateKeys")
+                    })?;
+                Some((rl.resource.clone().unwrap_or_default(), record.clone()))
+            });
+        let done = found.is_some();
+        async move { done }
+    })
+    .await;
+    let (resource, log) = found.expect("found");
+    let entry = gw
+        .records()
+        .into_iter()
+        .find(|r| r["type"] == "activity" && r["operationName"] == "regenerateKeys")
+        .expect("the activity entry in the record stream");
+    assert_eq!(
+        string_attr(&resource.attributes, "service.name").as_deref(),
+        Some("iris-model")
+    );
+    assert_eq!(
+        string_attr(&resource.attributes, "service.instance.id").as_deref(),
+        entry["RoleInstance"].as_str()
+    );
+    let a = &log.attributes;
+    assert_eq!(
+        string_attr(a, "scoregate.initiator").as_deref(),
+        entry["initiator"].as_str()
+    );
+    assert_eq!(string_attr(a, "scoregate.service").as_deref(), Some("iris"));
+    assert_eq!(
+        string_attr(a, "scoregate.result").as_deref(),
+        Some("Succeeded")
+    );
+    assert_eq!(
+        string_attr(a, "client.address").as_deref(),
+        entry["sourceIp"].as_str()
+    );
+    assert_eq!(log.severity_text, "INFO");
+    assert_eq!(log.event_name, "scoregate.activity.regenerateKeys");
+    assert!(log.time_unix_nano > 0);
 }
