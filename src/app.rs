@@ -18,7 +18,7 @@ use crate::gateway::{Gateway, Parts};
 use crate::reload::{Applier, Handles};
 use crate::server::Drained;
 use crate::telemetry::activity::ActivityLog;
-use crate::telemetry::export::{Flush, OtlpExporter};
+use crate::telemetry::export::{self, Exporters, Flush};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::RecordSink;
 use crate::{admin, health, server, state, watch};
@@ -86,9 +86,9 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("server.state_dir: cannot use {}: {e}", dir.display()))?;
     let credential = crate::auth::admin::CredentialFile::of(&config.server).path;
     let activity = Arc::new(ActivityLog::new(telemetry.records.clone()));
-    let (otlp, flush_export) = start_export(&config, &telemetry.metrics)?.unzip();
-    if let Some(exporter) = &otlp {
-        activity.export_to(exporter.clone());
+    let (exporters, flush_export) = start_export(&config, &telemetry.metrics)?;
+    if !exporters.is_empty() {
+        activity.export_to(exporters.clone());
     }
     let health_wake = Arc::new(tokio::sync::Notify::new());
     // Fleet mode: the namespace is read (or the local snapshot loaded) before the first state is
@@ -125,7 +125,7 @@ pub async fn run(
         applier,
         metrics: telemetry.metrics,
         records: telemetry.records,
-        otlp,
+        export: exporters,
         activity,
         health_wake,
     }));
@@ -180,25 +180,20 @@ pub async fn run(
         sync.await;
     }
     // Every request has finished (drained), so every span is queued.
-    if let Some(flush) = flush_export {
-        flush.run().await;
-    }
+    flush_export.run().await;
     Ok(outcome)
 }
 
-/// Starts the OTLP exporter when `[telemetry.otlp]` is set; its flush runs after the drain.
+/// Starts the configured exporters (`[telemetry.otlp]`, `[telemetry.azure_monitor]`); their
+/// flush runs after the drain.
 fn start_export(
     config: &Config,
     metrics: &crate::telemetry::metrics::Metrics,
-) -> anyhow::Result<Option<(OtlpExporter, Flush)>> {
-    let Some(otlp) = config.telemetry.otlp.as_ref() else {
-        return Ok(None);
-    };
+) -> anyhow::Result<(Exporters, Flush)> {
     let configured = config.cluster.etcd().map(|e| e.instance.as_str());
     let instance = Arc::from(crate::telemetry::role::instance(configured));
-    OtlpExporter::start(otlp, instance, metrics)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("telemetry.otlp: {e}"))
+    export::start(&config.telemetry, &instance, metrics)
+        .map_err(|e| anyhow::anyhow!("telemetry export: {e}"))
 }
 
 /// Serves the admin listener and the optional probe and metrics listeners, each restricted to

@@ -118,6 +118,35 @@ pub struct TelemetryConfig {
     pub role_name: String,
     /// OTLP/HTTP span export (`None`: off).
     pub otlp: Option<OtlpConfig>,
+    /// Application Insights export (`None`: off).
+    pub azure_monitor: Option<AzureMonitorConfig>,
+}
+
+/// `[telemetry.azure_monitor]`, validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AzureMonitorConfig {
+    /// The connection string's `IngestionEndpoint` with `/v2.1/track`.
+    pub endpoint: Uri,
+    /// The connection string's `InstrumentationKey` (never printed).
+    pub instrumentation_key: String,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub timeout: Duration,
+    /// A CA (PEM) trusted for the ingestion endpoint, beside the system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl fmt::Debug for AzureMonitorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureMonitorConfig")
+            .field("endpoint", &self.endpoint)
+            .field("instrumentation_key", &"<redacted>")
+            .field("queue_capacity", &self.queue_capacity)
+            .field("batch_size", &self.batch_size)
+            .field("timeout", &self.timeout)
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// `[telemetry.otlp]`, validated.

@@ -11,7 +11,7 @@ use crate::reload::Applier;
 use crate::runtime::{RuntimeState, StateCell};
 use crate::shutdown::Lifecycle;
 use crate::telemetry::activity::ActivityLog;
-use crate::telemetry::export::OtlpExporter;
+use crate::telemetry::export::Exporters;
 use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
 use crate::telemetry::sink::RecordSink;
 
@@ -24,8 +24,8 @@ pub struct Gateway {
     /// Handles for requests that matched no route.
     pub unrouted: ServiceMetrics,
     pub records: RecordSink,
-    /// OTLP span export (`[telemetry.otlp]`; restart-only).
-    pub otlp: Option<OtlpExporter>,
+    /// Telemetry export (`[telemetry.otlp]`, `[telemetry.azure_monitor]`; restart-only).
+    pub export: Exporters,
     /// Management operations, with their initiators.
     pub activity: Arc<ActivityLog>,
     pub lifecycle: Arc<Lifecycle>,
@@ -42,7 +42,7 @@ pub struct Parts {
     pub applier: Applier,
     pub metrics: Arc<Metrics>,
     pub records: RecordSink,
-    pub otlp: Option<OtlpExporter>,
+    pub export: Exporters,
     pub activity: Arc<ActivityLog>,
     pub health_wake: Arc<tokio::sync::Notify>,
 }
@@ -54,7 +54,7 @@ impl Gateway {
             unrouted: ServiceMetrics::new(&parts.metrics, UNROUTED, "none"),
             metrics: parts.metrics,
             records: parts.records,
-            otlp: parts.otlp,
+            export: parts.export,
             activity: parts.activity,
             lifecycle: Arc::new(Lifecycle::default()),
             health_wake: parts.health_wake,

@@ -15,7 +15,8 @@
 //!   taking the response or that passed their deadline.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
-//!   the Prometheus registry.
+//!   the Prometheus registry; `export` (`otlp`, `azure_monitor`) queues spans and activity
+//!   entries for collectors on tasks of their own.
 //! - [`runtime`]: the one immutable `RuntimeState` (routes, per-service state, certificate, TLS,
 //!   identity, roles, admin credential, changeable telemetry options) behind one `StateCell`;
 //!   `runtime/build.rs` builds a complete candidate without writing anything.

@@ -3,7 +3,8 @@
 //! `metrics` owns the Prometheus registry; `request_log` builds request records; `activity` the
 //! management activity log; `sink` writes both to their output; `redact` is the only way URLs and
 //! headers reach a log; `trace` reads and continues W3C trace context; `role` names the instance;
-//! `export` sends one OTLP span per request when `[telemetry.otlp]` is set.
+//! `export` sends one span per request and the activity entries to OTLP and Azure Monitor
+//! receivers when `[telemetry.otlp]` / `[telemetry.azure_monitor]` are set.
 //! Diagnostics always go to stderr so stdout can carry the machine-readable record stream.
 //! This module decides no request outcomes.
 

@@ -94,6 +94,18 @@ pub struct RawTelemetry {
     pub log_format: Option<String>,
     pub role_name: Option<String>,
     pub otlp: Option<RawOtlp>,
+    pub azure_monitor: Option<RawAzureMonitor>,
+}
+
+/// `[telemetry.azure_monitor]`: Application Insights export.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAzureMonitor {
+    pub connection_string_file: Option<String>,
+    pub queue_capacity: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    pub ca: Option<String>,
 }
 
 /// `[telemetry.otlp]`: OTLP/HTTP export of one span per request.

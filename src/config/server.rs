@@ -133,6 +133,67 @@ impl Validator<'_> {
             log_format,
             role_name: self.role_name("telemetry.role_name", raw.role_name, "scoregate"),
             otlp: raw.otlp.as_ref().map(|o| self.otlp(o)),
+            azure_monitor: raw.azure_monitor.as_ref().map(|a| self.azure_monitor(a)),
+        }
+    }
+
+    /// `[telemetry.azure_monitor]`: the connection string file is read here, so `check-config`
+    /// reports a missing key or a bad endpoint; errors never quote the instrumentation key.
+    fn azure_monitor(&mut self, raw: &raw::RawAzureMonitor) -> crate::config::AzureMonitorConfig {
+        const KEY: &str = "telemetry.azure_monitor.connection_string_file";
+        let (endpoint, instrumentation_key) = match raw.connection_string_file.as_deref() {
+            None => {
+                self.issue(KEY, "is required in [telemetry.azure_monitor]");
+                (None, String::new())
+            }
+            Some(file) => {
+                let path = self.path(file);
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                    .and_then(|text| {
+                        connection_string(&text).map_err(|e| format!("{}: {e}", path.display()))
+                    }) {
+                    Ok((endpoint, key)) => (Some(endpoint), key),
+                    Err(e) => {
+                        self.issue(KEY, e);
+                        (None, String::new())
+                    }
+                }
+            }
+        };
+        let ca = raw.ca.as_deref().map(|ca| {
+            let path = self.path(ca);
+            if let Err(e) = crate::tls::load_ca(&path) {
+                self.issue("telemetry.azure_monitor.ca", e);
+            }
+            path
+        });
+        crate::config::AzureMonitorConfig {
+            endpoint: endpoint.unwrap_or_else(|| {
+                http::Uri::from_static("https://dc.services.visualstudio.com/v2.1/track")
+            }),
+            instrumentation_key,
+            queue_capacity: self.count(
+                "telemetry.azure_monitor.queue_capacity",
+                raw.queue_capacity,
+                4096,
+                16,
+                1_048_576,
+            ),
+            batch_size: self.count(
+                "telemetry.azure_monitor.batch_size",
+                raw.batch_size,
+                512,
+                1,
+                8192,
+            ),
+            timeout: self.millis(
+                "telemetry.azure_monitor.timeout_ms",
+                raw.timeout_ms,
+                10_000,
+                100,
+            ),
+            ca,
         }
     }
 
@@ -540,4 +601,34 @@ fn logs_beside(traces: &http::Uri) -> http::Uri {
     let mut parts = traces.clone().into_parts();
     parts.path_and_query = logs.parse().ok();
     http::Uri::from_parts(parts).unwrap_or_else(|_| traces.clone())
+}
+
+/// Application Insights' public ingestion host, when a connection string names none.
+const DEFAULT_INGESTION: &str = "https://dc.services.visualstudio.com/";
+
+/// A connection string (`InstrumentationKey=...;IngestionEndpoint=https://...;...`, names
+/// case-insensitive, other names ignored): the track endpoint and the instrumentation key.
+fn connection_string(text: &str) -> Result<(http::Uri, String), String> {
+    let mut key = None;
+    let mut ingestion = None;
+    for part in text.trim().split(';').filter(|p| !p.trim().is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| "expected Name=value pairs separated by ';'".to_owned())?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "instrumentationkey" => key = Some(value.trim().to_owned()),
+            "ingestionendpoint" => ingestion = Some(value.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let key = key
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .ok_or_else(|| "no valid InstrumentationKey".to_owned())?;
+    let base = ingestion.unwrap_or_else(|| DEFAULT_INGESTION.to_owned());
+    let uri = format!("{}/v2.1/track", base.trim_end_matches('/'))
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
+        .ok_or_else(|| format!("IngestionEndpoint {base:?} is not an http(s):// URL"))?;
+    Ok((uri, key))
 }

@@ -725,3 +725,67 @@ fn http2_lifetime_and_per_ip_bounds_have_defaults_and_are_validated_by_key() {
         ]
     );
 }
+
+#[test]
+fn azure_monitor_connection_string() {
+    let d = Dir::new();
+    let write = |name: &str, text: &str| {
+        std::fs::write(d.dir.path().join(name), text).expect("write");
+        format!("[telemetry.azure_monitor]\nconnection_string_file = \"{name}\"\n{MINIMAL}")
+    };
+    let c = d
+        .parse(&write(
+            "cs",
+            "InstrumentationKey=abc-123;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/;LiveEndpoint=https://x/\n",
+        ))
+        .expect("valid");
+    let am = c.telemetry.azure_monitor.expect("on");
+    assert_eq!(
+        am.endpoint,
+        "https://westeurope-5.in.applicationinsights.azure.com/v2.1/track"
+    );
+    assert_eq!(am.instrumentation_key, "abc-123");
+    assert!(
+        !format!("{am:?}").contains("abc-123"),
+        "Debug hides the key"
+    );
+    let c = d
+        .parse(&write("plain", "instrumentationkey=k1"))
+        .expect("valid");
+    assert_eq!(
+        c.telemetry.azure_monitor.expect("on").endpoint,
+        "https://dc.services.visualstudio.com/v2.1/track"
+    );
+    let path = |name: &str| d.dir.path().join(name).display().to_string();
+    for (name, text, problem) in [
+        (
+            "nokey",
+            "IngestionEndpoint=https://x/",
+            "no valid InstrumentationKey",
+        ),
+        (
+            "garbage",
+            "just text",
+            "expected Name=value pairs separated by ';'",
+        ),
+        (
+            "ftp",
+            "InstrumentationKey=k;IngestionEndpoint=ftp://x/",
+            "IngestionEndpoint \"ftp://x/\" is not an http(s):// URL",
+        ),
+    ] {
+        assert_eq!(
+            d.issues(&write(name, text)),
+            [format!(
+                "telemetry.azure_monitor.connection_string_file: {}: {problem}",
+                path(name)
+            )]
+        );
+    }
+    assert_eq!(
+        d.issues(&format!("[telemetry.azure_monitor]\n{MINIMAL}")),
+        [
+            "telemetry.azure_monitor.connection_string_file: is required in [telemetry.azure_monitor]"
+        ]
+    );
+}

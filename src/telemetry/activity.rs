@@ -141,8 +141,9 @@ pub struct ActivityLog {
     /// Fleet mode: every successful management write is also sent here (to the fleet's trail in
     /// etcd, `cluster::trail`).
     fleet: OnceLock<tokio::sync::mpsc::UnboundedSender<ActivityRecord>>,
-    /// `[telemetry.otlp]`: every entry is also exported as an OTLP log record.
-    export: OnceLock<super::export::OtlpExporter>,
+    /// `[telemetry.otlp]` / `[telemetry.azure_monitor]`: every entry is also exported (as an
+    /// OTLP log record, an Application Insights custom event).
+    export: OnceLock<super::export::Exporters>,
 }
 
 /// Operations that change shared state: what the fleet's trail keeps.
@@ -172,9 +173,9 @@ impl ActivityLog {
         }
     }
 
-    /// Exports every entry from now on as an OTLP log record (set once).
-    pub fn export_to(&self, exporter: super::export::OtlpExporter) {
-        let _ = self.export.set(exporter);
+    /// Exports every entry from now on (set once).
+    pub fn export_to(&self, exporters: super::export::Exporters) {
+        let _ = self.export.set(exporters);
     }
 
     /// Sends every successful management write to `tx` from now on (fleet mode; set once).
@@ -211,8 +212,8 @@ impl ActivityLog {
         entry.role_name = Some(role_name);
         entry.role_instance = Some(role_instance);
         self.sink.emit_activity(&entry);
-        if let Some(exporter) = self.export.get() {
-            exporter.offer_activity(&entry);
+        if let Some(exporters) = self.export.get() {
+            exporters.offer_activity(&entry);
         }
         if let Some(tx) = self.fleet.get()
             && matches!(entry.result, Outcome::Succeeded)

@@ -1,51 +1,42 @@
-//! OTLP/HTTP export (`[telemetry.otlp]`): one server span per request, following the
-//! OpenTelemetry HTTP semantic conventions, sent as protobuf `ExportTraceServiceRequest`s to the
-//! traces endpoint, and every activity entry (management operations, reloads) as an OTLP log
-//! record in `ExportLogsServiceRequest`s to the logs endpoint.
+//! Export of request telemetry to a collector: one exporter per configured destination, each a
+//! bounded queue drained by its own task.
 //!
-//! A request never waits for export: `finish` offers its span to a bounded queue and, when the
-//! queue is full, the span is dropped and counted (`scoregate_export_dropped_total{exporter}`);
-//! activity entries share the queue and its bound.
-//! One task drains the queue: it takes everything queued (up to `batch_size`) into one request,
-//! so batches grow by themselves while a send is in flight, and retries a refused batch with
-//! exponential backoff, honouring `Retry-After` (429, 502, 503, 504, connection failures); a
-//! batch still refused after the last attempt is dropped and counted.
+//! - `otlp` (`[telemetry.otlp]`): one OpenTelemetry server span per request (HTTP semantic
+//!   conventions) and every activity entry as a log record, OTLP/HTTP protobuf.
+//! - `azure_monitor` (`[telemetry.azure_monitor]`): Application Insights `Request` envelopes and
+//!   activity entries as custom events, to the connection string's ingestion endpoint.
 //!
-//! The endpoint may be `https://` (system roots plus an optional `ca`), and every export request
-//! carries the headers of `headers_file` (e.g. a collector's API key). At shutdown, after the
-//! scoring listener has drained, [`Flush::run`] sends what is still queued (one attempt per
-//! batch, bounded by the export `timeout`).
+//! What they share lives here. A request never waits for export: `finish` offers its span to
+//! each exporter's bounded queue and, when a queue is full, the span is dropped and counted
+//! (`scoregate_export_dropped_total{exporter}`); activity entries share the queue and its bound.
+//! One task per exporter drains its queue: it takes everything queued (up to `batch_size`) into
+//! one send, so batches grow by themselves while a send is in flight, and retries a refused send
+//! with exponential backoff, honouring `Retry-After`; what is still refused after the last
+//! attempt is dropped and counted. At shutdown, after the scoring listener has drained,
+//! [`Flush::run`] sends what is still queued (a send waiting out a retry gets one last attempt
+//! at once), bounded by twice the exporter's timeout.
 
-use std::collections::BTreeMap;
+pub mod azure_monitor;
+pub mod otlp;
+
+use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
 use prometheus::IntCounter;
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::OtlpConfig;
-use crate::telemetry::activity::{ActivityRecord, Outcome};
+use crate::telemetry::activity::ActivityRecord;
 use crate::telemetry::metrics::Metrics;
-
-/// The `exporter` label of this exporter's series.
-const EXPORTER: &str = "otlp";
 
 /// Attempts per batch (the first send and its retries).
 const ATTEMPTS: u32 = 5;
@@ -56,6 +47,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A `Retry-After` beyond this is capped (the queue keeps filling meanwhile).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The part of a receiver's answer that is read (a partial-success report is small).
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// One request as a span, in the gateway's own types (converted to protobuf on the export task,
 /// not on the request path).
@@ -87,91 +81,26 @@ pub struct SpanRecord {
     pub error: Option<&'static str>,
 }
 
-/// What waits in the export queue.
-#[derive(Debug)]
+/// What waits in an export queue.
+#[derive(Debug, Clone)]
 #[allow(
     clippy::large_enum_variant,
     reason = "spans are the common case: boxing them would cost an allocation per request"
 )]
-enum Item {
+pub enum Item {
     Span(SpanRecord),
     /// Rare next to spans, so boxed to keep the queue's slots small.
     Activity(Box<ActivityRecord>),
 }
 
-/// The request side of the exporter: cheap to clone, never blocks.
+/// One exporter's request side: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
-pub struct OtlpExporter {
+struct Exporter {
     tx: mpsc::Sender<Item>,
     dropped: IntCounter,
 }
 
-/// The shutdown side of the exporter, held by the composition root.
-#[derive(Debug)]
-pub struct Flush {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-    bound: Duration,
-}
-
-impl Flush {
-    /// Sends what is still queued and stops the export task; waits at most the export timeout
-    /// (plus the batch in flight), so a receiver that is down cannot hold up the exit.
-    pub async fn run(self) {
-        self.stop.cancel();
-        if tokio::time::timeout(self.bound, self.task).await.is_err() {
-            tracing::warn!("OTLP export did not finish within its timeout at shutdown");
-        }
-    }
-}
-
-impl OtlpExporter {
-    /// Starts the export task (on the current tokio runtime). It ends when [`Flush::run`] asks it
-    /// to, or when every exporter handle is gone, after sending what is queued.
-    pub fn start(
-        config: &OtlpConfig,
-        instance: Arc<str>,
-        metrics: &Metrics,
-    ) -> Result<(Self, Flush), String> {
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let dropped = metrics.export_dropped.with_label_values(&[EXPORTER]);
-        let tls = crate::tls::client_config(config.ca.as_deref())?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let stop = CancellationToken::new();
-        let task = ExportTask {
-            config: config.clone(),
-            instance,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            stop: stop.clone(),
-            dropped: dropped.clone(),
-            ok: metrics.export_batches.with_label_values(&[EXPORTER, "ok"]),
-            retried: metrics
-                .export_batches
-                .with_label_values(&[EXPORTER, "retried"]),
-            failed: metrics
-                .export_batches
-                .with_label_values(&[EXPORTER, "failed"]),
-        };
-        let bound = config.timeout * 2;
-        let task = tokio::spawn(task.run(rx));
-        Ok((Self { tx, dropped }, Flush { stop, task, bound }))
-    }
-
-    /// Queues a span, or drops and counts it when the queue is full.
-    pub fn offer(&self, span: SpanRecord) {
-        self.queue(Item::Span(span));
-    }
-
-    /// Queues an activity entry as a log record, or drops and counts it when the queue is full
-    /// (the entry itself is in the record stream and `GET /activity` regardless).
-    pub fn offer_activity(&self, entry: &ActivityRecord) {
-        self.queue(Item::Activity(Box::new(entry.clone())));
-    }
-
+impl Exporter {
     fn queue(&self, item: Item) {
         if self.tx.try_send(item).is_err() {
             self.dropped.inc();
@@ -179,350 +108,331 @@ impl OtlpExporter {
     }
 }
 
-struct ExportTask {
-    config: OtlpConfig,
-    instance: Arc<str>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    stop: CancellationToken,
+/// Every configured exporter; what `finish` and the activity log offer telemetry to.
+#[derive(Debug, Clone, Default)]
+pub struct Exporters(Vec<Exporter>);
+
+impl Exporters {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Queues a span on every exporter, or drops and counts it where a queue is full.
+    pub fn offer(&self, span: SpanRecord) {
+        self.offer_item(Item::Span(span));
+    }
+
+    /// Queues an activity entry on every exporter (the entry itself is in the record stream and
+    /// `GET /activity` regardless).
+    pub fn offer_activity(&self, entry: &ActivityRecord) {
+        self.offer_item(Item::Activity(Box::new(entry.clone())));
+    }
+
+    fn offer_item(&self, item: Item) {
+        if let Some((last, others)) = self.0.split_last() {
+            for exporter in others {
+                exporter.queue(item.clone());
+            }
+            last.queue(item);
+        }
+    }
+}
+
+/// The shutdown side of the exporters, held by the composition root.
+#[derive(Debug, Default)]
+pub struct Flush(Vec<(CancellationToken, JoinHandle<()>, Duration)>);
+
+impl Flush {
+    /// Sends what is still queued and stops the export tasks; waits at most twice each
+    /// exporter's timeout, so a receiver that is down cannot hold up the exit.
+    pub async fn run(self) {
+        for (stop, _, _) in &self.0 {
+            stop.cancel();
+        }
+        for (_, task, bound) in self.0 {
+            if tokio::time::timeout(bound, task).await.is_err() {
+                tracing::warn!("telemetry export did not finish within its timeout at shutdown");
+            }
+        }
+    }
+}
+
+/// Starts an exporter for each configured destination.
+pub fn start(
+    config: &crate::config::TelemetryConfig,
+    instance: &Arc<str>,
+    metrics: &Metrics,
+) -> Result<(Exporters, Flush), String> {
+    let mut exporters = Exporters::default();
+    let mut flush = Flush::default();
+    if let Some(c) = &config.otlp {
+        let http = Http::new(c.ca.as_deref(), c.timeout, c.headers.clone())?;
+        let deliver = otlp::Otlp::new(
+            c,
+            http,
+            Arc::clone(instance),
+            Retry::new(metrics, otlp::EXPORTER),
+        );
+        spawn(
+            deliver,
+            otlp::EXPORTER,
+            c.queue_capacity,
+            c.batch_size,
+            c.timeout,
+            metrics,
+            &mut exporters,
+            &mut flush,
+        );
+    }
+    if let Some(c) = &config.azure_monitor {
+        let http = Http::new(c.ca.as_deref(), c.timeout, Vec::new())?;
+        let deliver = azure_monitor::AzureMonitor::new(
+            c,
+            http,
+            Arc::clone(instance),
+            Retry::new(metrics, azure_monitor::EXPORTER),
+        );
+        spawn(
+            deliver,
+            azure_monitor::EXPORTER,
+            c.queue_capacity,
+            c.batch_size,
+            c.timeout,
+            metrics,
+            &mut exporters,
+            &mut flush,
+        );
+    }
+    Ok((exporters, flush))
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one private call site per exporter"
+)]
+fn spawn<D: Deliver>(
+    deliver: D,
+    name: &'static str,
+    capacity: usize,
+    batch_size: usize,
+    timeout: Duration,
+    metrics: &Metrics,
+    exporters: &mut Exporters,
+    flush: &mut Flush,
+) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let dropped = metrics.export_dropped.with_label_values(&[name]);
+    let stop = deliver.retry().stop.clone();
+    let pipeline = Pipeline {
+        deliver,
+        batch_size,
+        dropped: dropped.clone(),
+    };
+    let task = tokio::spawn(pipeline.run(rx));
+    exporters.0.push(Exporter { tx, dropped });
+    flush.0.push((stop, task, timeout * 2));
+}
+
+/// How one kind of receiver is sent a batch.
+pub(crate) trait Deliver: Send + Sync + 'static {
+    /// Sends `batch` with at most `attempts` attempts; returns how many items were never
+    /// accepted.
+    fn deliver(&self, batch: Vec<Item>, attempts: u32) -> impl Future<Output = u64> + Send;
+
+    fn retry(&self) -> &Retry;
+}
+
+/// The queue-draining loop shared by every exporter.
+struct Pipeline<D> {
+    deliver: D,
+    batch_size: usize,
     dropped: IntCounter,
-    ok: IntCounter,
-    retried: IntCounter,
-    failed: IntCounter,
 }
 
-/// Why a send did not succeed.
-enum SendError {
-    /// Worth trying again, after at least this long if the receiver said so.
-    Retry(Option<Duration>),
-    /// The receiver refused the batch itself (a 4xx other than 429).
-    Refused,
-}
-
-impl ExportTask {
+impl<D: Deliver> Pipeline<D> {
     async fn run(self, mut rx: mpsc::Receiver<Item>) {
-        let mut batch = Vec::with_capacity(self.config.batch_size);
+        let stop = self.deliver.retry().stop.clone();
         loop {
             let first = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => break,
-                span = rx.recv() => match span {
-                    Some(span) => span,
+                () = stop.cancelled() => break,
+                item = rx.recv() => match item {
+                    Some(item) => item,
                     None => break,
                 },
             };
-            batch.push(first);
-            self.send_batch(&mut batch, &mut rx, ATTEMPTS).await;
+            self.send_batch(first, &mut rx, ATTEMPTS).await;
         }
         // Shutdown: what is still queued goes out, one attempt per batch.
         rx.close();
         while let Ok(first) = rx.try_recv() {
-            batch.push(first);
-            self.send_batch(&mut batch, &mut rx, 1).await;
+            self.send_batch(first, &mut rx, 1).await;
         }
     }
 
-    /// Fills `batch` from the queue (up to `batch_size`), sends its spans and its log records
-    /// (one request each), and empties it.
-    async fn send_batch(
-        &self,
-        batch: &mut Vec<Item>,
-        rx: &mut mpsc::Receiver<Item>,
-        attempts: u32,
-    ) {
-        while batch.len() < self.config.batch_size {
+    /// `first` and what else is queued (up to `batch_size`), sent as one batch.
+    async fn send_batch(&self, first: Item, rx: &mut mpsc::Receiver<Item>, attempts: u32) {
+        let mut batch = vec![first];
+        while batch.len() < self.batch_size {
             match rx.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let (mut spans, mut entries) = (Vec::new(), Vec::new());
-        for item in batch.drain(..) {
-            match item {
-                Item::Span(span) => spans.push(span),
-                Item::Activity(entry) => entries.push(entry),
-            }
-        }
-        if !spans.is_empty() {
-            let body = Bytes::from(encode(&spans, &self.instance).encode_to_vec());
-            if !self.deliver(&self.config.endpoint, body, attempts).await {
-                self.dropped.inc_by(spans.len() as u64);
-            }
-        }
-        if !entries.is_empty() {
-            let body = Bytes::from(encode_logs(&entries).encode_to_vec());
-            if !self
-                .deliver(&self.config.logs_endpoint, body, attempts)
-                .await
-            {
-                self.dropped.inc_by(entries.len() as u64);
-            }
+        let lost = self.deliver.deliver(batch, attempts).await;
+        self.dropped.inc_by(lost);
+    }
+}
+
+/// Retry bookkeeping of one exporter: backoff, `Retry-After`, shutdown, and the batch counters.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    stop: CancellationToken,
+    ok: IntCounter,
+    retried: IntCounter,
+    failed: IntCounter,
+}
+
+impl Retry {
+    fn new(metrics: &Metrics, exporter: &str) -> Self {
+        let batches = |result| {
+            metrics
+                .export_batches
+                .with_label_values(&[exporter, result])
+        };
+        Self {
+            stop: CancellationToken::new(),
+            ok: batches("ok"),
+            retried: batches("retried"),
+            failed: batches("failed"),
         }
     }
 
-    /// Sends one batch, retrying as the receiver allows (not once shutdown has begun); false if
-    /// it was never accepted.
-    async fn deliver(&self, endpoint: &http::Uri, body: Bytes, attempts: u32) -> bool {
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=attempts {
-            match self.send(endpoint, body.clone()).await {
-                Ok(()) => {
-                    self.ok.inc();
-                    return true;
-                }
-                Err(SendError::Retry(after)) if attempt < attempts && !self.stop.is_cancelled() => {
-                    self.retried.inc();
-                    let wait = after.map_or(backoff, |a| a.min(MAX_RETRY_AFTER));
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        // Shutdown: one last attempt instead of the wait.
-                        () = self.stop.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                // Refused for good, the last attempt, or shutdown.
-                Err(_) => break,
-            }
-        }
+    fn succeeded(&self) {
+        self.ok.inc();
+    }
+
+    fn gave_up(&self) {
         self.failed.inc();
-        false
     }
 
-    async fn send(&self, endpoint: &http::Uri, body: Bytes) -> Result<(), SendError> {
-        let mut req = http::Request::post(endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+    /// Waits before the attempt after `attempt`: `after` if the receiver said so (capped), else
+    /// the current backoff, which then doubles. False when no further attempt is to be made (the
+    /// last one was made, or shutdown has begun; a wait in progress when shutdown begins ends at
+    /// once and one last attempt follows).
+    async fn wait(
+        &self,
+        attempt: u32,
+        attempts: u32,
+        after: Option<Duration>,
+        backoff: &mut Duration,
+    ) -> bool {
+        if attempt >= attempts || self.stop.is_cancelled() {
+            return false;
+        }
+        self.retried.inc();
+        let wait = after.map_or(*backoff, |a| a.min(MAX_RETRY_AFTER));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.stop.cancelled() => {}
+        }
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        true
+    }
+}
+
+/// The HTTP side shared by the exporters: a pooled HTTP/1.1 client for http and https (system
+/// roots plus an optional CA), extra headers on every request, and a bound on each exchange.
+pub(crate) struct Http {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// A receiver's answer.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Bytes,
+}
+
+impl Http {
+    fn new(
+        ca: Option<&Path>,
+        timeout: Duration,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    ) -> Result<Self, String> {
+        let tls = crate::tls::client_config(ca)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+            headers,
+        })
+    }
+
+    /// POSTs `body`; `None` when the receiver could not be reached or did not answer in time.
+    async fn post(
+        &self,
+        uri: &http::Uri,
+        content_type: &'static str,
+        gzip: bool,
+        body: Bytes,
+    ) -> Option<Answer> {
+        let mut req = http::Request::post(uri.clone())
+            .header(http::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
-            .map_err(|_| SendError::Refused)?;
-        for (name, value) in &self.config.headers {
+            .ok()?;
+        if gzip {
+            req.headers_mut().insert(
+                http::header::CONTENT_ENCODING,
+                http::HeaderValue::from_static("gzip"),
+            );
+        }
+        for (name, value) in &self.headers {
             req.headers_mut().append(name, value.clone());
         }
-        let resp = match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "OTLP export failed; retrying");
-                return Err(SendError::Retry(None));
-            }
-            Err(_) => return Err(SendError::Retry(None)),
+        let exchange = async {
+            let resp = match self.client.request(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::debug!(error = %e, %uri, "telemetry export failed; retrying");
+                    return None;
+                }
+            };
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Read the answer so the connection can be reused (and a partial-success report
+            // can be parsed).
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .unwrap_or_default();
+            Some(Answer {
+                status,
+                retry_after,
+                body,
+            })
         };
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // Read the answer so the connection can be reused; its content is not needed.
-        let _ = tokio::time::timeout(self.config.timeout, resp.into_body().collect()).await;
-        match status.as_u16() {
-            200..=299 => Ok(()),
-            429 | 502 | 503 | 504 => Err(SendError::Retry(retry_after)),
-            code => {
-                tracing::warn!(status = code, "the OTLP receiver refused a batch; dropped");
-                Err(SendError::Refused)
-            }
-        }
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
-/// The protobuf request: one `ResourceSpans` per role name (`service.name`), all with this
-/// instance's `service.instance.id`.
-fn encode(batch: &[SpanRecord], instance: &str) -> ExportTraceServiceRequest {
-    let mut by_role: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
-    for record in batch {
-        by_role
-            .entry(&record.role_name)
-            .or_default()
-            .push(span_of(record));
-    }
-    ExportTraceServiceRequest {
-        resource_spans: by_role
-            .into_iter()
-            .map(|(role, spans)| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![
-                        kv_str("service.name", role),
-                        kv_str("service.instance.id", instance),
-                    ],
-                    ..Resource::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope()),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect(),
-    }
-}
-
-/// The protobuf request of activity entries: one `ResourceLogs` per (role name, instance).
-fn encode_logs(entries: &[Box<ActivityRecord>]) -> ExportLogsServiceRequest {
-    let mut by_role: BTreeMap<(&str, &str), Vec<LogRecord>> = BTreeMap::new();
-    for entry in entries {
-        let role = entry.role_name.as_deref().unwrap_or("scoregate");
-        let instance = entry.role_instance.as_deref().unwrap_or_default();
-        by_role
-            .entry((role, instance))
-            .or_default()
-            .push(log_of(entry));
-    }
-    ExportLogsServiceRequest {
-        resource_logs: by_role
-            .into_iter()
-            .map(|((role, instance), log_records)| ResourceLogs {
-                resource: Some(Resource {
-                    attributes: vec![
-                        kv_str("service.name", role),
-                        kv_str("service.instance.id", instance),
-                    ],
-                    ..Resource::default()
-                }),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope()),
-                    log_records,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect(),
-    }
-}
-
-/// An activity entry as a log record: the operation name is the body and the event name, the
-/// entry's fields are attributes (the record stream's names), and a failure or a denial is a
-/// warning.
-fn log_of(e: &ActivityRecord) -> LogRecord {
-    let at = e
-        .timestamp
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
-    let result = match e.result {
-        Outcome::Succeeded => "Succeeded",
-        Outcome::Failed => "Failed",
-        Outcome::Denied => "Denied",
-    };
-    let (severity, text) = match e.result {
-        Outcome::Succeeded => (SeverityNumber::Info, "INFO"),
-        Outcome::Failed | Outcome::Denied => (SeverityNumber::Warn, "WARN"),
-    };
-    let mut attributes = vec![
-        kv_str("scoregate.operation", e.operation),
-        kv_str("scoregate.initiator", &e.initiator),
-        kv_str("scoregate.result", result),
-    ];
-    let optional = [
-        ("scoregate.service", e.service.as_deref()),
-        ("scoregate.request_id", e.request_id.as_deref()),
-        ("scoregate.reason", e.reason.as_deref()),
-    ];
-    for (key, value) in optional {
-        if let Some(v) = value {
-            attributes.push(kv_str(key, v));
-        }
-    }
-    if let Some(ip) = e.source_ip {
-        attributes.push(kv_str("client.address", &ip.to_string()));
-    }
-    LogRecord {
-        time_unix_nano: nanos,
-        observed_time_unix_nano: nanos,
-        severity_number: severity as i32,
-        severity_text: text.to_owned(),
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(e.operation.to_owned())),
-        }),
-        attributes,
-        event_name: format!("scoregate.activity.{}", e.operation),
-        ..LogRecord::default()
-    }
-}
-
-fn scope() -> InstrumentationScope {
-    InstrumentationScope {
-        name: "scoregate".to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        ..InstrumentationScope::default()
-    }
-}
-
-fn span_of(r: &SpanRecord) -> Span {
-    let start = r
-        .start
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    let mut attributes = vec![
-        kv_str("http.request.method", &r.method),
-        kv_str("url.path", &r.path),
-        kv_int("http.response.status_code", i64::from(r.status)),
-        kv_str("client.address", &r.client_address),
-        kv_str("scoregate.request_id", &r.request_id),
-    ];
-    if let Some(host) = &r.server_address {
-        attributes.push(kv_str("server.address", host));
-    }
-    if let Some(e) = r.error {
-        attributes.push(kv_str("error.type", e));
-    }
-    if let Some(s) = &r.service {
-        attributes.push(kv_str("scoregate.service", s));
-    }
-    if let Some(a) = r.auth_mode {
-        attributes.push(kv_str("scoregate.auth_mode", a));
-    }
-    if let Some(p) = &r.principal {
-        attributes.push(kv_str("scoregate.principal", p));
-    }
-    if let Some(q) = r.queue_wait {
-        attributes.push(kv_f64("scoregate.queue_wait_ms", q.as_secs_f64() * 1000.0));
-    }
-    if let Some(u) = r.upstream_duration {
-        attributes.push(kv_f64(
-            "scoregate.upstream_duration_ms",
-            u.as_secs_f64() * 1000.0,
-        ));
-    }
-    Span {
-        trace_id: r.trace_id.to_vec(),
-        span_id: r.span_id.to_vec(),
-        trace_state: r.trace_state.clone().unwrap_or_default(),
-        parent_span_id: r.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: u32::from(r.flags),
-        name: r.name.clone(),
-        kind: span::SpanKind::Server as i32,
-        start_time_unix_nano: nanos(start),
-        end_time_unix_nano: nanos(start + r.duration),
-        attributes,
-        // HTTP semantic conventions: a server span is an error for 5xx only.
-        status: Some(Status {
-            message: String::new(),
-            code: if r.status >= 500 {
-                status::StatusCode::Error as i32
-            } else {
-                status::StatusCode::Unset as i32
-            },
-        }),
-        ..Span::default()
-    }
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..KeyValue::default()
-    }
-}
-
-fn kv_str(key: &str, value: &str) -> KeyValue {
-    kv(key, any_value::Value::StringValue(value.to_owned()))
-}
-
-fn kv_int(key: &str, value: i64) -> KeyValue {
-    kv(key, any_value::Value::IntValue(value))
-}
-
-fn kv_f64(key: &str, value: f64) -> KeyValue {
-    kv(key, any_value::Value::DoubleValue(value))
+/// Nanoseconds since the Unix epoch (0 before it).
+fn unix_nanos(t: SystemTime) -> u64 {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -179,8 +179,8 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
         gw.records
             .emit(|line| record_line(&state, ctx, duration, line));
     }
-    if let Some(otlp) = &gw.otlp {
-        otlp.offer(span_record(&state, ctx, duration));
+    if !gw.export.is_empty() {
+        gw.export.offer(span_record(&state, ctx, duration));
     }
 }
 

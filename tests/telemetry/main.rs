@@ -14,6 +14,7 @@
 mod support;
 
 mod admin;
+mod azure_monitor;
 mod disconnects;
 mod export;
 mod leaks;
