@@ -129,9 +129,7 @@ pub struct AzureMonitorConfig {
     pub endpoint: Uri,
     /// The connection string's `InstrumentationKey` (never printed).
     pub instrumentation_key: String,
-    pub queue_capacity: usize,
-    pub batch_size: usize,
-    pub timeout: Duration,
+    pub queue: ExportQueue,
     /// A CA (PEM) trusted for the ingestion endpoint, beside the system's roots.
     pub ca: Option<PathBuf>,
 }
@@ -141,9 +139,7 @@ impl fmt::Debug for AzureMonitorConfig {
         f.debug_struct("AzureMonitorConfig")
             .field("endpoint", &self.endpoint)
             .field("instrumentation_key", &"<redacted>")
-            .field("queue_capacity", &self.queue_capacity)
-            .field("batch_size", &self.batch_size)
-            .field("timeout", &self.timeout)
+            .field("queue", &self.queue)
             .field("ca", &self.ca)
             .finish()
     }
@@ -162,10 +158,19 @@ pub struct OtlpConfig {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// A CA (PEM) trusted for an `https://` endpoint, beside the system's roots.
     pub ca: Option<PathBuf>,
-    /// Spans waiting for export; beyond it new spans are dropped and counted.
-    pub queue_capacity: usize,
-    /// Spans per export request at most.
+    pub queue: ExportQueue,
+}
+
+/// How an exporter queues, batches and sends (`queue_capacity`, `batch_size`, `batch_delay_ms`,
+/// `timeout_ms` of its table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportQueue {
+    /// Items waiting for export; beyond it new items are dropped and counted.
+    pub capacity: usize,
+    /// Items per export request at most.
     pub batch_size: usize,
+    /// How long a batch may wait for more items before it is sent (a full batch goes at once).
+    pub batch_delay: Duration,
     /// Bound on one export request (connect, send, answer).
     pub timeout: Duration,
 }

@@ -11,6 +11,8 @@
 # ROUTE KEY1 KEY2):
 #     SG_RECORDS=off       [telemetry] request_records = false (default: on, to $RECORDS)
 #     SG_SERVER_EXTRA      more TOML lines for [server], newline-separated
+#     SG_TELEMETRY_EXTRA   TOML appended at the end (e.g. a [telemetry.otlp] table); `\n`
+#                          escapes are expanded, so a configs.txt row can carry it
 #     TOKEN_LIFETIME_S     token lifetime (default 86400: the load reuses one token all run)
 #     SG_CONFIG_ONLY=1     only write the config and print its path (run.sh mints tokens with it)
 # Writes $RUN/conf/$PEER_NAME.toml, then execs `scoregate run` in the foreground with request
@@ -67,6 +69,7 @@ conf="$RUN/conf/$name.toml"
     echo "[telemetry]"
     echo "request_records = false"
   fi
+  [ -z "${SG_TELEMETRY_EXTRA:-}" ] || printf '%b\n' "$SG_TELEMETRY_EXTRA"
 } > "$conf"
 if [ "${SG_CONFIG_ONLY:-0}" = 1 ]; then echo "$conf"; exit 0; fi
 exec "$SCOREGATE" run --config "$conf" >> "$RECORDS"

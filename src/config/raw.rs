@@ -105,6 +105,7 @@ pub struct RawAzureMonitor {
     pub queue_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub timeout_ms: Option<u64>,
+    pub batch_delay_ms: Option<u64>,
     pub ca: Option<String>,
 }
 
@@ -116,6 +117,7 @@ pub struct RawOtlp {
     pub queue_capacity: Option<usize>,
     pub batch_size: Option<usize>,
     pub timeout_ms: Option<u64>,
+    pub batch_delay_ms: Option<u64>,
     pub headers_file: Option<String>,
     pub ca: Option<String>,
     pub logs_endpoint: Option<String>,

@@ -173,25 +173,11 @@ impl Validator<'_> {
                 http::Uri::from_static("https://dc.services.visualstudio.com/v2.1/track")
             }),
             instrumentation_key,
-            queue_capacity: self.count(
-                "telemetry.azure_monitor.queue_capacity",
-                raw.queue_capacity,
-                4096,
-                16,
-                1_048_576,
-            ),
-            batch_size: self.count(
-                "telemetry.azure_monitor.batch_size",
-                raw.batch_size,
-                512,
-                1,
-                8192,
-            ),
-            timeout: self.millis(
-                "telemetry.azure_monitor.timeout_ms",
-                raw.timeout_ms,
-                10_000,
-                100,
+            queue: self.export_queue(
+                "telemetry.azure_monitor",
+                [raw.queue_capacity, raw.batch_size],
+                [raw.batch_delay_ms, raw.timeout_ms],
+                1000,
             ),
             ca,
         }
@@ -236,15 +222,40 @@ impl Validator<'_> {
             logs_endpoint,
             headers,
             ca,
-            queue_capacity: self.count(
-                "telemetry.otlp.queue_capacity",
-                raw.queue_capacity,
+            queue: self.export_queue(
+                "telemetry.otlp",
+                [raw.queue_capacity, raw.batch_size],
+                [raw.batch_delay_ms, raw.timeout_ms],
+                200,
+            ),
+        }
+    }
+
+    /// An exporter's queue settings under `table`: `[queue_capacity, batch_size]` (4096, 512) and
+    /// `[batch_delay_ms, timeout_ms]` (`default_delay_ms`, 10000).
+    fn export_queue(
+        &mut self,
+        table: &str,
+        [capacity, batch_size]: [Option<usize>; 2],
+        [delay_ms, timeout_ms]: [Option<u64>; 2],
+        default_delay_ms: u64,
+    ) -> crate::config::ExportQueue {
+        crate::config::ExportQueue {
+            capacity: self.count(
+                &format!("{table}.queue_capacity"),
+                capacity,
                 4096,
                 16,
                 1_048_576,
             ),
-            batch_size: self.count("telemetry.otlp.batch_size", raw.batch_size, 512, 1, 8192),
-            timeout: self.millis("telemetry.otlp.timeout_ms", raw.timeout_ms, 10_000, 100),
+            batch_size: self.count(&format!("{table}.batch_size"), batch_size, 512, 1, 8192),
+            batch_delay: self.millis(
+                &format!("{table}.batch_delay_ms"),
+                delay_ms,
+                default_delay_ms,
+                0,
+            ),
+            timeout: self.millis(&format!("{table}.timeout_ms"), timeout_ms, 10_000, 100),
         }
     }
 

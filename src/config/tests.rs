@@ -81,7 +81,14 @@ fn otlp_export_settings() {
     let otlp = c.telemetry.otlp.expect("otlp on");
     assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
     assert_eq!(otlp.logs_endpoint, "http://127.0.0.1:4318/v1/logs");
-    assert_eq!((otlp.queue_capacity, otlp.batch_size), (4096, 512));
+    assert_eq!(
+        (
+            otlp.queue.capacity,
+            otlp.queue.batch_size,
+            otlp.queue.batch_delay
+        ),
+        (4096, 512, std::time::Duration::from_millis(200))
+    );
     for (extra, logs) in [
         (
             "endpoint = \"http://c:4318/otel/v1/traces\"",

@@ -9,8 +9,9 @@
 //! What they share lives here. A request never waits for export: `finish` offers its span to
 //! each exporter's bounded queue and, when a queue is full, the span is dropped and counted
 //! (`scoregate_export_dropped_total{exporter}`); activity entries share the queue and its bound.
-//! One task per exporter drains its queue: it takes everything queued (up to `batch_size`) into
-//! one send, so batches grow by themselves while a send is in flight, and retries a refused send
+//! One task per exporter drains its queue: a batch is the first item and what arrives within
+//! `batch_delay_ms` after it (a full `batch_size` goes at once), so a busy gateway sends full
+//! batches and an idle one sends within the delay; the task retries a refused send
 //! with exponential backoff, honouring `Retry-After`; what is still refused after the last
 //! attempt is dropped and counted. At shutdown, after the scoring listener has drained,
 //! [`Flush::run`] sends what is still queued (a send waiting out a retry gets one last attempt
@@ -35,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ExportQueue;
 use crate::telemetry::activity::ActivityRecord;
 use crate::telemetry::metrics::Metrics;
 
@@ -166,7 +168,7 @@ pub fn start(
     let mut exporters = Exporters::default();
     let mut flush = Flush::default();
     if let Some(c) = &config.otlp {
-        let http = Http::new(c.ca.as_deref(), c.timeout, c.headers.clone())?;
+        let http = Http::new(c.ca.as_deref(), c.queue.timeout, c.headers.clone())?;
         let deliver = otlp::Otlp::new(
             c,
             http,
@@ -176,16 +178,14 @@ pub fn start(
         spawn(
             deliver,
             otlp::EXPORTER,
-            c.queue_capacity,
-            c.batch_size,
-            c.timeout,
+            c.queue,
             metrics,
             &mut exporters,
             &mut flush,
         );
     }
     if let Some(c) = &config.azure_monitor {
-        let http = Http::new(c.ca.as_deref(), c.timeout, Vec::new())?;
+        let http = Http::new(c.ca.as_deref(), c.queue.timeout, Vec::new())?;
         let deliver = azure_monitor::AzureMonitor::new(
             c,
             http,
@@ -195,9 +195,7 @@ pub fn start(
         spawn(
             deliver,
             azure_monitor::EXPORTER,
-            c.queue_capacity,
-            c.batch_size,
-            c.timeout,
+            c.queue,
             metrics,
             &mut exporters,
             &mut flush,
@@ -206,31 +204,26 @@ pub fn start(
     Ok((exporters, flush))
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one private call site per exporter"
-)]
 fn spawn<D: Deliver>(
     deliver: D,
     name: &'static str,
-    capacity: usize,
-    batch_size: usize,
-    timeout: Duration,
+    queue: ExportQueue,
     metrics: &Metrics,
     exporters: &mut Exporters,
     flush: &mut Flush,
 ) {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = mpsc::channel(queue.capacity);
     let dropped = metrics.export_dropped.with_label_values(&[name]);
     let stop = deliver.retry().stop.clone();
     let pipeline = Pipeline {
         deliver,
-        batch_size,
+        batch_size: queue.batch_size,
+        batch_delay: queue.batch_delay,
         dropped: dropped.clone(),
     };
     let task = tokio::spawn(pipeline.run(rx));
     exporters.0.push(Exporter { tx, dropped });
-    flush.0.push((stop, task, timeout * 2));
+    flush.0.push((stop, task, queue.timeout * 2));
 }
 
 /// How one kind of receiver is sent a batch.
@@ -246,6 +239,7 @@ pub(crate) trait Deliver: Send + Sync + 'static {
 struct Pipeline<D> {
     deliver: D,
     batch_size: usize,
+    batch_delay: Duration,
     dropped: IntCounter,
 }
 
@@ -261,24 +255,52 @@ impl<D: Deliver> Pipeline<D> {
                     None => break,
                 },
             };
-            self.send_batch(first, &mut rx, ATTEMPTS).await;
+            let batch = self.gather(first, &mut rx, &stop).await;
+            self.send(batch, ATTEMPTS).await;
         }
         // Shutdown: what is still queued goes out, one attempt per batch.
         rx.close();
         while let Ok(first) = rx.try_recv() {
-            self.send_batch(first, &mut rx, 1).await;
+            let mut batch = vec![first];
+            while batch.len() < self.batch_size
+                && let Ok(item) = rx.try_recv()
+            {
+                batch.push(item);
+            }
+            self.send(batch, 1).await;
         }
     }
 
-    /// `first` and what else is queued (up to `batch_size`), sent as one batch.
-    async fn send_batch(&self, first: Item, rx: &mut mpsc::Receiver<Item>, attempts: u32) {
+    /// `first` and what arrives within `batch_delay` after it, up to `batch_size` (a full batch
+    /// goes at once; so does everything when shutdown begins).
+    async fn gather(
+        &self,
+        first: Item,
+        rx: &mut mpsc::Receiver<Item>,
+        stop: &CancellationToken,
+    ) -> Vec<Item> {
         let mut batch = vec![first];
+        let deadline = tokio::time::sleep(self.batch_delay);
+        tokio::pin!(deadline);
         while batch.len() < self.batch_size {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+            if let Ok(item) = rx.try_recv() {
+                batch.push(item);
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                () = &mut deadline => break,
+                item = rx.recv() => match item {
+                    Some(item) => batch.push(item),
+                    None => break,
+                },
             }
         }
+        batch
+    }
+
+    async fn send(&self, batch: Vec<Item>, attempts: u32) {
         let lost = self.deliver.deliver(batch, attempts).await;
         self.dropped.inc_by(lost);
     }

@@ -20,8 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{Deliver, FIRST_BACKOFF, Http, Item, Retry, SpanRecord};
 use crate::config::AzureMonitorConfig;
@@ -77,17 +76,22 @@ struct TrackError {
 
 impl Deliver for AzureMonitor {
     async fn deliver(&self, batch: Vec<Item>, attempts: u32) -> u64 {
-        let mut pending: Vec<Value> = batch
+        // Each envelope serialized once; a resend after a 206 joins the remaining ones again.
+        let mut pending: Vec<Vec<u8>> = batch
             .iter()
-            .map(|item| match item {
-                Item::Span(span) => request_envelope(span, &self.ikey, &self.instance),
-                Item::Activity(entry) => event_envelope(entry, &self.ikey),
+            .filter_map(|item| match item {
+                Item::Span(span) => {
+                    serde_json::to_vec(&request_envelope(span, &self.ikey, &self.instance)).ok()
+                }
+                Item::Activity(entry) => {
+                    serde_json::to_vec(&event_envelope(entry, &self.ikey)).ok()
+                }
             })
             .collect();
-        let mut lost = 0;
+        let mut lost = (batch.len() - pending.len()) as u64;
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=attempts {
-            let Some(body) = gzip_json(&pending) else {
+            let Some(body) = gzip_array(&pending) else {
                 break;
             };
             let after = match self
@@ -139,7 +143,7 @@ impl Deliver for AzureMonitor {
 
 /// After a 206: the items of `sent` rejected with a retryable status (in their order), and how
 /// many were rejected for good.
-fn again(sent: Vec<Value>, errors: &[TrackError]) -> (Vec<Value>, u64) {
+fn again<T>(sent: Vec<T>, errors: &[TrackError]) -> (Vec<T>, u64) {
     let status: BTreeMap<usize, u16> = errors
         .iter()
         .filter(|e| e.index < sent.len())
@@ -155,11 +159,18 @@ fn again(sent: Vec<Value>, errors: &[TrackError]) -> (Vec<Value>, u64) {
     (retry, refused)
 }
 
-/// A JSON array of `items`, gzip-compressed.
-fn gzip_json(items: &[Value]) -> Option<Bytes> {
-    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-    serde_json::to_writer(&mut gz, items).ok()?;
-    gz.flush().ok()?;
+/// The serialized envelopes as one JSON array, gzip-compressed.
+fn gzip_array(items: &[Vec<u8>]) -> Option<Bytes> {
+    let size: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut gz = GzEncoder::new(Vec::with_capacity(size / 4 + 64), Compression::fast());
+    gz.write_all(b"[").ok()?;
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            gz.write_all(b",").ok()?;
+        }
+        gz.write_all(item).ok()?;
+    }
+    gz.write_all(b"]").ok()?;
     gz.finish().ok().map(Bytes::from)
 }
 
@@ -176,85 +187,204 @@ fn timespan(d: Duration) -> String {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+/// Lower-case hex of an id, on the stack.
+struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Serialize for Hex<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}", HexDisplay(&self.0)))
+    }
 }
 
-fn sdk_version() -> String {
-    format!("scoregate:{}", env!("CARGO_PKG_VERSION"))
+struct HexDisplay<'a>(&'a [u8]);
+
+impl std::fmt::Display for HexDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// An RFC 3339 time with microseconds.
+struct Rfc3339(std::time::SystemTime);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+const SDK_VERSION: &str = concat!("scoregate:", env!("CARGO_PKG_VERSION"));
+
+/// `TelemetryItem`: what every envelope carries.
+#[derive(Serialize)]
+struct Envelope<'a, T, D> {
+    ver: u8,
+    name: &'static str,
+    time: Rfc3339,
+    #[serde(rename = "sampleRate")]
+    sample_rate: f64,
+    #[serde(rename = "iKey")]
+    ikey: &'a str,
+    tags: T,
+    data: Data<D>,
+}
+
+#[derive(Serialize)]
+struct Data<D> {
+    #[serde(rename = "baseType")]
+    base_type: &'static str,
+    #[serde(rename = "baseData")]
+    base_data: D,
+}
+
+#[derive(Serialize)]
+struct RequestTags<'a> {
+    #[serde(rename = "ai.operation.id")]
+    operation_id: Hex<16>,
+    #[serde(
+        rename = "ai.operation.parentId",
+        skip_serializing_if = "Option::is_none"
+    )]
+    parent_id: Option<Hex<8>>,
+    #[serde(rename = "ai.operation.name")]
+    operation_name: &'a str,
+    #[serde(rename = "ai.cloud.role")]
+    role: &'a str,
+    #[serde(rename = "ai.cloud.roleInstance")]
+    role_instance: &'a str,
+    #[serde(rename = "ai.location.ip")]
+    ip: &'a str,
+    #[serde(rename = "ai.internal.sdkVersion")]
+    sdk: &'static str,
+}
+
+#[derive(Serialize)]
+struct RequestData<'a> {
+    ver: u8,
+    id: Hex<8>,
+    name: &'a str,
+    duration: String,
+    #[serde(rename = "responseCode")]
+    response_code: Code,
+    success: bool,
+    url: &'a str,
+    source: &'a str,
+    properties: RequestProperties<'a>,
+    measurements: Measurements,
+}
+
+/// A status code as the JSON string the schema wants.
+struct Code(u16);
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+#[derive(Serialize)]
+struct RequestProperties<'a> {
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
+    #[serde(rename = "HTTPMethod")]
+    method: &'a str,
+    #[serde(rename = "StatusCode")]
+    status: Code,
+    #[serde(rename = "Service", skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    #[serde(rename = "AuthMode", skip_serializing_if = "Option::is_none")]
+    auth_mode: Option<&'a str>,
+    #[serde(rename = "Principal", skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a str>,
+    #[serde(rename = "ErrorCode", skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(rename = "Host", skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Measurements {
+    #[serde(rename = "QueueWaitMs", skip_serializing_if = "Option::is_none")]
+    queue_wait_ms: Option<f64>,
+    #[serde(rename = "UpstreamMs", skip_serializing_if = "Option::is_none")]
+    upstream_ms: Option<f64>,
 }
 
 /// One request as a `Microsoft.ApplicationInsights.Request` envelope.
-fn request_envelope(r: &SpanRecord, ikey: &str, instance: &str) -> Value {
-    let mut tags = BTreeMap::from([
-        ("ai.operation.id", hex(&r.trace_id)),
-        ("ai.operation.name", r.name.clone()),
-        ("ai.cloud.role", r.role_name.to_string()),
-        ("ai.cloud.roleInstance", instance.to_owned()),
-        ("ai.location.ip", r.client_address.clone()),
-        ("ai.internal.sdkVersion", sdk_version()),
-    ]);
-    if let Some(parent) = r.parent_id {
-        tags.insert("ai.operation.parentId", hex(&parent));
+fn request_envelope<'a>(
+    r: &'a SpanRecord,
+    ikey: &'a str,
+    instance: &'a str,
+) -> Envelope<'a, RequestTags<'a>, RequestData<'a>> {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Envelope {
+        ver: 1,
+        name: "Microsoft.ApplicationInsights.Request",
+        time: Rfc3339(r.start),
+        sample_rate: 100.0,
+        ikey,
+        tags: RequestTags {
+            operation_id: Hex(r.trace_id),
+            parent_id: r.parent_id.map(Hex),
+            operation_name: &r.name,
+            role: &r.role_name,
+            role_instance: instance,
+            ip: &r.client_address,
+            sdk: SDK_VERSION,
+        },
+        data: Data {
+            base_type: "RequestData",
+            base_data: RequestData {
+                ver: 2,
+                id: Hex(r.span_id),
+                name: &r.name,
+                duration: timespan(r.duration),
+                response_code: Code(r.status),
+                success: r.status < 400,
+                url: &r.path,
+                source: &r.client_address,
+                properties: RequestProperties {
+                    request_id: &r.request_id,
+                    method: &r.method,
+                    status: Code(r.status),
+                    service: r.service.as_deref(),
+                    auth_mode: r.auth_mode,
+                    principal: r.principal.as_deref(),
+                    error: r.error,
+                    host: r.server_address.as_deref(),
+                },
+                measurements: Measurements {
+                    queue_wait_ms: r.queue_wait.map(ms),
+                    upstream_ms: r.upstream_duration.map(ms),
+                },
+            },
+        },
     }
-    let mut properties = BTreeMap::from([
-        ("RequestId", r.request_id.clone()),
-        ("HTTPMethod", r.method.clone()),
-        ("StatusCode", r.status.to_string()),
-    ]);
-    let optional = [
-        ("Service", r.service.as_deref()),
-        ("AuthMode", r.auth_mode),
-        ("Principal", r.principal.as_deref()),
-        ("ErrorCode", r.error),
-        ("Host", r.server_address.as_deref()),
-    ];
-    for (name, value) in optional {
-        if let Some(v) = value {
-            properties.insert(name, v.to_owned());
-        }
-    }
-    let mut measurements = BTreeMap::new();
-    if let Some(q) = r.queue_wait {
-        measurements.insert("QueueWaitMs", q.as_secs_f64() * 1000.0);
-    }
-    if let Some(u) = r.upstream_duration {
-        measurements.insert("UpstreamMs", u.as_secs_f64() * 1000.0);
-    }
-    json!({
-        "ver": 1,
-        "name": "Microsoft.ApplicationInsights.Request",
-        "time": humantime::format_rfc3339_micros(r.start).to_string(),
-        "sampleRate": 100.0,
-        "iKey": ikey,
-        "tags": tags,
-        "data": {
-            "baseType": "RequestData",
-            "baseData": {
-                "ver": 2,
-                "id": hex(&r.span_id),
-                "name": r.name,
-                "duration": timespan(r.duration),
-                "responseCode": r.status.to_string(),
-                "success": r.status < 400,
-                "url": r.path,
-                "source": r.client_address,
-                "properties": properties,
-                "measurements": measurements,
-            }
-        }
-    })
+}
+
+#[derive(Serialize)]
+struct EventTags<'a> {
+    #[serde(rename = "ai.cloud.role")]
+    role: &'a str,
+    #[serde(rename = "ai.cloud.roleInstance")]
+    role_instance: &'a str,
+    #[serde(rename = "ai.internal.sdkVersion")]
+    sdk: &'static str,
+}
+
+#[derive(Serialize)]
+struct EventData<'a> {
+    ver: u8,
+    name: &'a str,
+    properties: BTreeMap<&'static str, String>,
 }
 
 /// An activity entry as a custom event (`Microsoft.ApplicationInsights.Event`) named after its
 /// operation, the entry's fields as properties.
-fn event_envelope(e: &ActivityRecord, ikey: &str) -> Value {
+fn event_envelope<'a>(
+    e: &'a ActivityRecord,
+    ikey: &'a str,
+) -> Envelope<'a, EventTags<'a>, EventData<'a>> {
     let result = match e.result {
         Outcome::Succeeded => "Succeeded",
         Outcome::Failed => "Failed",
@@ -277,30 +407,32 @@ fn event_envelope(e: &ActivityRecord, ikey: &str) -> Value {
             properties.insert(name, v.to_owned());
         }
     }
-    json!({
-        "ver": 1,
-        "name": "Microsoft.ApplicationInsights.Event",
-        "time": humantime::format_rfc3339_micros(e.timestamp).to_string(),
-        "sampleRate": 100.0,
-        "iKey": ikey,
-        "tags": {
-            "ai.cloud.role": e.role_name.as_deref().unwrap_or("scoregate"),
-            "ai.cloud.roleInstance": e.role_instance.as_deref().unwrap_or_default(),
-            "ai.internal.sdkVersion": sdk_version(),
+    Envelope {
+        ver: 1,
+        name: "Microsoft.ApplicationInsights.Event",
+        time: Rfc3339(e.timestamp),
+        sample_rate: 100.0,
+        ikey,
+        tags: EventTags {
+            role: e.role_name.as_deref().unwrap_or("scoregate"),
+            role_instance: e.role_instance.as_deref().unwrap_or_default(),
+            sdk: SDK_VERSION,
         },
-        "data": {
-            "baseType": "EventData",
-            "baseData": {
-                "ver": 2,
-                "name": e.operation,
-                "properties": properties,
-            }
-        }
-    })
+        data: Data {
+            base_type: "EventData",
+            base_data: EventData {
+                ver: 2,
+                name: e.operation,
+                properties,
+            },
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
     #[test]
@@ -406,15 +538,18 @@ mod tests {
         let config = AzureMonitorConfig {
             endpoint: url.parse().expect("url"),
             instrumentation_key: "00000000-0000-0000-0000-000000000001".to_owned(),
-            queue_capacity: 16,
-            batch_size: 16,
-            timeout: Duration::from_secs(10),
+            queue: crate::config::ExportQueue {
+                capacity: 16,
+                batch_size: 16,
+                batch_delay: Duration::ZERO,
+                timeout: Duration::from_secs(10),
+            },
             ca: None,
         };
         let metrics = crate::telemetry::metrics::Metrics::new();
         let exporter = AzureMonitor::new(
             &config,
-            Http::new(None, config.timeout, Vec::new()).expect("client"),
+            Http::new(None, config.queue.timeout, Vec::new()).expect("client"),
             Arc::from("pod-a"),
             Retry::new(&metrics, EXPORTER),
         );
