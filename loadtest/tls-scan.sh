@@ -2,7 +2,8 @@
 # TLS scan of the scoring listener (issue 15 item 14): starts a release `scoregate demo` (TLS with
 # a throwaway P-256 certificate, the same rustls configuration `run` uses) on a free loopback
 # port, runs testssl.sh against it, and lists every finding rated MEDIUM or worse. Exit 1 if there
-# is one. Summary in docs/security.md ("TLS scan").
+# is one other than the two that belong to the demo's throwaway certificate (no trusted chain, no
+# CRL/OCSP URI). Summary in docs/security.md ("TLS scan").
 #
 #   loadtest/tls-scan.sh                  # full scan (several minutes)
 #   BUILD=0 OUT=/tmp/scan loadtest/tls-scan.sh
@@ -42,14 +43,25 @@ findings = json.load(open(sys.argv[1]))
 order = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "WARN", "INFO", "OK", "DEBUG"]
 count = collections.Counter(f.get("severity") for f in findings)
 print("findings by severity:", ", ".join(f"{s} {count[s]}" for s in order if count[s]))
-bad = [f for f in findings if f.get("severity") in ("CRITICAL", "HIGH", "MEDIUM")]
+# Properties of the demo's throwaway certificate, not of scoregate: its CA is in no trust store
+# and it names no CRL or OCSP responder. `run` serves the operator's certificate, whose chain and
+# revocation URIs come from the CA that issued it (docs/security.md, "TLS scan").
+DEMO_CERT = {
+    ("cert_chain_of_trust", "failed (chain incomplete)."),
+    ("cert_revocation", "Neither CRL nor OCSP URI provided"),
+}
+def demo_cert(f):
+    return (f.get("id"), f.get("finding")) in DEMO_CERT
+bad = [f for f in findings
+       if f.get("severity") in ("CRITICAL", "HIGH", "MEDIUM") and not demo_cert(f)]
 for f in findings:
     if f.get("severity") in ("CRITICAL", "HIGH", "MEDIUM", "LOW", "WARN"):
-        print(f"  {f['severity']:8} {f['id']}: {f['finding']}")
+        note = "   (the demo certificate's, not scoregate's)" if demo_cert(f) else ""
+        print(f"  {f['severity']:8} {f['id']}: {f['finding']}{note}")
 for key in ("SSLv2", "SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cipher_order", "FS", "ALPN", "overall_grade"):
     for f in findings:
         if f.get("id") == key:
             print(f"  {f['severity']:8} {key}: {f['finding']}")
-print("RESULT:", "FAIL" if bad else "PASS (no finding rated MEDIUM or worse)")
+print("RESULT:", "FAIL" if bad else "PASS (no finding rated MEDIUM or worse but the demo certificate's)")
 sys.exit(1 if bad else 0)
 PY

@@ -597,9 +597,6 @@ fn readyz(gw: &Gateway) -> AdminResponse {
 pub fn json(status: StatusCode, body: Vec<u8>) -> AdminResponse {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    crate::proxy::headers::set_gateway_json(resp.headers_mut());
     resp
 }

@@ -51,6 +51,7 @@ pub fn make_pki() -> anyhow::Result<DemoPki> {
         .push(DnType::CommonName, "scoregate demo CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_demo_validity(&mut ca_params);
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
@@ -63,12 +64,31 @@ pub fn make_pki() -> anyhow::Result<DemoPki> {
     params
         .distinguished_name
         .push(DnType::CommonName, "scoregate demo");
+    set_demo_validity(&mut params);
     let cert = params.signed_by(&key, &issuer)?;
     Ok(DemoPki {
         ca_pem: ca_cert.pem(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// From yesterday to 90 days from now, the lifetime public CAs give: rcgen's default runs from 1975
+/// to the year 4096, which TLS scanners rightly flag, and a demo certificate has no reason to
+/// outlive the demo (testssl rates fewer than 60 days left as a finding too).
+fn set_demo_validity(params: &mut rcgen::CertificateParams) {
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+    let day = |t: std::time::SystemTime| {
+        // RFC 3339 starts with the UTC date: YYYY-MM-DD.
+        let text = humantime::format_rfc3339_seconds(t).to_string();
+        let year = text.get(0..4).and_then(|p| p.parse().ok()).unwrap_or(2026);
+        let month = text.get(5..7).and_then(|p| p.parse().ok()).unwrap_or(1);
+        let day = text.get(8..10).and_then(|p| p.parse().ok()).unwrap_or(1);
+        rcgen::date_time_ymd(year, month, day)
+    };
+    let now = std::time::SystemTime::now();
+    params.not_before = day(now - DAY);
+    params.not_after = day(now + 90 * DAY);
 }
 
 /// The demo's configuration text: one key-protected service in front of the sample model.

@@ -647,10 +647,7 @@ fn error_response(mut fin: Box<Finish>, err: GatewayError) -> Response<ProxyBody
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers::set_gateway_json(h);
     headers::set_response_ids(h, &ctx.request_id, ctx.client_request_id.as_ref());
     if let Some((name, value)) = err.extra_headers() {
         h.insert(name, value);

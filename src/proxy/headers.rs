@@ -163,6 +163,21 @@ pub fn set_response_ids(
     }
 }
 
+/// Marks a response as the gateway's own JSON: the content type, `nosniff` so a browser never
+/// reads it as anything else, and `no-store` because an error names the request and a management
+/// answer may carry keys or tokens, which no cache may keep.
+pub fn set_gateway_json(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
 #[cfg(test)]
 mod lookalike_tests {
     use super::*;

@@ -40,6 +40,8 @@ pub async fn send_json(req: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, 
 /// `requestId` equal to the `x-request-id` and `x-ms-request-id` headers) and returns the id.
 pub fn assert_error_body(headers: &HeaderMap, body: &Value, code: &str) -> String {
     assert_eq!(header(headers, "content-type"), "application/json");
+    assert_eq!(header(headers, "x-content-type-options"), "nosniff");
+    assert_eq!(header(headers, "cache-control"), "no-store");
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
         body["error"]["message"]

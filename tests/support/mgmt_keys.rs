@@ -89,10 +89,12 @@ impl TestGateway {
 
     /// `POST /services/{service}/listkeys`, which must succeed: (primary, secondary).
     pub async fn list_keys(&self, service: &str) -> (String, String) {
-        let (status, _, body) = self
+        let (status, headers, body) = self
             .manage(Method::POST, &format!("/services/{service}/listkeys"), None)
             .await;
         assert_eq!(status, StatusCode::OK, "listkeys {service}: {body}");
+        // Keys in the body: no cache may keep the answer.
+        assert_eq!(headers["cache-control"], "no-store", "listkeys {service}");
         let key = |field: &str| {
             body[field]
                 .as_str()
