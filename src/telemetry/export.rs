@@ -32,7 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -100,12 +100,21 @@ pub enum Item {
 struct Exporter {
     tx: mpsc::Sender<Item>,
     dropped: IntCounter,
+    /// Told when a full batch is waiting, so the export task wakes once per batch, not per item.
+    full: Arc<Notify>,
+    batch_size: usize,
 }
 
 impl Exporter {
     fn queue(&self, item: Item) {
         if self.tx.try_send(item).is_err() {
             self.dropped.inc();
+            return;
+        }
+        // Two atomic loads; `notify_one` only once a batch is full (it stores one permit if the
+        // task is busy sending, so a backlog is picked up as soon as it comes back).
+        if self.tx.max_capacity() - self.tx.capacity() >= self.batch_size {
+            self.full.notify_one();
         }
     }
 }
@@ -215,14 +224,21 @@ fn spawn<D: Deliver>(
     let (tx, rx) = mpsc::channel(queue.capacity);
     let dropped = metrics.export_dropped.with_label_values(&[name]);
     let stop = deliver.retry().stop.clone();
+    let full = Arc::new(Notify::new());
     let pipeline = Pipeline {
         deliver,
         batch_size: queue.batch_size,
         batch_delay: queue.batch_delay,
         dropped: dropped.clone(),
+        full: Arc::clone(&full),
     };
     let task = tokio::spawn(pipeline.run(rx));
-    exporters.0.push(Exporter { tx, dropped });
+    exporters.0.push(Exporter {
+        tx,
+        dropped,
+        full,
+        batch_size: queue.batch_size,
+    });
     flush.0.push((stop, task, queue.timeout * 2));
 }
 
@@ -241,6 +257,7 @@ struct Pipeline<D> {
     batch_size: usize,
     batch_delay: Duration,
     dropped: IntCounter,
+    full: Arc<Notify>,
 }
 
 impl<D: Deliver> Pipeline<D> {
@@ -273,6 +290,10 @@ impl<D: Deliver> Pipeline<D> {
 
     /// `first` and what arrives within `batch_delay` after it, up to `batch_size` (a full batch
     /// goes at once; so does everything when shutdown begins).
+    ///
+    /// The task does not wait on the queue item by item: that would wake it once per request,
+    /// which cost more than the export itself under load. It sleeps until the deadline, a full
+    /// batch (`Exporter::queue` notifies) or shutdown, and then takes what is queued.
     async fn gather(
         &self,
         first: Item,
@@ -282,19 +303,21 @@ impl<D: Deliver> Pipeline<D> {
         let mut batch = vec![first];
         let deadline = tokio::time::sleep(self.batch_delay);
         tokio::pin!(deadline);
-        while batch.len() < self.batch_size {
-            if let Ok(item) = rx.try_recv() {
+        let mut last_look = false;
+        loop {
+            while batch.len() < self.batch_size
+                && let Ok(item) = rx.try_recv()
+            {
                 batch.push(item);
-                continue;
+            }
+            if last_look || batch.len() >= self.batch_size {
+                break;
             }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                () = &mut deadline => break,
-                item = rx.recv() => match item {
-                    Some(item) => batch.push(item),
-                    None => break,
-                },
+                () = &mut deadline => last_look = true,
+                () = self.full.notified() => {}
             }
         }
         batch
@@ -457,4 +480,117 @@ impl Http {
 fn unix_nanos(t: SystemTime) -> u64 {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A span as a key-mode request to `iris` makes it.
+    pub(crate) fn span(request_id: &str) -> SpanRecord {
+        SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_id: None,
+            flags: 1,
+            trace_state: None,
+            name: "POST /score".to_owned(),
+            start: std::time::SystemTime::now(),
+            duration: Duration::from_millis(3),
+            method: "POST".to_owned(),
+            path: "/score".to_owned(),
+            status: 200,
+            server_address: None,
+            client_address: "127.0.0.1".to_owned(),
+            request_id: request_id.to_owned(),
+            role_name: Arc::from("iris"),
+            service: Some(Arc::from("iris")),
+            auth_mode: Some("key"),
+            principal: Some("primary".to_owned()),
+            queue_wait: None,
+            upstream_duration: None,
+            error: None,
+        }
+    }
+
+    /// Hands each batch it is given (the request ids) to the test.
+    struct Recorder {
+        sent: mpsc::UnboundedSender<Vec<String>>,
+        retry: Retry,
+    }
+
+    impl Deliver for Recorder {
+        async fn deliver(&self, batch: Vec<Item>, _attempts: u32) -> u64 {
+            let ids = batch
+                .iter()
+                .map(|item| match item {
+                    Item::Span(s) => s.request_id.clone(),
+                    Item::Activity(_) => "activity".to_owned(),
+                })
+                .collect();
+            let _ = self.sent.send(ids);
+            0
+        }
+
+        fn retry(&self) -> &Retry {
+            &self.retry
+        }
+    }
+
+    /// On the paused clock: a full batch leaves at once, without waiting for `batch_delay`
+    /// (the queue tells the sleeping task), and what is left leaves when the delay is over.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_leaves_at_once_and_the_rest_after_the_delay() {
+        let metrics = Metrics::new();
+        let (sent_tx, mut sent) = mpsc::unbounded_channel();
+        let recorder = Recorder {
+            sent: sent_tx,
+            retry: Retry::new(&metrics, "test"),
+        };
+        let queue = ExportQueue {
+            capacity: 16,
+            batch_size: 3,
+            batch_delay: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        };
+        let (mut exporters, mut flush) = (Exporters::default(), Flush::default());
+        spawn(
+            recorder,
+            "test",
+            queue,
+            &metrics,
+            &mut exporters,
+            &mut flush,
+        );
+        let start = tokio::time::Instant::now();
+
+        exporters.offer(span("a"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for id in ["b", "c", "d"] {
+            exporters.offer(span(id));
+        }
+        let first = sent.recv().await.expect("first batch");
+        assert_eq!(first, ["a", "b", "c"]);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(300),
+            "no wait once full"
+        );
+
+        let second = sent.recv().await.expect("second batch");
+        assert_eq!(second, ["d"]);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(1300),
+            "a partial batch waits batch_delay after its first item"
+        );
+
+        exporters.offer(span("e"));
+        flush.run().await;
+        assert_eq!(sent.recv().await.expect("at shutdown"), ["e"]);
+        assert!(
+            start.elapsed() < Duration::from_millis(2300),
+            "shutdown does not wait out the delay"
+        );
+    }
 }

@@ -434,6 +434,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::telemetry::export::tests::span;
 
     #[test]
     fn timespans_are_days_hours_minutes_seconds_micros() {
@@ -442,32 +443,6 @@ mod tests {
             timespan(Duration::from_secs(90_061) + Duration::from_micros(5)),
             "1.01:01:01.000005"
         );
-    }
-
-    fn span(request_id: &str) -> SpanRecord {
-        SpanRecord {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_id: None,
-            flags: 1,
-            trace_state: None,
-            name: "POST /score".to_owned(),
-            start: std::time::SystemTime::now(),
-            duration: Duration::from_millis(3),
-            method: "POST".to_owned(),
-            path: "/score".to_owned(),
-            status: 200,
-            server_address: None,
-            client_address: "127.0.0.1".to_owned(),
-            request_id: request_id.to_owned(),
-            role_name: Arc::from("iris"),
-            service: Some(Arc::from("iris")),
-            auth_mode: Some("key"),
-            principal: Some("primary".to_owned()),
-            queue_wait: None,
-            upstream_duration: None,
-            error: None,
-        }
     }
 
     /// A receiver on loopback that answers each POST with the next of `answers` (then 200)
