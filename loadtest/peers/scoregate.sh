@@ -13,6 +13,10 @@
 #     SG_SERVER_EXTRA      more TOML lines for [server], newline-separated
 #     SG_TELEMETRY_EXTRA   TOML appended at the end (e.g. a [telemetry.otlp] table); `\n`
 #                          escapes are expanded, so a configs.txt row can carry it
+#     SG_CLUSTER           TOML of a [cluster] table (fleet mode); `\n` escapes are expanded
+#     SG_KEYS=stored       a key service has no keys_file: its keys are the ones scoregate
+#                          stores (state_dir, or the etcd namespace), which the caller has set
+#                          to KEY1 / KEY2 through regenerateKeys (loadtest/fleet_cost.sh)
 #     TOKEN_LIFETIME_S     token lifetime (default 86400: the load reuses one token all run)
 #     SG_CONFIG_ONLY=1     only write the config and print its path (run.sh mints tokens with it)
 # Writes $RUN/conf/$PEER_NAME.toml, then execs `scoregate run` in the foreground with request
@@ -51,7 +55,7 @@ conf="$RUN/conf/$name.toml"
   # Azure ML's default of one request in the container at a time would measure the queue, not
   # the proxy; every peer in the comparison forwards without a concurrency cap.
   case " $* " in *max_concurrent_requests*) ;; *) echo "max_concurrent_requests = 4096" ;; esac
-  if [ "$auth" = key ]; then
+  if [ "$auth" = key ] && [ "${SG_KEYS:-file}" != stored ]; then
     # The two fixed test keys the load and the correctness checks use (run.sh: KEY1, KEY2).
     printf '{"primaryKey": "%s", "secondaryKey": "%s"}\n' "$KEY1" "$KEY2" > "$RUN/keys-$name.json"
     echo "keys_file = \"$RUN/keys-$name.json\""
@@ -70,6 +74,7 @@ conf="$RUN/conf/$name.toml"
     echo "request_records = false"
   fi
   [ -z "${SG_TELEMETRY_EXTRA:-}" ] || printf '%b\n' "$SG_TELEMETRY_EXTRA"
+  [ -z "${SG_CLUSTER:-}" ] || printf '%b\n' "$SG_CLUSTER"
 } > "$conf"
 if [ "${SG_CONFIG_ONLY:-0}" = 1 ]; then echo "$conf"; exit 0; fi
 exec "$SCOREGATE" run --config "$conf" >> "$RECORDS"

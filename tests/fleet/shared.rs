@@ -4,6 +4,7 @@
 //! plaintext.
 
 use reqwest::{Method, StatusCode};
+
 use serde_json::json;
 
 use crate::support::admin_api::Admin;
@@ -235,5 +236,174 @@ async fn no_secret_is_stored_in_etcd_in_plaintext() {
     }
     for marker in ["PRIVATE KEY", "primaryKey", "\"d\""] {
         assert!(!text.contains(marker), "{marker:?} found in etcd: {text}");
+    }
+}
+
+/// Clients that score one request after another on their replica with the key the operator has
+/// handed out, counting what does not answer 200.
+struct Load {
+    current: std::sync::Arc<std::sync::RwLock<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `per_replica` clients on each of `gws`, all sending `key` to `/m`.
+    fn start(gws: &[std::sync::Arc<TestGateway>], per_replica: usize, key: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let load = Self {
+            current: std::sync::Arc::new(std::sync::RwLock::new(key.to_owned())),
+            stop: std::sync::Arc::default(),
+            ok: std::sync::Arc::default(),
+            failed: std::sync::Arc::default(),
+            clients: Vec::new(),
+        };
+        let clients = (0..gws.len() * per_replica)
+            .map(|i| {
+                let gw = std::sync::Arc::clone(&gws[i % gws.len()]);
+                let current = std::sync::Arc::clone(&load.current);
+                let stop = std::sync::Arc::clone(&load.stop);
+                let (ok, failed) = (
+                    std::sync::Arc::clone(&load.ok),
+                    std::sync::Arc::clone(&load.failed),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = current.read().expect("current key").clone();
+                        match score(&gw, "/m", &key).await {
+                            StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                            status => {
+                                eprintln!("replica {}: {status} with a current key", i % 3);
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self { clients, ..load }
+    }
+
+    /// Hands out `key`: the clients' next requests carry it.
+    fn hand_out(&self, key: &str) {
+        key.clone_into(&mut self.current.write().expect("current key"));
+    }
+
+    /// Waits until `n` more requests have been answered 200.
+    async fn served(&self, n: u64) {
+        let from = self.ok.load(std::sync::atomic::Ordering::Relaxed);
+        wait_until("the clients to be served", || async {
+            self.ok.load(std::sync::atomic::Ordering::Relaxed) >= from + n
+        })
+        .await;
+    }
+
+    /// Stops the clients: (answered 200, anything else).
+    async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            within("a client to stop", client)
+                .await
+                .expect("client task");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `regenerateKeys` of `slot` ("Primary" or "Secondary") through `admin`: the new key, and when
+/// the answer came.
+async fn regenerate(admin: &Admin, slot: &str) -> (String, std::time::Instant) {
+    let (status, body) = admin
+        .call(
+            Method::POST,
+            "/services/m/regenerateKeys",
+            Some(json!({"keyType": slot})),
+        )
+        .await;
+    let answered = std::time::Instant::now();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let field = if slot == "Primary" {
+        "primaryKey"
+    } else {
+        "secondaryKey"
+    };
+    let key = body[field].as_str().expect("the new key").to_owned();
+    (key, answered)
+}
+
+/// How long after `since` every replica refuses `old` and accepts `new`.
+async fn converged(
+    gws: &[std::sync::Arc<TestGateway>],
+    old: &str,
+    new: &str,
+    since: std::time::Instant,
+) -> std::time::Duration {
+    for gw in gws {
+        wait_score(gw, "/m", old, StatusCode::UNAUTHORIZED).await;
+        wait_score(gw, "/m", new, StatusCode::OK).await;
+    }
+    since.elapsed()
+}
+
+/// Item 5: clients spread over three replicas keep scoring while the secondary is regenerated on
+/// B and, once they moved to it, the primary on C. No request with a current key fails, and each
+/// old key is refused on every replica within 1 s of the regeneration's answer.
+#[tokio::test]
+async fn rotation_under_load_across_three_replicas_fails_no_request_with_a_current_key() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let etcd = Etcd::start().await;
+    let upstream = MockUpstream::start().await;
+    let url = upstream.url();
+    let (a, b, c) = tokio::join!(
+        replica(&etcd, "rotate", "a", &url),
+        replica(&etcd, "rotate", "b", &url),
+        replica(&etcd, "rotate", "c", &url),
+    );
+    let gws = [Arc::new(a), Arc::new(b), Arc::new(c)];
+    let mut admins = Vec::new();
+    for gw in &gws {
+        admins.push(Admin::of(gw).await);
+    }
+    let (primary, secondary) = admins[0].keys("m").await;
+    let load = Load::start(&gws, 2, &primary);
+    load.served(30).await;
+
+    // 1. Regenerate the secondary on B; the clients still use the primary.
+    let (new_secondary, answered) = regenerate(&admins[1], "Secondary").await;
+    let took = converged(&gws, &secondary, &new_secondary, answered).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the old secondary was refused everywhere {took:?} after the regeneration"
+    );
+    load.served(30).await;
+
+    // 2. Move the clients to the new secondary, then regenerate the primary on C.
+    load.hand_out(&new_secondary);
+    load.served(30).await;
+    let (new_primary, answered) = regenerate(&admins[2], "Primary").await;
+    let took = converged(&gws, &primary, &new_primary, answered).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the old primary was refused everywhere {took:?} after the regeneration"
+    );
+    load.served(30).await;
+
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "requests with a current key failed");
+    assert!(ok >= 150, "{ok} requests served");
+    // Every replica agrees on the final pair.
+    for admin in &admins {
+        assert_eq!(
+            admin.keys("m").await,
+            (new_primary.clone(), new_secondary.clone())
+        );
     }
 }
