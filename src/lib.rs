@@ -9,12 +9,15 @@
 //! - [`auth`]: who is calling (`Principal`); key and token verification; `admin` the management
 //!   API's callers (bootstrap credential, identity provider).
 //! - [`policy`]: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.
-//! - [`proxy`]: the request pipeline and `RequestCtx`; `headers` rewrites headers, `upstream` owns
+//! - [`proxy`]: the request pipeline; `ctx` the per-request `RequestCtx` (private fields,
+//!   transitions, the in-flight/slot guard, the one place the outcome is settled); `headers`
+//!   rewrites headers, `upstream` owns
 //!   the pooled client, `body` the streaming bodies and the record guard, `linger` discards the
 //!   unread rest of a request body answered early, `watchdog` ends requests whose client stopped
 //!   taking the response or that passed their deadline.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
-//! - [`telemetry`]: diagnostics; `request_log` builds and writes request records; `metrics` owns
+//! - [`telemetry`]: diagnostics; `request_log` writes request records from the settled
+//!   `Exchange` the pipeline hands over read-only; `metrics` owns
 //!   the Prometheus registry; `export` (`otlp`, `azure_monitor`) queues spans and activity
 //!   entries for collectors on tasks of their own.
 //! - [`runtime`]: the one immutable `RuntimeState` (routes, per-service state, certificate, TLS,

@@ -18,24 +18,27 @@
 //! 8. `forward`: the pooled client under the scoring timeout (504) with connect errors as 502.
 //! 9. `response_filter`: strip hop-by-hop headers, add request-id and refresh-after headers.
 //!
-//! This module never logs or counts: `finish` (in `telemetry::request_log`) does both.
+//! The request's [`RequestCtx`] (`ctx.rs`) changes only through its transitions; the in-flight
+//! gauge and the admission slot live in its guard. Everything else counted or logged about a
+//! request is `telemetry::request_log::finish`'s, from the settled exchange.
 
 pub mod body;
+mod ctx;
 pub mod headers;
 pub mod linger;
 pub mod upstream;
 pub mod watchdog;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::auth::Principal;
@@ -43,8 +46,8 @@ use crate::config::AuthMode;
 use crate::error::{AuthFailure, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::Service;
-use crate::telemetry::trace::TraceContext;
 use body::{BodyFault, Progress, ProxyBody, RequestBody, Unread};
+pub use ctx::RequestCtx;
 use upstream::{Lease, UpstreamError};
 
 /// Facts about the client connection, computed once per connection.
@@ -118,85 +121,6 @@ impl Drop for OpenRequest {
     }
 }
 
-/// Everything known about one request, from arrival to the end of its response.
-#[derive(Debug)]
-pub struct RequestCtx {
-    pub request_id: HeaderValue,
-    pub client_request_id: Option<HeaderValue>,
-    /// The caller's trace continued (or a new one) with the gateway's span in it.
-    pub trace: TraceContext,
-    pub start: Instant,
-    pub start_wall: SystemTime,
-    pub method: Method,
-    pub version: Version,
-    /// Path and query exactly as received.
-    pub url: Option<PathAndQuery>,
-    pub user_agent: Option<HeaderValue>,
-    /// The `Host` the client addressed (`server.address` of exported spans).
-    pub host: Option<HeaderValue>,
-    /// The caller's address: the peer, or what a trusted proxy says in `X-Forwarded-For`.
-    pub client_ip: IpAddr,
-    /// The peer is a trusted proxy, so its `X-Forwarded-For` chain is extended, not replaced.
-    pub peer_trusted: bool,
-    pub service: Option<Arc<Service>>,
-    pub principal: Principal,
-    /// The status sent to the client (or 499 if it left first).
-    pub status: u16,
-    pub upstream_status: Option<u16>,
-    pub upstream_duration: Option<Duration>,
-    /// Shared with the request body while it streams upstream.
-    pub request_progress: Option<Arc<Progress>>,
-    pub response_bytes: u64,
-    /// Response headers were produced (the client may have seen the status).
-    pub response_started: bool,
-    /// The last response byte was handed to hyper.
-    pub response_complete: bool,
-    pub error: Option<GatewayError>,
-    /// Time spent waiting for a free upstream slot (`None`: never reached the queue).
-    pub queue_wait: Option<Duration>,
-    /// The upstream slot, held until the response body has been streamed.
-    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// Enforces `send_timeout_ms` and `request_timeout_ms` from admission on.
-    pub watch: Option<Arc<watchdog::Watch>>,
-}
-
-impl RequestCtx {
-    fn new(req: &Parts, conn: &ConnInfo) -> Self {
-        let h = &req.headers;
-        Self {
-            request_id: headers::request_id(h),
-            client_request_id: h.get(&headers::X_MS_CLIENT_REQUEST_ID).cloned(),
-            trace: TraceContext::from_headers(h),
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
-            method: req.method.clone(),
-            version: req.version,
-            url: req.uri.path_and_query().cloned(),
-            user_agent: h.get(header::USER_AGENT).cloned(),
-            host: h.get(header::HOST).cloned(),
-            client_ip: conn.peer.ip(),
-            peer_trusted: false,
-            service: None,
-            principal: Principal::Anonymous,
-            status: 0,
-            upstream_status: None,
-            upstream_duration: None,
-            request_progress: None,
-            response_bytes: 0,
-            response_started: false,
-            response_complete: false,
-            error: None,
-            queue_wait: None,
-            permit: None,
-            watch: None,
-        }
-    }
-
-    pub fn request_bytes(&self) -> u64 {
-        self.request_progress.as_ref().map_or(0, |p| p.bytes())
-    }
-}
-
 /// Owns the context of a request; dropping it writes the record (exactly once, by construction).
 #[derive(Debug)]
 pub struct Finish {
@@ -209,13 +133,8 @@ pub struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(watch) = self.ctx.watch.take() {
-            watch.finished();
-            if let Some(stalled) = watch.fired() {
-                self.ctx.error = Some(stalled);
-            }
-        }
-        crate::telemetry::request_log::finish(&self.gw, &mut self.ctx);
+        self.ctx.settle();
+        crate::telemetry::request_log::finish(&self.gw, self.ctx.exchange());
     }
 }
 
@@ -238,17 +157,17 @@ pub async fn handle(
     // The body stays here until `upstream_request` takes it, so a refusal can discard it.
     let mut body = Some(body);
     let outcome = pipeline(&mut fin, parts, &mut body).await;
-    if let Some(watch) = &fin.ctx.watch {
+    if let Some(watch) = fin.ctx.watch() {
         // The head is ready: from now on the client has to take the response.
         watch.sending();
     }
     let response = match outcome {
         Ok((resp, lease)) => {
             let (parts, body) = resp.into_parts();
-            fin.ctx.status = parts.status.as_u16();
-            fin.ctx.response_started = true;
+            fin.ctx.responding(parts.status.as_u16());
             let idle = fin
                 .ctx
+                .exchange()
                 .service
                 .as_ref()
                 .map_or(Duration::from_secs(60), |s| s.config.body_idle_timeout);
@@ -263,11 +182,7 @@ pub async fn handle(
                     body,
                     invited: !waits,
                 }),
-                None => fin
-                    .ctx
-                    .request_progress
-                    .as_ref()
-                    .and_then(|p| p.take_rest()),
+                None => fin.ctx.request_progress().and_then(|p| p.take_rest()),
             };
             if let Some(unread) = unread
                 && !matches!(
@@ -279,7 +194,8 @@ pub async fn handle(
             {
                 // A refusal is >= 400: clients stop uploading when they see it, so its end
                 // need not wait for the discard.
-                let _ = linger::discard(&fin.gw, &fin.conn.0, fin.ctx.version, unread);
+                let version = fin.ctx.exchange().version;
+                let _ = linger::discard(&fin.gw, &fin.conn.0, version, unread);
             }
             error_response(fin, err)
         }
@@ -296,29 +212,23 @@ async fn pipeline(
     let conn_arc = &conn.0;
     let conn: &ConnInfo = conn_arc;
     let (service, strip) = select_service(gw, ctx, &req)?;
-    ctx.service = Some(Arc::clone(&service));
-    service.metrics.inflight.inc();
+    ctx.routed(&service);
     network_rules(&service, ctx)?;
     early_reject(&service, &req)?;
-    ctx.principal = authenticate(&service, &req).await?;
+    ctx.authenticated(authenticate(&service, &req).await?);
     rate_limit(&service, ctx)?;
     let (permit, waited) = service.limit.admit().await.inspect_err(|e| {
         if let GatewayError::QueueTimeout { waited } = e {
-            ctx.queue_wait = Some(*waited);
+            ctx.left_queue(*waited);
         }
     })?;
-    ctx.queue_wait = Some(waited);
-    ctx.permit = Some(permit);
     // From here on the request holds a slot: bound how long a client can keep it.
     let deadline = service
         .config
         .request_timeout
-        .map(|d| d.saturating_sub(ctx.start.elapsed()));
-    ctx.watch = Some(watchdog::Watch::start(
-        Arc::clone(conn_arc),
-        service.config.send_timeout,
-        deadline,
-    ));
+        .map(|d| d.saturating_sub(ctx.exchange().start.elapsed()));
+    let watch = watchdog::Watch::start(Arc::clone(conn_arc), service.config.send_timeout, deadline);
+    ctx.admitted(permit, waited, watch);
     let upstream_req = upstream_request(&service, ctx, conn, req, body, strip)?;
     let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
@@ -351,13 +261,13 @@ fn select_service(
     }
     let trusted = state.trusted_proxies();
     if !trusted.is_empty() {
-        let peer = ctx.client_ip;
-        ctx.peer_trusted = trusted.iter().any(|n| n.contains(&peer));
-        ctx.client_ip = crate::admission::client_ip(
+        let peer = ctx.exchange().client_ip;
+        let client = crate::admission::client_ip(
             peer,
             headers::forwarded_for(&req.headers).as_deref(),
             trusted,
         );
+        ctx.client_identified(client, trusted.iter().any(|n| n.contains(&peer)));
     }
     let path = req.uri.path();
     if !headers::path_is_safe(path) {
@@ -411,7 +321,8 @@ pub fn head_size(req: &Parts) -> usize {
 
 /// `allow_cidrs`: refused before authentication, so a blocked network learns nothing more.
 fn network_rules(service: &Service, ctx: &RequestCtx) -> Result<(), GatewayError> {
-    if crate::admission::allowed(ctx.client_ip, service.config.allow_cidrs.as_deref()) {
+    let client = ctx.exchange().client_ip;
+    if crate::admission::allowed(client, service.config.allow_cidrs.as_deref()) {
         Ok(())
     } else {
         Err(GatewayError::ClientNotAllowed)
@@ -425,7 +336,7 @@ fn rate_limit(service: &Service, ctx: &RequestCtx) -> Result<(), GatewayError> {
     };
     limiter
         .check(
-            crate::admission::BucketKey::of(&ctx.principal, ctx.client_ip),
+            crate::admission::BucketKey::of(&ctx.exchange().principal, ctx.exchange().client_ip),
             Instant::now(),
         )
         .map_err(|retry_after| GatewayError::RateLimited { retry_after })
@@ -491,7 +402,7 @@ fn upstream_request(
         if *name != headers::X_SCOREGATE_SUBJECT {
             headers::remove_lookalikes(&mut parts.headers, name);
         }
-        if let Principal::Token { subject, .. } = &ctx.principal {
+        if let Principal::Token { subject, .. } = &ctx.exchange().principal {
             // Verification refused subjects that are not valid header values (401).
             let value = HeaderValue::from_str(subject)
                 .map_err(|_| GatewayError::Unauthenticated(AuthFailure::TokenClaims))?;
@@ -500,7 +411,7 @@ fn upstream_request(
     }
     // A trusted proxy's chain is extended with the proxy itself; anyone else's is replaced.
     let forwarded_for = match headers::forwarded_for(&parts.headers) {
-        Some(mut chain) if ctx.peer_trusted => {
+        Some(mut chain) if ctx.peer_trusted() => {
             chain.push_str(", ");
             chain.push_str(conn.peer_header.to_str().unwrap_or_default());
             HeaderValue::from_str(&chain).unwrap_or_else(|_| conn.peer_header.clone())
@@ -508,11 +419,14 @@ fn upstream_request(
         _ => conn.peer_header.clone(),
     };
     headers::set_forwarded(&mut parts.headers, forwarded_for, conn.tls, host);
-    parts
-        .headers
-        .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    parts.headers.insert(
+        headers::X_REQUEST_ID.clone(),
+        ctx.exchange().request_id.clone(),
+    );
     // W3C Trace Context: the gateway's span is the scoring container's parent.
-    ctx.trace.set_upstream_headers(&mut parts.headers);
+    ctx.exchange()
+        .trace
+        .set_upstream_headers(&mut parts.headers);
     parts
         .headers
         .insert(header::HOST, service.host_header.clone());
@@ -523,7 +437,7 @@ fn upstream_request(
     let body = match incoming.take() {
         Some(incoming) if !http_body::Body::is_end_stream(&incoming) => {
             let progress = Arc::new(Progress::new(incoming, waits));
-            ctx.request_progress = Some(Arc::clone(&progress));
+            ctx.body_streaming(Arc::clone(&progress));
             RequestBody::Stream {
                 limit: service.config.max_body_bytes,
                 progress,
@@ -585,11 +499,10 @@ async fn forward(
     let timeout = service.config.scoring_timeout;
     let result = tokio::time::timeout(timeout, service.upstream.send(req)).await;
     let elapsed = started.elapsed();
-    let fault = ctx.request_progress.as_ref().and_then(|p| p.fault());
+    let fault = ctx.request_progress().and_then(|p| p.fault());
     match result {
         Ok(Ok((resp, lease))) => {
-            ctx.upstream_duration = Some(elapsed);
-            ctx.upstream_status = Some(resp.status().as_u16());
+            ctx.upstream_answered(resp.status().as_u16(), elapsed);
             Ok((resp, lease))
         }
         // A failure caused by the client's own body belongs to the client, whatever the
@@ -608,11 +521,11 @@ async fn forward(
         }),
         Ok(Err(UpstreamError::Connect(e))) => Err(GatewayError::UpstreamConnect(e)),
         Ok(Err(UpstreamError::Http(e))) => {
-            ctx.upstream_duration = Some(elapsed);
+            ctx.upstream_took(elapsed);
             Err(GatewayError::UpstreamProtocol(e))
         }
         Err(_) => {
-            ctx.upstream_duration = Some(elapsed);
+            ctx.upstream_took(elapsed);
             Err(GatewayError::UpstreamTimeout { after: timeout })
         }
     }
@@ -621,7 +534,8 @@ async fn forward(
 fn response_filter(ctx: &RequestCtx, resp: &mut Response<Incoming>) {
     let h = resp.headers_mut();
     headers::remove_hop_by_hop(h);
-    headers::set_response_ids(h, &ctx.request_id, ctx.client_request_id.as_ref());
+    let x = ctx.exchange();
+    headers::set_response_ids(h, &x.request_id, x.client_request_id.as_ref());
     set_refresh_after(ctx, h);
 }
 
@@ -630,7 +544,7 @@ fn set_refresh_after(ctx: &RequestCtx, h: &mut http::HeaderMap) {
     if let Principal::Token {
         refresh_after: Some(at),
         ..
-    } = ctx.principal
+    } = ctx.exchange().principal
     {
         h.insert(
             headers::X_TOKEN_REFRESH_AFTER.clone(),
@@ -642,24 +556,22 @@ fn set_refresh_after(ctx: &RequestCtx, h: &mut http::HeaderMap) {
 /// The JSON error response; the error itself moves into the context for the record and log.
 fn error_response(mut fin: Box<Finish>, err: GatewayError) -> Response<ProxyBody> {
     let ctx = &mut fin.ctx;
-    let status = err.status();
-    let body = err.body(ctx.request_id.to_str().unwrap_or_default());
+    let x = ctx.exchange();
+    let body = err.body(x.request_id.to_str().unwrap_or_default());
     let mut resp = Response::new(());
-    *resp.status_mut() = status;
+    *resp.status_mut() = err.status();
     let h = resp.headers_mut();
     headers::set_gateway_json(h);
-    headers::set_response_ids(h, &ctx.request_id, ctx.client_request_id.as_ref());
+    headers::set_response_ids(h, &x.request_id, x.client_request_id.as_ref());
     if let Some((name, value)) = err.extra_headers() {
         h.insert(name, value);
     }
     set_refresh_after(ctx, h);
     // `Connection` is an HTTP/1 header; HTTP/2 has no equivalent per-request close.
-    if err.close_connection() && ctx.version < Version::HTTP_2 {
+    if err.close_connection() && x.version < Version::HTTP_2 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    ctx.status = status.as_u16();
-    ctx.response_started = true;
-    ctx.error = Some(err);
+    ctx.refused(err);
     let (parts, ()) = resp.into_parts();
     Response::from_parts(parts, ProxyBody::full(body, fin))
 }

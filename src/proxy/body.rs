@@ -414,7 +414,7 @@ impl ProxyBody {
 
     fn count(&mut self, n: usize) {
         if let Some(f) = &mut self.finish {
-            f.ctx.response_bytes += n as u64;
+            f.ctx.sent(n as u64);
         }
     }
 
@@ -429,7 +429,7 @@ impl ProxyBody {
         let mut finish = self.finish.take();
         let unread = finish
             .as_ref()
-            .and_then(|f| f.ctx.request_progress.as_ref()?.take_rest());
+            .and_then(|f| f.ctx.request_progress()?.take_rest());
         if let Kind::Upstream { conn, .. } = &mut self.kind
             && let Some(conn) = conn.take()
             && unread.is_none()
@@ -439,15 +439,16 @@ impl ProxyBody {
         let Some(f) = &mut finish else {
             return last;
         };
-        f.ctx.response_complete = true;
+        f.ctx.completed();
         let Some(unread) = unread else {
             return last;
         };
-        let over = super::linger::discard(&f.gw, &f.conn.0, f.ctx.version, unread);
+        let version = f.ctx.exchange().version;
+        let over = super::linger::discard(&f.gw, &f.conn.0, version, unread);
         // Only HTTP/2 needs the hold: over HTTP/1.1 curl reads the answer once its upload is
         // done, and the connection is closed if the discard gives up.
         if let Some(over) = over
-            && f.ctx.version >= http::Version::HTTP_2
+            && version >= http::Version::HTTP_2
             && let Kind::Upstream { lingering, .. } = &mut self.kind
         {
             *lingering = Some(Box::new(Lingering { over, last }));
@@ -480,7 +481,7 @@ impl Body for ProxyBody {
         let watch = self
             .finish
             .as_ref()
-            .and_then(|f| f.ctx.watch.as_ref())
+            .and_then(|f| f.ctx.watch())
             .map(Arc::clone);
         if let Some(watch) = &watch {
             watch.asked();
@@ -543,7 +544,7 @@ impl ProxyBody {
                         ready!(idle.poll_expired(cx));
                         let after = idle.after();
                         if let Some(f) = &mut this.finish {
-                            f.ctx.error = Some(GatewayError::UpstreamBodyTimeout { after });
+                            f.ctx.failed(GatewayError::UpstreamBodyTimeout { after });
                         }
                         this.finish.take();
                         return Poll::Ready(Some(Err(ResponseBodyError::Idle)));
@@ -571,7 +572,7 @@ impl ProxyBody {
                     Some(Err(e)) => {
                         if let Some(f) = &mut this.finish {
                             // The status line is already on the wire; only the record learns.
-                            f.ctx.error = Some(GatewayError::UpstreamInterrupted);
+                            f.ctx.failed(GatewayError::UpstreamInterrupted);
                         }
                         this.finish.take();
                         Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))

@@ -1,26 +1,64 @@
 //! Request records: the Application-Insights-style line written exactly once per request.
 //!
-//! [`finish`] (called from `proxy::Finish::drop`) settles the outcome, updates metrics, logs
+//! [`finish`] (called from `proxy::Finish::drop`, once the pipeline has settled the request's
+//! outcome) reads the finished [`Exchange`] and decides nothing: it updates metrics, logs
 //! upstream and internal failures with their cause chain, writes the record line straight from
-//! the request context (`json_line`: no intermediate struct, no copies of request text) and hands
-//! it to the non-blocking sink (`telemetry::sink`), whose thread only batches lines into writes.
+//! the exchange (`json_line`: no intermediate struct, no copies of request text) and hands it to
+//! the non-blocking sink (`telemetry::sink`), whose thread only batches lines into writes.
 //! The record holds no credential: `Principal` is a key slot name or a token subject, and the URL
 //! passes through `redact` first.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
+use http::{Method, Version};
 
 use super::json_line::JsonObject;
+use super::trace::TraceContext;
 use crate::auth::Principal;
 
 use crate::error::{GatewayError, Side};
 use crate::gateway::Gateway;
-use crate::proxy::RequestCtx;
-use crate::runtime::RuntimeState;
+use crate::runtime::{RuntimeState, Service};
 use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
+
+/// One request as telemetry sees it: what arrived, and how it ended. The request pipeline owns
+/// it (`proxy::RequestCtx`, which changes it only through its transitions and settles the
+/// outcome); telemetry gets a shared reference to the settled exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    pub request_id: HeaderValue,
+    pub client_request_id: Option<HeaderValue>,
+    /// The caller's trace continued (or a new one) with the gateway's span in it.
+    pub trace: TraceContext,
+    pub start: Instant,
+    pub start_wall: SystemTime,
+    pub method: Method,
+    pub version: Version,
+    /// Path and query exactly as received.
+    pub url: Option<PathAndQuery>,
+    pub user_agent: Option<HeaderValue>,
+    /// The `Host` the client addressed (`server.address` of exported spans).
+    pub host: Option<HeaderValue>,
+    /// The caller's address: the peer, or what a trusted proxy says in `X-Forwarded-For`.
+    pub client_ip: IpAddr,
+    pub service: Option<Arc<Service>>,
+    pub principal: Principal,
+    /// The status sent to the client (once settled: the error's status if it left first).
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub upstream_duration: Option<Duration>,
+    /// Time spent waiting for a free upstream slot (`None`: never reached the queue).
+    pub queue_wait: Option<Duration>,
+    /// Request body bytes read from the client (set when the request is settled).
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub error: Option<GatewayError>,
+}
 
 /// The longest `RequestUrl` written (Application Insights' `url` limit); longer ones are cut
 /// and marked (`json_line::TRUNCATED`).
@@ -35,7 +73,7 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// line itself. The URL passes through redaction; `Principal` is a slot name or a subject.
 fn record_line(
     state: &RuntimeState,
-    ctx: &RequestCtx,
+    ctx: &Exchange,
     duration: std::time::Duration,
     line: &mut Vec<u8>,
 ) {
@@ -92,7 +130,7 @@ fn record_line(
         "QueueWait",
         ctx.queue_wait.map(|d| d.as_secs_f64() * 1000.0),
     );
-    o.u64("RequestBytes", ctx.request_bytes());
+    o.u64("RequestBytes", ctx.request_bytes);
     o.u64("ResponseBytes", ctx.response_bytes);
     o.opt_str("ErrorCode", ctx.error.as_ref().map(GatewayError::code));
     o.display("ClientIp", ctx.client_ip);
@@ -114,7 +152,7 @@ fn record_line(
 
 /// The operation name: the method and the path after the route prefix, without the query
 /// (`POST /score`); the whole path when no route matched.
-struct Name<'a>(&'a RequestCtx);
+struct Name<'a>(&'a Exchange);
 
 impl std::fmt::Display for Name<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,20 +169,10 @@ impl std::fmt::Display for Name<'_> {
     }
 }
 
-/// Completes a request's telemetry: settles the outcome of a request that ended early, updates
-/// the metrics, logs upstream and internal failures with their cause, and emits the record.
-/// Called exactly once per request, from `proxy::Finish::drop`.
-pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
-    if !ctx.response_started {
-        // hyper dropped the request before any response existed: the client went away, or the
-        // watchdog closed its connection (and said why).
-        let err = ctx.error.take().unwrap_or(GatewayError::ClientDisconnected);
-        ctx.status = err.status().as_u16();
-        ctx.error = Some(err);
-    } else if !ctx.response_complete && ctx.error.is_none() {
-        // The status went out but the body did not finish: the client went away mid-response.
-        ctx.error = Some(GatewayError::ClientDisconnected);
-    }
+/// Completes a request's telemetry from its settled exchange: updates the metrics, logs upstream
+/// and internal failures with their cause, and emits the record (and the exported span). Called
+/// exactly once per request, from `proxy::Finish::drop`.
+pub fn finish(gw: &Gateway, ctx: &Exchange) {
     let duration = ctx.start.elapsed();
     let service = ctx.service.as_deref();
     let metrics = service.map_or(&gw.unrouted, |s| &s.metrics);
@@ -155,11 +183,6 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
     }
     if let Some(d) = ctx.queue_wait {
         metrics.observe_queue_wait(d.as_secs_f64());
-    }
-    // The upstream slot is free once the response is done (or abandoned).
-    ctx.permit = None;
-    if service.is_some() {
-        metrics.inflight.dec();
     }
     if let Principal::Key(slot) = ctx.principal {
         metrics.count_key_auth(slot);
@@ -187,7 +210,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) {
 /// The request as an exported span (only built when export is on).
 fn span_record(
     state: &RuntimeState,
-    ctx: &RequestCtx,
+    ctx: &Exchange,
     duration: std::time::Duration,
 ) -> super::export::SpanRecord {
     let service = ctx.service.as_deref();
@@ -231,7 +254,7 @@ fn observe_error(
     gw: &Gateway,
     metrics: &ServiceMetrics,
     service: &str,
-    ctx: &RequestCtx,
+    ctx: &Exchange,
     err: &GatewayError,
 ) {
     // Admission refusals (queue, rate limit, body size, network rules) have their own family.
