@@ -105,7 +105,7 @@ impl RequestCtx {
         }
     }
 
-    /// The request as known so far; settled (final) once [`Self::settle`] has run.
+    /// The request as known so far; final once the request has been settled.
     pub fn exchange(&self) -> &Exchange {
         &self.x
     }
