@@ -32,6 +32,7 @@ pub use roles::IdentityConfig;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -115,7 +116,7 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `RoleName` of records and activity entries that concern no service (unrouted requests,
     /// configuration reloads); services have their own (`ServiceConfig::role_name`).
-    pub role_name: String,
+    pub role_name: Arc<str>,
     /// OTLP/HTTP span export (`None`: off).
     pub otlp: Option<OtlpConfig>,
     /// Application Insights export (`None`: off).
@@ -352,7 +353,7 @@ pub struct ServiceConfig {
     pub upstream_ca: Option<PathBuf>,
     /// `RoleName` of this service's records and activity entries (Application Insights'
     /// `cloud_RoleName`); the service name unless configured.
-    pub role_name: String,
+    pub role_name: Arc<str>,
 }
 
 /// A token bucket per caller: `requests_per_second` sustained, `burst` at once.

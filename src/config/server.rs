@@ -291,14 +291,19 @@ impl Validator<'_> {
 
     /// A `role_name`: 1 to 256 printable characters (it becomes a record field and a tag on
     /// exported telemetry).
-    pub(super) fn role_name(&mut self, key: &str, raw: Option<String>, default: &str) -> String {
+    pub(super) fn role_name(
+        &mut self,
+        key: &str,
+        raw: Option<String>,
+        default: &str,
+    ) -> std::sync::Arc<str> {
         let Some(name) = raw else {
-            return default.to_owned();
+            return default.into();
         };
         if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
             self.issue(key, "must be 1 to 256 printable characters");
         }
-        name
+        name.into()
     }
 
     pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {

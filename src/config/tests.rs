@@ -66,8 +66,11 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     assert_eq!(s.upstream_keepalive, Duration::from_secs(4));
     assert_eq!(s.upstream.to_string(), "http://127.0.0.1:5001");
-    assert_eq!(s.role_name, "iris", "RoleName defaults to the service name");
-    assert_eq!(c.telemetry.role_name, "scoregate");
+    assert_eq!(
+        &*s.role_name, "iris",
+        "RoleName defaults to the service name"
+    );
+    assert_eq!(&*c.telemetry.role_name, "scoregate");
 }
 
 #[test]
@@ -196,8 +199,8 @@ fn role_names_are_configurable_and_checked() {
             "[telemetry]\nrole_name = \"edge\"\n{MINIMAL}role_name = \"iris-model\"\n"
         ))
         .expect("valid");
-    assert_eq!(c.services[0].role_name, "iris-model");
-    assert_eq!(c.telemetry.role_name, "edge");
+    assert_eq!(&*c.services[0].role_name, "iris-model");
+    assert_eq!(&*c.telemetry.role_name, "edge");
     let issues = d.issues(&format!(
         "[telemetry]\nrole_name = \"a\\nb\"\n{MINIMAL}role_name = \"\"\n"
     ));

@@ -62,16 +62,17 @@ pub struct SpanRecord {
     pub parent_id: Option<[u8; 8]>,
     pub flags: u8,
     pub trace_state: Option<String>,
-    /// `POST /score`.
-    pub name: String,
     pub start: SystemTime,
     pub duration: Duration,
-    pub method: String,
+    pub method: http::Method,
+    /// The path as received, without the query.
     pub path: String,
+    /// The length of the matched route's prefix (`None`: no route matched).
+    pub route_len: Option<usize>,
     pub status: u16,
     /// The `Host` the client addressed.
     pub server_address: Option<String>,
-    pub client_address: String,
+    pub client_address: std::net::IpAddr,
     pub request_id: String,
     pub role_name: Arc<str>,
     pub service: Option<Arc<str>>,
@@ -81,6 +82,37 @@ pub struct SpanRecord {
     pub upstream_duration: Option<Duration>,
     /// The gateway's error code, when the request failed.
     pub error: Option<&'static str>,
+}
+
+impl SpanRecord {
+    /// The operation name, `POST /score`: the method and the path after the route prefix (the
+    /// whole path when no route matched). Written where it is needed, never stored.
+    pub fn name(&self) -> SpanName<'_> {
+        let rest = match self.route_len {
+            Some(len) => match self.path.get(len..) {
+                Some("") | None => "/",
+                Some(rest) => rest,
+            },
+            None => &self.path,
+        };
+        SpanName {
+            method: self.method.as_str(),
+            rest,
+        }
+    }
+}
+
+/// [`SpanRecord::name`]: `method rest`.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanName<'a> {
+    pub method: &'a str,
+    pub rest: &'a str,
+}
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.rest)
+    }
 }
 
 /// What waits in an export queue.
@@ -494,14 +526,14 @@ pub(crate) mod tests {
             parent_id: None,
             flags: 1,
             trace_state: None,
-            name: "POST /score".to_owned(),
             start: std::time::SystemTime::now(),
             duration: Duration::from_millis(3),
-            method: "POST".to_owned(),
-            path: "/score".to_owned(),
+            method: http::Method::POST,
+            path: "/iris/score".to_owned(),
+            route_len: Some("/iris".len()),
             status: 200,
             server_address: None,
-            client_address: "127.0.0.1".to_owned(),
+            client_address: std::net::Ipv4Addr::LOCALHOST.into(),
             request_id: request_id.to_owned(),
             role_name: Arc::from("iris"),
             service: Some(Arc::from("iris")),

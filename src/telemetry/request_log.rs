@@ -221,20 +221,20 @@ fn span_record(
         parent_id: ctx.trace.parent_id.map(|p| p.0),
         flags: ctx.trace.flags,
         trace_state: ctx.trace.state.as_ref().map(text),
-        name: Name(ctx).to_string(),
         start: ctx.start_wall,
         duration,
-        method: ctx.method.to_string(),
+        method: ctx.method.clone(),
         path: ctx
             .url
             .as_ref()
             .map_or_else(|| "/".to_owned(), |pq| pq.path().to_owned()),
+        route_len: service.map(|s| s.config.route.len()),
         status: ctx.status,
         server_address: ctx.host.as_ref().map(text),
-        client_address: ctx.client_ip.to_string(),
+        client_address: ctx.client_ip,
         request_id: text(&ctx.request_id),
-        role_name: Arc::from(
-            service.map_or(&*state.config.telemetry.role_name, |s| &*s.config.role_name),
+        role_name: Arc::clone(
+            service.map_or(&state.config.telemetry.role_name, |s| &s.config.role_name),
         ),
         service: service.map(|s| Arc::clone(&s.name)),
         auth_mode: service.map(|s| s.config.auth.as_str()),

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::{Deserialize, Serialize};
 
-use super::{Deliver, FIRST_BACKOFF, Http, Item, Retry, SpanRecord};
+use super::{Deliver, FIRST_BACKOFF, Http, Item, Retry, SpanName, SpanRecord};
 use crate::config::AzureMonitorConfig;
 use crate::telemetry::activity::{ActivityRecord, Outcome};
 
@@ -247,13 +248,13 @@ struct RequestTags<'a> {
     )]
     parent_id: Option<Hex<8>>,
     #[serde(rename = "ai.operation.name")]
-    operation_name: &'a str,
+    operation_name: Shown<SpanName<'a>>,
     #[serde(rename = "ai.cloud.role")]
     role: &'a str,
     #[serde(rename = "ai.cloud.roleInstance")]
     role_instance: &'a str,
     #[serde(rename = "ai.location.ip")]
-    ip: &'a str,
+    ip: Shown<IpAddr>,
     #[serde(rename = "ai.internal.sdkVersion")]
     sdk: &'static str,
 }
@@ -262,15 +263,24 @@ struct RequestTags<'a> {
 struct RequestData<'a> {
     ver: u8,
     id: Hex<8>,
-    name: &'a str,
+    name: Shown<SpanName<'a>>,
     duration: String,
     #[serde(rename = "responseCode")]
     response_code: Code,
     success: bool,
     url: &'a str,
-    source: &'a str,
+    source: Shown<IpAddr>,
     properties: RequestProperties<'a>,
     measurements: Measurements,
+}
+
+/// A value written as the JSON string of its `Display` (no intermediate `String`).
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 /// A status code as the JSON string the schema wants.
@@ -326,10 +336,10 @@ fn request_envelope<'a>(
         tags: RequestTags {
             operation_id: Hex(r.trace_id),
             parent_id: r.parent_id.map(Hex),
-            operation_name: &r.name,
+            operation_name: Shown(r.name()),
             role: &r.role_name,
             role_instance: instance,
-            ip: &r.client_address,
+            ip: Shown(r.client_address),
             sdk: SDK_VERSION,
         },
         data: Data {
@@ -337,15 +347,15 @@ fn request_envelope<'a>(
             base_data: RequestData {
                 ver: 2,
                 id: Hex(r.span_id),
-                name: &r.name,
+                name: Shown(r.name()),
                 duration: timespan(r.duration),
                 response_code: Code(r.status),
                 success: r.status < 400,
                 url: &r.path,
-                source: &r.client_address,
+                source: Shown(r.client_address),
                 properties: RequestProperties {
                     request_id: &r.request_id,
-                    method: &r.method,
+                    method: r.method.as_str(),
                     status: Code(r.status),
                     service: r.service.as_deref(),
                     auth_mode: r.auth_mode,
