@@ -217,9 +217,49 @@ fn records(c: &mut Criterion) {
     writer.join();
 }
 
+/// What export costs per span once it is off the request path: a batch of 512 key-mode spans
+/// encoded as each exporter sends it (OTLP protobuf; Azure Monitor JSON envelopes, gzip level 1).
+/// Divide by 512 for the cost per request.
+fn export(c: &mut Criterion) {
+    use scoregate::telemetry::export::{SpanRecord, encode_batch};
+    let spans: Vec<SpanRecord> = (0..512u32)
+        .map(|i| SpanRecord {
+            trace_id: [i.to_le_bytes()[0]; 16],
+            span_id: [7; 8],
+            parent_id: None,
+            flags: 1,
+            trace_state: None,
+            start: std::time::SystemTime::now(),
+            duration: Duration::from_micros(1_234 + u64::from(i)),
+            method: http::Method::POST,
+            path: "/api/v1/service/iris/score".to_owned(),
+            route_len: Some("/api/v1/service/iris".len()),
+            status: 200,
+            server_address: Some("127.0.0.1:8443".to_owned()),
+            client_address: std::net::Ipv4Addr::LOCALHOST.into(),
+            request_id: format!("8c2f5d0e-3b7a-4c1e-9f6d-{i:012}"),
+            role_name: "iris".into(),
+            service: Some("iris".into()),
+            auth_mode: Some("key"),
+            principal: Some("primary".to_owned()),
+            queue_wait: Some(Duration::from_micros(3)),
+            upstream_duration: Some(Duration::from_micros(900)),
+            error: None,
+        })
+        .collect();
+    let mut g = c.benchmark_group("export");
+    g.sample_size(20);
+    for exporter in ["otlp", "azure_monitor"] {
+        g.bench_function(format!("{exporter}_batch_of_512"), |b| {
+            b.iter(|| encode_batch(exporter, black_box(&spans)));
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = keys, tokens, request, records
+    targets = keys, tokens, request, records, export
 }
 criterion_main!(benches);

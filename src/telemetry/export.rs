@@ -115,6 +115,18 @@ impl std::fmt::Display for SpanName<'_> {
     }
 }
 
+/// A batch of spans as `exporter` (`"otlp"` or `"azure_monitor"`) sends it: the protobuf body,
+/// or the gzip-compressed JSON array of envelopes. For `benches/` (the per-span cost of export).
+#[doc(hidden)]
+pub fn encode_batch(exporter: &str, spans: &[SpanRecord]) -> Vec<u8> {
+    match exporter {
+        otlp::EXPORTER => otlp::encode(spans, "bench"),
+        _ => azure_monitor::encode_spans(spans, "00000000-0000-0000-0000-000000000001", "bench")
+            .map(Vec::from)
+            .unwrap_or_default(),
+    }
+}
+
 /// What waits in an export queue.
 #[derive(Debug, Clone)]
 #[allow(

@@ -80,14 +80,7 @@ impl Deliver for AzureMonitor {
         // Each envelope serialized once; a resend after a 206 joins the remaining ones again.
         let mut pending: Vec<Vec<u8>> = batch
             .iter()
-            .filter_map(|item| match item {
-                Item::Span(span) => {
-                    serde_json::to_vec(&request_envelope(span, &self.ikey, &self.instance)).ok()
-                }
-                Item::Activity(entry) => {
-                    serde_json::to_vec(&event_envelope(entry, &self.ikey)).ok()
-                }
-            })
+            .filter_map(|item| serialize(item, &self.ikey, &self.instance))
             .collect();
         let mut lost = (batch.len() - pending.len()) as u64;
         let mut backoff = FIRST_BACKOFF;
@@ -140,6 +133,23 @@ impl Deliver for AzureMonitor {
     fn retry(&self) -> &Retry {
         &self.retry
     }
+}
+
+/// One item as its JSON envelope.
+fn serialize(item: &Item, ikey: &str, instance: &str) -> Option<Vec<u8>> {
+    match item {
+        Item::Span(span) => serde_json::to_vec(&request_envelope(span, ikey, instance)).ok(),
+        Item::Activity(entry) => serde_json::to_vec(&event_envelope(entry, ikey)).ok(),
+    }
+}
+
+/// A batch of spans as it is sent: the gzip-compressed JSON array of their envelopes.
+pub(crate) fn encode_spans(spans: &[SpanRecord], ikey: &str, instance: &str) -> Option<Bytes> {
+    let items: Vec<Vec<u8>> = spans
+        .iter()
+        .filter_map(|s| serde_json::to_vec(&request_envelope(s, ikey, instance)).ok())
+        .collect();
+    gzip_array(&items)
 }
 
 /// After a 206: the items of `sent` rejected with a retryable status (in their order), and how

@@ -110,7 +110,7 @@ impl Deliver for Otlp {
 /// (`service.name`), all with this instance's `service.instance.id`. Written straight from the
 /// span records with `prost`'s wire primitives (`wire`): building the generated message structs
 /// cost two allocations per attribute, which under load was most of the exporter's CPU.
-fn encode(batch: &[SpanRecord], instance: &str) -> Vec<u8> {
+pub(super) fn encode(batch: &[SpanRecord], instance: &str) -> Vec<u8> {
     let mut by_role: BTreeMap<&str, Vec<&SpanRecord>> = BTreeMap::new();
     for record in batch {
         by_role.entry(&record.role_name).or_default().push(record);
