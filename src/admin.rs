@@ -360,7 +360,30 @@ async fn dispatch(
         );
         return Err(ApiError::Forbidden(missing));
     }
-    let result = match route {
+    let result = run_route(gw, &state, caller, &principal, route, req).await;
+    if route.audited() {
+        let outcome = match &result {
+            Ok(_) => entry(&principal.id, Outcome::Succeeded),
+            // A permission the operation needs beyond the route's own (`services/keys/set`).
+            Err(ApiError::Forbidden(missing)) => entry(&principal.id, Outcome::Denied)
+                .reason(format!("missing permission {}", missing.as_str())),
+            Err(e) => entry(&principal.id, Outcome::Failed).reason(e.code()),
+        };
+        gw.activity.record(outcome);
+    }
+    result
+}
+
+/// Runs an authorized route for `principal`.
+async fn run_route(
+    gw: &Arc<Gateway>,
+    state: &Arc<crate::runtime::RuntimeState>,
+    caller: &Caller,
+    principal: &policy::AdminPrincipal,
+    route: Route<'_>,
+    req: Request<Incoming>,
+) -> Result<AdminResponse, ApiError> {
+    match route {
         Route::Metrics => Ok(metrics(gw)),
         Route::Activity => activity(gw, req.uri().query()).await,
         Route::Services => Ok(services(gw)),
@@ -378,9 +401,9 @@ async fn dispatch(
         }
         Route::Assign => {
             let body = read_body(req).await?;
-            management::assign_role(gw, &state, &body).await
+            management::assign_role(gw, state, &body).await
         }
-        Route::Unassign { id } => management::remove_assignment(gw, &state, id).await,
+        Route::Unassign { id } => management::remove_assignment(gw, state, id).await,
         Route::Cluster => Ok(cluster(gw).await),
         // A reload writes its own activity entry (it also runs for signals and file changes).
         Route::Reload => gw
@@ -398,7 +421,7 @@ async fn dispatch(
             let body = read_body(req).await?;
             let holds = |extra: Action| {
                 policy::authorize(
-                    &principal,
+                    principal,
                     extra,
                     route.service(),
                     state.policy(),
@@ -406,21 +429,10 @@ async fn dispatch(
                 )
                 .is_ok()
             };
-            management::service_op(gw, &principal, &holds, name, op, body).await
+            management::service_op(gw, principal, &holds, name, op, body).await
         }
         Route::Healthz | Route::Readyz => Err(ApiError::RouteNotFound),
-    };
-    if route.audited() {
-        let outcome = match &result {
-            Ok(_) => entry(&principal.id, Outcome::Succeeded),
-            // A permission the operation needs beyond the route's own (`services/keys/set`).
-            Err(ApiError::Forbidden(missing)) => entry(&principal.id, Outcome::Denied)
-                .reason(format!("missing permission {}", missing.as_str())),
-            Err(e) => entry(&principal.id, Outcome::Failed).reason(e.code()),
-        };
-        gw.activity.record(outcome);
     }
-    result
 }
 
 /// Answers a route that needs no credential: the probes, and `/metrics` where it is public.

@@ -133,40 +133,8 @@ pub async fn run(
     let health = tokio::spawn(health::probe_loop(Arc::clone(&gw)));
     let watcher = tokio::spawn(watch::watch_loop(Arc::clone(&gw)));
     let hangup = tokio::spawn(reload_on_sighup(Arc::clone(&gw)));
-    let sync = cluster.map(|c| {
-        let stop = gw.lifecycle.stop_background.clone();
-        let (trail_tx, trail_rx) = tokio::sync::mpsc::unbounded_channel();
-        gw.activity.forward_writes(trail_tx);
-        let trail = tokio::spawn(crate::cluster::trail::append(Arc::clone(&c), trail_rx));
-        let registration =
-            tokio::spawn(crate::cluster::sync::register(Arc::clone(&c), stop.clone()));
-        let applier = gw.applier.clone();
-        let apply = move || {
-            let applier = applier.clone();
-            async move {
-                applier.run(crate::reload::Trigger::Cluster).await;
-            }
-        };
-        let watch = tokio::spawn(crate::cluster::sync::run(c, apply, stop));
-        async move {
-            let _ = tokio::join!(registration, watch);
-            // The trail's sender lives in the activity log (as long as the gateway).
-            trail.abort();
-        }
-    });
-    tracing::info!(
-        file = %credential.display(),
-        "management API: the bootstrap admin credential is in this file"
-    );
-    tracing::info!(
-        listen = %listeners.scoring.local_addr()?,
-        admin = %listeners.admin.local_addr()?,
-        services = gw.state().services().len(),
-        "scoregate listening"
-    );
-    for warning in gw.state().config.server.warnings() {
-        tracing::warn!("{warning}");
-    }
+    let sync = cluster.map(|c| start_fleet_sync(&gw, c));
+    announce(&gw, &listeners, &credential)?;
     let admin_tasks = spawn_admin_planes(&gw, listeners.admin, listeners.probe, listeners.metrics);
     let outcome = server::serve(Arc::clone(&gw), listeners.scoring, shutdown).await;
     gw.lifecycle.stop_background.cancel();
@@ -182,6 +150,61 @@ pub async fn run(
     // Every request has finished (drained), so every span is queued.
     flush_export.run().await;
     Ok(outcome)
+}
+
+/// Fleet mode's background work: this replica's lease-bound registration, the namespace watch
+/// that feeds the applier, and the fleet's audit trail. The future ends once the registration and
+/// the watch have stopped (`stop_background`).
+fn start_fleet_sync(
+    gw: &Arc<Gateway>,
+    cluster: Arc<crate::cluster::Cluster>,
+) -> impl Future<Output = ()> + use<> {
+    let stop = gw.lifecycle.stop_background.clone();
+    let (trail_tx, trail_rx) = tokio::sync::mpsc::unbounded_channel();
+    gw.activity.forward_writes(trail_tx);
+    let trail = tokio::spawn(crate::cluster::trail::append(
+        Arc::clone(&cluster),
+        trail_rx,
+    ));
+    let registration = tokio::spawn(crate::cluster::sync::register(
+        Arc::clone(&cluster),
+        stop.clone(),
+    ));
+    let applier = gw.applier.clone();
+    let apply = move || {
+        let applier = applier.clone();
+        async move {
+            applier.run(crate::reload::Trigger::Cluster).await;
+        }
+    };
+    let watch = tokio::spawn(crate::cluster::sync::run(cluster, apply, stop));
+    async move {
+        let _ = tokio::join!(registration, watch);
+        // The trail's sender lives in the activity log (as long as the gateway).
+        trail.abort();
+    }
+}
+
+/// Says where the admin credential is, what listens where, and every configuration warning.
+fn announce(
+    gw: &Gateway,
+    listeners: &Listeners,
+    credential: &std::path::Path,
+) -> std::io::Result<()> {
+    tracing::info!(
+        file = %credential.display(),
+        "management API: the bootstrap admin credential is in this file"
+    );
+    tracing::info!(
+        listen = %listeners.scoring.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        services = gw.state().services().len(),
+        "scoregate listening"
+    );
+    for warning in gw.state().config.server.warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
 }
 
 /// Starts the configured exporters (`[telemetry.otlp]`, `[telemetry.azure_monitor]`); their

@@ -61,17 +61,7 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => keys(command),
-        Command::Cluster { command } => print_result(match command {
-            ClusterCommand::SealKey => {
-                scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from)
-            }
-            ClusterCommand::Status { config } => config::load_and_validate(&config.config)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| scoregate::cli::cluster::status(&c)),
-            ClusterCommand::Import { config } => config::load_and_validate(&config.config)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| scoregate::cli::cluster::import(&c)),
-        }),
+        Command::Cluster { command } => cluster(command),
         Command::Token {
             command:
                 TokenCommand::Issue {
@@ -103,17 +93,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::SampleModel { listen } => block_on(None, async move {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            let stop = tokio_util::sync::CancellationToken::new();
-            let serve = tokio::spawn(scoregate::sample_model::serve(listener, stop.clone()));
-            eprintln!("sample model listening on http://{listen}");
-            scoregate::shutdown::signal().await;
-            stop.cancel();
-            let _ = serve.await;
-            Ok(())
-        }),
+        Command::SampleModel { listen } => sample_model(listen),
     }
+}
+
+/// `scoregate cluster seal-key | status | import`.
+fn cluster(command: ClusterCommand) -> ExitCode {
+    print_result(match command {
+        ClusterCommand::SealKey => {
+            scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from)
+        }
+        ClusterCommand::Status { config } => config::load_and_validate(&config.config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| scoregate::cli::cluster::status(&c)),
+        ClusterCommand::Import { config } => config::load_and_validate(&config.config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| scoregate::cli::cluster::import(&c)),
+    })
+}
+
+/// `scoregate sample-model`: the built-in scoring container until a signal.
+fn sample_model(listen: std::net::SocketAddr) -> ExitCode {
+    block_on(None, async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let serve = tokio::spawn(scoregate::sample_model::serve(listener, stop.clone()));
+        eprintln!("sample model listening on http://{listen}");
+        scoregate::shutdown::signal().await;
+        stop.cancel();
+        let _ = serve.await;
+        Ok(())
+    })
 }
 
 fn write_stdout(bytes: &[u8]) -> ExitCode {

@@ -43,6 +43,10 @@ const DEFAULT_LINGERING_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_LINGERING_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Validator<'_> {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a declarative table: one validated setting per key of its TOML section"
+    )]
     pub(super) fn telemetry(&mut self, raw: raw::RawTelemetry) -> TelemetryConfig {
         let output = match raw.output.as_deref().unwrap_or("stdout") {
             "stdout" => {
@@ -306,6 +310,10 @@ impl Validator<'_> {
         name.into()
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a declarative table: one validated setting per key of its TOML section"
+    )]
     pub(super) fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
         let (lingering_timeout, lingering_max_bytes) =
             self.lingering(raw.lingering_timeout_ms, raw.lingering_max_bytes);

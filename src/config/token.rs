@@ -9,6 +9,10 @@ use super::raw;
 use super::{AuthMode, SigningSource, TokenConfig, TrustedIssuer, TrustedKeys, Validator};
 
 impl Validator<'_> {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a declarative table: one validated setting per key of its TOML section"
+    )]
     pub(super) fn token(
         &mut self,
         i: usize,
@@ -141,6 +145,10 @@ impl Validator<'_> {
         }
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a declarative table: one validated setting per key of its TOML section"
+    )]
     pub(super) fn trusted_issuer(
         &mut self,
         prefix: &str,

@@ -543,56 +543,68 @@ impl ProxyBody {
                     Poll::Pending => {
                         ready!(idle.poll_expired(cx));
                         let after = idle.after();
-                        if let Some(f) = &mut this.finish {
-                            f.ctx.failed(GatewayError::UpstreamBodyTimeout { after });
-                        }
-                        this.finish.take();
+                        this.fail(GatewayError::UpstreamBodyTimeout { after });
                         return Poll::Ready(Some(Err(ResponseBodyError::Idle)));
                     }
                 };
                 idle.progressed();
                 let end = inner.is_end_stream();
-                match polled {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            this.count(data.len());
-                        }
-                        if !end {
-                            return Poll::Ready(Some(Ok(frame)));
-                        }
-                        match this.complete(Some(frame)) {
-                            Some(frame) => Poll::Ready(Some(Ok(frame))),
-                            // Held back: the next poll waits for the discard.
-                            None => {
-                                cx.waker().wake_by_ref();
-                                Poll::Pending
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if let Some(f) = &mut this.finish {
-                            // The status line is already on the wire; only the record learns.
-                            f.ctx.failed(GatewayError::UpstreamInterrupted);
-                        }
-                        this.finish.take();
-                        Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))
-                    }
+                this.upstream_polled(polled, end, cx)
+            }
+        }
+    }
+
+    /// What the client gets for what the upstream body gave: its frames, counted, the last one
+    /// completing the response (held back while a lingering discard runs, see `complete`); an
+    /// error ends the response, and only the record learns why (the status is on the wire).
+    fn upstream_polled(
+        &mut self,
+        polled: Option<Result<Frame<Bytes>, hyper::Error>>,
+        end: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        match polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.count(data.len());
+                }
+                if !end {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                match self.complete(Some(frame)) {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    // Held back: the next poll waits for the discard.
                     None => {
-                        this.complete(None);
-                        if matches!(
-                            &this.kind,
-                            Kind::Upstream {
-                                lingering: Some(_),
-                                ..
-                            }
-                        ) {
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(None)
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
                     }
                 }
             }
+            Some(Err(e)) => {
+                self.fail(GatewayError::UpstreamInterrupted);
+                Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))
+            }
+            None => {
+                self.complete(None);
+                if matches!(
+                    &self.kind,
+                    Kind::Upstream {
+                        lingering: Some(_),
+                        ..
+                    }
+                ) {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    /// The response ends with `err`: the record says so, and is written now.
+    fn fail(&mut self, err: GatewayError) {
+        if let Some(mut f) = self.finish.take() {
+            f.ctx.failed(err);
         }
     }
 

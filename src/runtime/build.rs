@@ -265,6 +265,34 @@ fn pending_keys(
     shared
 }
 
+/// A token service without a signing key yet: one is generated, and written only if the
+/// candidate is accepted (`writes`).
+fn first_signing_key(
+    name: &str,
+    file: &SigningFile,
+    token: &crate::config::TokenConfig,
+    writes: &mut Vec<PendingWrite>,
+) -> Result<Arc<crate::auth::jwt::signing::SigningSet>, BuildError> {
+    let (set, bytes) = file.generate().map_err(|source| BuildError::Signing {
+        service: name.to_owned(),
+        source,
+    })?;
+    tracing::info!(file = %file.path().display(), algorithm = ?token.algorithm, "generating a token signing key");
+    let shared = Arc::new(set);
+    let state = SigningFileState::written(Arc::clone(&shared), &bytes, "scoregate");
+    writes.push(PendingWrite {
+        path: file.path().to_owned(),
+        shared: file.shared.clone(),
+        bytes,
+        generated: Generated::Signing {
+            service: name.to_owned(),
+            file: file.clone(),
+            state,
+        },
+    });
+    Ok(shared)
+}
+
 fn token_authority(
     ctx: &Context<'_>,
     inputs: &Inputs,
@@ -284,26 +312,7 @@ fn token_authority(
         .ok_or_else(|| BuildError::NotLoaded(name.clone()))?;
     let signing = match state.set() {
         Some(set) => Arc::clone(set),
-        None => {
-            let (set, bytes) = file.generate().map_err(|source| BuildError::Signing {
-                service: name.clone(),
-                source,
-            })?;
-            tracing::info!(file = %file.path().display(), algorithm = ?token.algorithm, "generating a token signing key");
-            let shared = Arc::new(set);
-            let state = SigningFileState::written(Arc::clone(&shared), &bytes, "scoregate");
-            writes.push(PendingWrite {
-                path: file.path().to_owned(),
-                shared: file.shared.clone(),
-                bytes,
-                generated: Generated::Signing {
-                    service: name.clone(),
-                    file: file.clone(),
-                    state,
-                },
-            });
-            shared
-        }
+        None => first_signing_key(name, file, token, writes)?,
     };
     let running = before
         .and_then(Service::tokens)
