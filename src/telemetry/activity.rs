@@ -1,8 +1,10 @@
 //! The activity log: one entry per management operation (and per refused management call, and
 //! per change picked up from disk), always with its initiator.
 //!
-//! Entries go to the record stream as `"type":"activity"` JSON lines (never dropped) and into
-//! bounded in-memory rings that `GET /activity?limit=N` serves. Entries never hold a secret: the
+//! Entries go to the record stream as `"type":"activity"` JSON lines (allowed a backlog far
+//! beyond the request records' bounds, so only a stalled sink can make the stream miss one, and
+//! that is counted: `RecordSink::emit_activity`) and into bounded in-memory rings that
+//! `GET /activity?limit=N` serves. Entries never hold a secret: the
 //! initiator is a principal id, `reason` is a fixed message.
 //!
 //! Refusals of unauthenticated callers (`initiator: "anonymous"`) cost an attacker nothing, so
