@@ -85,28 +85,36 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
-    /// The operation name, `POST /score`: the method and the path after the route prefix (the
-    /// whole path when no route matched). Written where it is needed, never stored.
+    /// The operation name (see [`SpanName`]); written where it is needed, never stored.
     pub fn name(&self) -> SpanName<'_> {
-        let rest = match self.route_len {
-            Some(len) => match self.path.get(len..) {
-                Some("") | None => "/",
-                Some(rest) => rest,
-            },
-            None => &self.path,
-        };
-        SpanName {
-            method: self.method.as_str(),
-            rest,
-        }
+        SpanName::of(&self.method, &self.path, self.route_len)
     }
 }
 
-/// [`SpanRecord::name`]: `method rest`.
+/// A request's operation name, `POST /score`: the method and the path after the route prefix
+/// (the whole path when no route matched), without the query. The record's `Name` and the
+/// exported span's name.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanName<'a> {
     pub method: &'a str,
     pub rest: &'a str,
+}
+
+impl<'a> SpanName<'a> {
+    /// `path` without its query; `route_len`: the matched route prefix's length.
+    pub fn of(method: &'a http::Method, path: &'a str, route_len: Option<usize>) -> Self {
+        let rest = match route_len {
+            Some(len) => match path.get(len..) {
+                Some("") | None => "/",
+                Some(rest) => rest,
+            },
+            None => path,
+        };
+        Self {
+            method: method.as_str(),
+            rest,
+        }
+    }
 }
 
 impl std::fmt::Display for SpanName<'_> {

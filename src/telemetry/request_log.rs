@@ -140,7 +140,14 @@ fn record_line(
         None => o.null("ParentId"),
     }
     o.display("SpanId", ctx.trace.span_id);
-    o.display("Name", Name(ctx));
+    o.display(
+        "Name",
+        super::export::SpanName::of(
+            &ctx.method,
+            ctx.url.as_ref().map_or("/", PathAndQuery::path),
+            service.map(|s| s.config.route.len()),
+        ),
+    );
     o.str(
         "RoleName",
         service.map_or(&state.config.telemetry.role_name, |s| &s.config.role_name),
@@ -148,25 +155,6 @@ fn record_line(
     o.str("RoleInstance", &state.role_instance);
     o.end();
     line.push(b'\n');
-}
-
-/// The operation name: the method and the path after the route prefix, without the query
-/// (`POST /score`); the whole path when no route matched.
-struct Name<'a>(&'a Exchange);
-
-impl std::fmt::Display for Name<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ctx = self.0;
-        let path = ctx.url.as_ref().map_or("/", PathAndQuery::path);
-        let rest = match &ctx.service {
-            Some(s) => match path.get(s.config.route.len()..) {
-                Some("") | None => "/",
-                Some(rest) => rest,
-            },
-            None => path,
-        };
-        write!(f, "{} {rest}", ctx.method)
-    }
 }
 
 /// Completes a request's telemetry from its settled exchange: updates the metrics, logs upstream
