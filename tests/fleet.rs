@@ -13,6 +13,7 @@ mod fleet {
     pub mod client;
     pub mod measure;
     pub mod outage;
+    pub mod secure;
     pub mod shared;
     pub mod view;
 }

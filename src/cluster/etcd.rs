@@ -47,6 +47,14 @@ pub enum EtcdError {
     Status(#[from] tonic::Status),
     #[error("the watch ended")]
     WatchEnded,
+    /// No endpoint answered; the last one's failure.
+    #[error("etcd at {endpoint}: {error}{hint}")]
+    Unreachable {
+        endpoint: String,
+        error: Box<EtcdError>,
+        /// What to check, when the configuration suggests a cause.
+        hint: &'static str,
+    },
 }
 
 impl EtcdError {
@@ -54,7 +62,7 @@ impl EtcdError {
     /// management write reports as `cluster_unavailable`.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Timeout(_) | Self::WatchEnded => true,
+            Self::Timeout(_) | Self::WatchEnded | Self::Unreachable { .. } => true,
             Self::Status(s) => matches!(
                 s.code(),
                 tonic::Code::Unavailable
@@ -84,6 +92,8 @@ struct Inner {
     user: Option<(String, String)>,
     /// The auth token of `user`, when etcd auth is on.
     token: tokio::sync::RwLock<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>,
+    /// Added to a connection failure's message (see [`EtcdError::Unreachable`]).
+    hint: &'static str,
 }
 
 /// The outcome of a conditional write.
@@ -126,6 +136,13 @@ pub struct MemberStatus {
     pub leader: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// etcd refused the token a call carried, not the call: a new login may succeed
+/// (`ErrInvalidAuthToken`, `ErrAuthOldRevision`; etcd's Go client logs in again on both).
+fn login_expired(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated
+        || status.message().contains("revision of auth store is old")
 }
 
 /// The key just past every key starting with `prefix` (etcd's `range_end` for a prefix).
@@ -195,6 +212,12 @@ impl Client {
                 timeout: config.dial_timeout,
                 user,
                 token: tokio::sync::RwLock::new(None),
+                hint: if config.tls() && config.identity.is_none() {
+                    // An etcd run with --client-cert-auth closes such connections unexplained.
+                    " (no client certificate is configured: if etcd requires one, set [cluster] cert and key)"
+                } else {
+                    ""
+                },
             }),
         })
     }
@@ -209,8 +232,27 @@ impl Client {
     }
 
     /// Runs `call` against the endpoints in turn, starting with the one that answered last,
-    /// each bounded by the dial timeout.
+    /// each bounded by the dial timeout. When etcd no longer accepts the auth token (it expired
+    /// after `--auth-token-ttl` without use, auth was re-enabled, the user's password changed),
+    /// logs in again once and repeats the call, as etcd's own Go client does.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        match self.call_once(&call).await {
+            Err(EtcdError::Status(status))
+                if self.inner.user.is_some() && login_expired(&status) =>
+            {
+                tracing::debug!(error = %status.message(), "etcd refused the auth token; logging in again");
+                self.authenticate().await?;
+                self.call_once(&call).await
+            }
+            other => other,
+        }
+    }
+
+    async fn call_once<T, F, Fut>(&self, call: &F) -> Result<T, EtcdError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -231,12 +273,21 @@ impl Client {
                     if !e.is_unavailable() {
                         return Err(e);
                     }
-                    last = e;
+                    last = self.unreachable(i, e, self.inner.hint);
                 }
-                Err(_) => last = EtcdError::Timeout(self.inner.timeout),
+                Err(_) => last = self.unreachable(i, EtcdError::Timeout(self.inner.timeout), ""),
             }
         }
         Err(last)
+    }
+
+    /// `error` from the endpoint at `i`, named.
+    fn unreachable(&self, i: usize, error: EtcdError, hint: &'static str) -> EtcdError {
+        EtcdError::Unreachable {
+            endpoint: self.inner.channels[i].0.clone(),
+            error: Box::new(error),
+            hint,
+        }
     }
 
     /// Logs in with `[cluster] username` / `password_file` (no-op without them). The token is
@@ -247,7 +298,7 @@ impl Client {
         };
         let mut last = EtcdError::Timeout(self.inner.timeout);
         let mut answer = None;
-        for (_, ch) in &self.inner.channels {
+        for (i, (_, ch)) in self.inner.channels.iter().enumerate() {
             let request = pb::AuthenticateRequest {
                 name: name.clone(),
                 password: password.clone(),
@@ -259,8 +310,15 @@ impl Client {
                     answer = Some(r);
                     break;
                 }
-                Ok(Err(status)) => last = status.into(),
-                Err(_) => last = EtcdError::Timeout(self.inner.timeout),
+                Ok(Err(status)) => {
+                    let e = EtcdError::from(status);
+                    last = if e.is_unavailable() {
+                        self.unreachable(i, e, self.inner.hint)
+                    } else {
+                        e
+                    };
+                }
+                Err(_) => last = self.unreachable(i, EtcdError::Timeout(self.inner.timeout), ""),
             }
         }
         let response = answer.ok_or(last)?;
