@@ -53,6 +53,7 @@ use management::{ApiError, ServiceOp};
 use std::net::IpAddr;
 
 use crate::telemetry::activity::{ActivityRecord, Outcome};
+use crate::telemetry::sink::Keep;
 
 /// Largest management request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -343,10 +344,28 @@ async fn dispatch(
             gw.activity.record(
                 entry(crate::telemetry::activity::ANONYMOUS, Outcome::Denied)
                     .reason(failure.reason()),
+                Keep::IfRoom,
             );
             return Err(ApiError::Unauthenticated(failure));
         }
     };
+    // An operation that changes state or reveals secrets runs only once its activity entry has
+    // a place in the record stream (a stalled sink refuses it instead: no unaudited change).
+    // Reads and metrics do not wait for the sink, so a stall stays observable.
+    let slot = if route.audited() || matches!(route, Route::Reload) {
+        Some(
+            gw.activity
+                .reserve()
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, operation = route.operation(), "management operation refused: its activity entry cannot be recorded");
+                    ApiError::ActivityStalled
+                })?,
+        )
+    } else {
+        None
+    };
+    let keep = |slot: Option<_>| slot.map_or(Keep::IfRoom, Keep::Reserved);
     if let Err(missing) = policy::authorize(
         &principal,
         action,
@@ -357,6 +376,7 @@ async fn dispatch(
         gw.activity.record(
             entry(&principal.id, Outcome::Denied)
                 .reason(format!("missing permission {}", missing.as_str())),
+            keep(slot),
         );
         return Err(ApiError::Forbidden(missing));
     }
@@ -369,7 +389,7 @@ async fn dispatch(
                 .reason(format!("missing permission {}", missing.as_str())),
             Err(e) => entry(&principal.id, Outcome::Failed).reason(e.code()),
         };
-        gw.activity.record(outcome);
+        gw.activity.record(outcome, keep(slot));
     }
     result
 }

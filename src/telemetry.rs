@@ -70,10 +70,7 @@ pub fn start_records(
     // (`request_records` is reloadable); the sink itself always accepts them.
     sink::RecordSink::spawn(
         output,
-        sink::QueueLimits {
-            lines: config.queue_capacity,
-            bytes: config.queue_max_bytes,
-        },
+        sink::QueueLimits::new(config.queue_capacity, config.queue_max_bytes),
         true,
         sink::SinkCounters {
             dropped: metrics.records_dropped.clone(),

@@ -72,6 +72,12 @@ pub enum ApiError {
     /// Fleet mode: etcd cannot take the write now; nothing changed.
     #[error("the cluster store (etcd) is unavailable; nothing was changed, retry later")]
     ClusterUnavailable,
+    /// The record stream has not taken activity entries for a while (its output stalled), so
+    /// the operation was not run: nothing happens without its audit entry.
+    #[error(
+        "the activity log cannot record this operation now (the record stream is stalled); nothing was changed, retry later"
+    )]
+    ActivityStalled,
     /// Fleet mode: another replica changed the same value first; nothing changed.
     #[error("another replica changed this first; nothing was changed, retry")]
     ClusterConflict,
@@ -107,7 +113,7 @@ impl ApiError {
             },
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClusterUnavailable | Self::ActivityStalled => StatusCode::SERVICE_UNAVAILABLE,
             Self::ClusterConflict => StatusCode::CONFLICT,
         }
     }
@@ -138,6 +144,7 @@ impl ApiError {
             Self::ReloadRejected(_) => "reload_rejected",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::ClusterUnavailable => "cluster_unavailable",
+            Self::ActivityStalled => "activity_log_unavailable",
             Self::ClusterConflict => "cluster_conflict",
         }
     }

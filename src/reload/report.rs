@@ -5,6 +5,7 @@ use super::sources::Event;
 use super::{Own, ReloadError, ReloadSummary, Trigger};
 use crate::telemetry::activity::{ActivityLog, ActivityRecord, Outcome};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::sink::Keep;
 
 /// Where a cycle reports.
 #[derive(Debug)]
@@ -37,7 +38,7 @@ pub fn config(out: &Out<'_>, trigger: &Trigger, result: &Result<ReloadSummary, R
     if let Some((ip, request_id)) = source {
         entry = entry.source(ip, request_id);
     }
-    out.activity.record(entry);
+    out.activity.record(entry, Keep::Always);
     match result {
         Ok(summary) => {
             out.metrics
@@ -115,17 +116,17 @@ fn certificate(out: &Out<'_>, result: &Result<(), String>) {
     match result {
         Ok(()) => {
             tracing::info!("certificate reloaded; new handshakes use it");
-            out.activity.record(ActivityRecord::new(
-                "reloadCertificate",
-                "file-watch",
-                Outcome::Succeeded,
-            ));
+            out.activity.record(
+                ActivityRecord::new("reloadCertificate", "file-watch", Outcome::Succeeded),
+                Keep::Always,
+            );
         }
         Err(e) => {
             tracing::error!(error = %e, "new certificate rejected; the previous one stays in use");
             out.activity.record(
                 ActivityRecord::new("reloadCertificate", "file-watch", Outcome::Failed)
                     .reason("the new certificate or key is invalid; previous pair kept"),
+                Keep::Always,
             );
         }
     }
@@ -162,6 +163,7 @@ fn file_change(
                     Outcome::Succeeded,
                 )
                 .service(service),
+                Keep::Always,
             );
         }
         Err(e) => {
@@ -173,6 +175,7 @@ fn file_change(
                     .reason(format!(
                         "the new {what} is invalid or unreadable; previous keys kept"
                     )),
+                Keep::Always,
             );
         }
     }
@@ -183,17 +186,17 @@ fn state_file(out: &Out<'_>, operation: &'static str, result: Result<(), &String
     match result {
         Ok(()) => {
             tracing::info!(operation, "state file changed on disk; applied");
-            out.activity.record(ActivityRecord::new(
-                operation,
-                "file-watch",
-                Outcome::Succeeded,
-            ));
+            out.activity.record(
+                ActivityRecord::new(operation, "file-watch", Outcome::Succeeded),
+                Keep::Always,
+            );
         }
         Err(e) => {
             tracing::error!(operation, error = %e, "state file change rejected; the previous value stays");
             out.activity.record(
                 ActivityRecord::new(operation, "file-watch", Outcome::Failed)
                     .reason("the changed file is invalid or unreadable; previous value kept"),
+                Keep::Always,
             );
         }
     }

@@ -1,11 +1,12 @@
 //! The activity log: one entry per management operation (and per refused management call, and
 //! per change picked up from disk), always with its initiator.
 //!
-//! Entries go to the record stream as `"type":"activity"` JSON lines (allowed a backlog far
-//! beyond the request records' bounds, so only a stalled sink can make the stream miss one, and
-//! that is counted: `RecordSink::emit_activity`) and into bounded in-memory rings that
-//! `GET /activity?limit=N` serves. Entries never hold a secret: the
-//! initiator is a principal id, `reason` is a fixed message.
+//! Entries go to the record stream as `"type":"activity"` JSON lines and into bounded in-memory
+//! rings that `GET /activity?limit=N` serves. In the stream, the entry of an authorized
+//! management operation is never lost: its place is reserved before the operation runs
+//! ([`ActivityLog::reserve`]), and when a stalled sink leaves no room the operation is refused
+//! instead (`sink::Keep`). Entries never hold a secret: the initiator is a principal id,
+//! `reason` is a fixed message.
 //!
 //! Refusals of unauthenticated callers (`initiator: "anonymous"`) cost an attacker nothing, so
 //! they never share a ring with the audit trail: they are kept apart, aggregated per source
@@ -21,7 +22,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-use super::sink::RecordSink;
+use super::sink::{ActivitySlot, ActivityStalled, Keep, RecordSink};
 use crate::runtime::StateCell;
 
 /// Entries kept in memory for `GET /activity` (besides the anonymous refusals).
@@ -196,7 +197,16 @@ impl ActivityLog {
         let _ = self.state.set(cell.clone());
     }
 
-    pub fn record(&self, mut entry: ActivityRecord) {
+    /// A place in the record stream for the entry of an operation about to run (see
+    /// `RecordSink::reserve_activity`); `Err` means the sink has stalled and the operation
+    /// should not run.
+    pub async fn reserve(&self) -> Result<ActivitySlot, ActivityStalled> {
+        self.sink.reserve_activity().await
+    }
+
+    /// Records `entry`; `keep` says what happens to its line in the record stream when the sink
+    /// is behind.
+    pub fn record(&self, mut entry: ActivityRecord, keep: Keep) {
         let service = entry.service.as_deref();
         let (role_name, role_instance) = match self.state.get() {
             Some(cell) => {
@@ -213,7 +223,7 @@ impl ActivityLog {
         };
         entry.role_name = Some(role_name);
         entry.role_instance = Some(role_instance);
-        self.sink.emit_activity(&entry);
+        self.sink.emit_activity(&entry, keep);
         if let Some(exporters) = self.export.get() {
             exporters.offer_activity(&entry);
         }
@@ -292,15 +302,14 @@ mod tests {
     #[test]
     fn anonymous_sources_are_bounded_least_recently_seen_first_and_never_evict_the_audit() {
         let (log, writer) = log();
-        log.record(ActivityRecord::new(
-            "listKeys",
-            "bootstrap-admin",
-            Outcome::Succeeded,
-        ));
+        log.record(
+            ActivityRecord::new("listKeys", "bootstrap-admin", Outcome::Succeeded),
+            Keep::Always,
+        );
         // More distinct sources than kept; source 0 repeats, so it stays the most recent.
         for ip in 0..=u8::try_from(ANONYMOUS_CAPACITY).expect("fits") {
-            log.record(denial(ip));
-            log.record(denial(0));
+            log.record(denial(ip), Keep::IfRoom);
+            log.record(denial(0), Keep::IfRoom);
         }
         let all = log.recent(RING_CAPACITY);
         let anonymous: Vec<&ActivityRecord> =

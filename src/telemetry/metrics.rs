@@ -326,7 +326,7 @@ impl Metrics {
             activity_dropped: counter(
                 &r,
                 "scoregate_activity_records_dropped_total",
-                "Activity entries dropped because the record sink stalled and the backlog was full.",
+                "Refusals of callers without valid credentials left out of the record stream because the sink stalled and the activity backlog was full.",
             ),
             export_dropped: counter_vec(
                 &r,

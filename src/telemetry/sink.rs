@@ -9,9 +9,16 @@
 //! lines waiting, or `queue_max_bytes` held by lines waiting and the batch being written),
 //! records are dropped and counted (`scoregate_request_records_dropped_total`), so a slow sink
 //! never slows or blocks a request and never queues without bound, whatever the size of the
-//! records (`scoregate_request_record_queue_bytes` shows the bytes held). Activity entries are
-//! an audit trail and are not dropped while there is room for a further `BACKLOG_MAX` lines
-//! (`BACKLOG_MAX_BYTES`) beyond the queue (then they are counted as dropped too).
+//! records (`scoregate_request_record_queue_bytes` shows the bytes held).
+//!
+//! Activity entries are an audit trail and have a backlog of their own beyond the queue
+//! (`QueueLimits::activity_lines`, `activity_bytes`). How an entry is kept is the caller's choice
+//! ([`Keep`]): a management operation reserves its entry's place *before* it runs
+//! ([`RecordSink::reserve_activity`]); when the backlog is full (the sink has stalled) the
+//! reservation waits for the writer up to `activity_wait` and then fails, and the operation is
+//! refused without running, so no operation happens without its entry. Changes picked up from
+//! files are always kept (one per poll at most). Only refusals that cost their sender nothing
+//! (callers without valid credentials) are dropped and counted once the backlog is full.
 //!
 //! Outputs: stdout (diagnostics go to stderr so stdout stays machine-readable), a file with
 //! size-based rotation and a retention count, or any writer (tests). A failing output keeps the
@@ -77,33 +84,113 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Signalled when the first line arrives while the writer waits, and on stop.
     wake: Condvar,
+    /// Notified when the writer has taken a batch or a reservation is given back: room for
+    /// waiting reservations.
+    room: tokio::sync::Notify,
     /// How much may wait for the writer.
     limits: QueueLimits,
     /// `buf` plus `in_flight`, kept current under the lock.
     held_bytes: IntGauge,
 }
 
-/// Bounds of the record queue: request records beyond either are dropped.
+/// Bounds of the record queue: request records beyond `lines` or `bytes` are dropped; activity
+/// entries have a backlog of their own beyond those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
     /// Lines waiting for the writer (`queue_capacity`).
     pub lines: usize,
     /// Bytes of lines waiting plus the batch being written (`queue_max_bytes`).
     pub bytes: usize,
+    /// Activity entries that may wait beyond `lines`: far beyond any real management traffic,
+    /// so only a stalled sink fills it.
+    pub activity_lines: usize,
+    /// Bytes activity entries may hold beyond `bytes`.
+    pub activity_bytes: usize,
+    /// How long a management operation waits for room for its entry in a full backlog.
+    pub activity_wait: Duration,
 }
 
 impl QueueLimits {
     /// `[telemetry] queue_max_bytes` when not configured: 16 MiB.
     pub const DEFAULT_BYTES: usize = crate::config::DEFAULT_QUEUE_MAX_BYTES;
 
-    /// A line limit with the default byte limit.
-    pub const fn lines(lines: usize) -> Self {
+    /// `lines` and `bytes`, with the activity backlog's defaults.
+    pub const fn new(lines: usize, bytes: usize) -> Self {
         Self {
             lines,
-            bytes: Self::DEFAULT_BYTES,
+            bytes,
+            activity_lines: 20_000,
+            // Entries are a few hundred bytes each.
+            activity_bytes: 8 * 1024 * 1024,
+            activity_wait: Duration::from_secs(5),
+        }
+    }
+
+    /// A line limit with the default byte limit.
+    pub const fn lines(lines: usize) -> Self {
+        Self::new(lines, Self::DEFAULT_BYTES)
+    }
+
+    /// The bound activity entries are held to.
+    const fn activity(&self) -> Bound {
+        Bound {
+            lines: self.lines.saturating_add(self.activity_lines),
+            bytes: self.bytes.saturating_add(self.activity_bytes),
+        }
+    }
+
+    const fn records(&self) -> Bound {
+        Bound {
+            lines: self.lines,
+            bytes: self.bytes,
         }
     }
 }
+
+/// At most this many lines waiting, and this many bytes held.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    lines: usize,
+    bytes: usize,
+}
+
+/// The bytes one reserved activity entry is counted as until it is written (entries are a few
+/// hundred bytes; a reservation errs on the large side).
+const RESERVED_ENTRY_BYTES: usize = 2048;
+
+/// How an activity entry is kept when the sink is behind.
+#[derive(Debug)]
+pub enum Keep {
+    /// In the place reserved for it before its operation ran: never dropped.
+    Reserved(ActivitySlot),
+    /// Always, whatever the backlog (changes picked up from files: one per poll at most).
+    Always,
+    /// While the backlog has room; dropped and counted beyond it (refusals of callers without
+    /// valid credentials, which cost their sender nothing).
+    IfRoom,
+}
+
+/// A place in the activity backlog, held from before a management operation runs until its
+/// entry is written (dropped unused, the place is given back).
+#[derive(Debug)]
+#[must_use = "a reservation is given back when dropped"]
+pub struct ActivitySlot {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ActivitySlot {
+    fn drop(&mut self) {
+        let mut p = self.shared.lock();
+        p.reserved = p.reserved.saturating_sub(1);
+        drop(p);
+        self.shared.room.notify_waiters();
+    }
+}
+
+/// The activity backlog stayed full for `activity_wait`: the sink is not writing.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the record stream has not taken activity entries for {0:?}")]
+pub struct ActivityStalled(pub Duration);
 
 /// Lines not yet taken by the writer.
 #[derive(Debug, Default)]
@@ -116,6 +203,8 @@ struct Pending {
     writer_waiting: bool,
     /// Write what is here, then stop; later lines are ignored.
     stopping: bool,
+    /// Activity entries whose place is reserved ([`ActivitySlot`]) and not yet written.
+    reserved: usize,
 }
 
 impl Shared {
@@ -124,16 +213,22 @@ impl Shared {
     }
 
     /// Appends one line if fewer than `limit.lines` are waiting and the bytes held stay within
-    /// `limit.bytes`; false if it did not fit. After a stop the line is ignored.
-    fn push(&self, line: &[u8], limit: QueueLimits) -> bool {
+    /// `limit.bytes` (`None`: always); false if it did not fit. `reserved` lines count as
+    /// waiting when `count_reserved`. After a stop the line is ignored.
+    fn push(&self, line: &[u8], limit: Option<Bound>, count_reserved: bool) -> bool {
         let mut p = self.lock();
         if p.stopping {
             return true;
         }
         let held = p.buf.len() + p.in_flight + line.len();
-        if p.lines >= limit.lines || held > limit.bytes {
-            return false;
+        if let Some(limit) = limit {
+            let reserved = if count_reserved { p.reserved } else { 0 };
+            let reserved_bytes = reserved.saturating_mul(RESERVED_ENTRY_BYTES);
+            if p.lines + reserved >= limit.lines || held + reserved_bytes > limit.bytes {
+                return false;
+            }
         }
+        let limit = limit.unwrap_or_else(|| self.limits.activity());
         // Grow by doubling, but never past the byte limit, so the buffer's allocation is
         // bounded like its contents.
         let needed = p.buf.len() + line.len();
@@ -153,14 +248,20 @@ impl Shared {
     }
 }
 
-/// Activity entries that may wait beyond the queue's capacity. Far beyond any real management
-/// traffic; only a flood of refused calls against a stalled sink can fill it, and then the
-/// excess is counted.
-const BACKLOG_MAX: usize = 20_000;
-
-/// Bytes activity entries may hold beyond the queue's byte limit (entries are a few hundred
-/// bytes each).
-const BACKLOG_MAX_BYTES: usize = 8 * 1024 * 1024;
+impl Shared {
+    /// Takes one place in the activity backlog if it has room (after a stop, always).
+    fn try_reserve(&self) -> bool {
+        let mut p = self.lock();
+        let bound = self.limits.activity();
+        let reserved = p.reserved + 1;
+        let held = p.buf.len() + p.in_flight + reserved.saturating_mul(RESERVED_ENTRY_BYTES);
+        if p.stopping || (p.lines + reserved <= bound.lines && held <= bound.bytes) {
+            p.reserved = reserved;
+            return true;
+        }
+        false
+    }
+}
 
 /// Stops the writer thread at the end of shutdown.
 #[derive(Debug)]
@@ -208,6 +309,7 @@ impl RecordSink {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            room: tokio::sync::Notify::new(),
             limits,
             held_bytes: counters.queue_bytes,
         });
@@ -252,7 +354,10 @@ impl RecordSink {
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
             write(line);
-            if !self.shared.push(line, self.shared.limits) {
+            if !self
+                .shared
+                .push(line, Some(self.shared.limits.records()), false)
+            {
                 self.dropped.inc();
             }
             // A freak record (a huge URL) does not keep its memory in every thread.
@@ -262,22 +367,49 @@ impl RecordSink {
         });
     }
 
-    /// Queues an activity entry without blocking; when the queue is full it still waits (up to
-    /// `BACKLOG_MAX` more lines), so a stalled sink cannot stall management calls and a burst of
-    /// entries is not lost.
-    pub fn emit_activity(&self, record: &ActivityRecord) {
+    /// A place in the activity backlog for the entry of an operation about to run: at once
+    /// while the backlog has room, else when the writer makes room, for at most
+    /// `activity_wait`.
+    pub async fn reserve_activity(&self) -> Result<ActivitySlot, ActivityStalled> {
+        let wait = self.shared.limits.activity_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so room made between the check and the wait wakes it.
+            room.as_mut().enable();
+            if self.shared.try_reserve() {
+                return Ok(ActivitySlot {
+                    shared: Arc::clone(&self.shared),
+                });
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(ActivityStalled(wait));
+            }
+        }
+    }
+
+    /// Queues an activity entry, kept as `keep` says; never blocks.
+    pub fn emit_activity(&self, record: &ActivityRecord, keep: Keep) {
         let mut line = Vec::with_capacity(512);
         // Serializing plain owned data into a Vec cannot fail.
         if serde_json::to_writer(&mut line, record).is_err() {
             return;
         }
         line.push(b'\n');
-        let limits = self.shared.limits;
-        let backlog = QueueLimits {
-            lines: limits.lines + BACKLOG_MAX,
-            bytes: limits.bytes + BACKLOG_MAX_BYTES,
+        let kept = match keep {
+            Keep::Reserved(slot) => {
+                let kept = self.shared.push(&line, None, false);
+                // Written: the reservation is given back (the line now counts itself).
+                drop(slot);
+                kept
+            }
+            Keep::Always => self.shared.push(&line, None, false),
+            Keep::IfRoom => self
+                .shared
+                .push(&line, Some(self.shared.limits.activity()), true),
         };
-        if !self.shared.push(&line, backlog) {
+        if !kept {
             self.activity_dropped.inc();
         }
     }
@@ -347,6 +479,8 @@ fn write_loop(shared: &Arc<Shared>, mut out: Box<dyn Write>, write_errors: &IntC
             shared
                 .held_bytes
                 .set(i64::try_from(p.buf.len()).unwrap_or(i64::MAX));
+            drop(p);
+            shared.room.notify_waiters();
         }
         if stopping {
             return;
@@ -536,6 +670,144 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("the writer thread ended");
         assert_eq!(&*lines.lock().expect("lines lock"), b"0\n1\n2\n");
+    }
+
+    /// An output whose first write blocks until the test releases it (or drops the sender).
+    struct Held {
+        entered: Option<std::sync::mpsc::Sender<()>>,
+        release: std::sync::mpsc::Receiver<()>,
+        lines: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Held {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some(entered) = self.entered.take() {
+                let _ = entered.send(());
+                let _ = self.release.recv();
+            }
+            self.lines
+                .lock()
+                .expect("lines lock")
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sink whose writer is stuck in its first write (of one request record), with one queue
+    /// line and an activity backlog of two; the sender releases the writer.
+    fn stalled(
+        wait: Duration,
+    ) -> (
+        RecordSink,
+        RecordWriter,
+        std::sync::mpsc::Sender<()>,
+        Arc<Mutex<Vec<u8>>>,
+    ) {
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = Held {
+            entered: Some(entered_tx),
+            release: release_rx,
+            lines: Arc::clone(&lines),
+        };
+        let counters = SinkCounters {
+            dropped: IntCounter::new("d", "d").expect("counter"),
+            write_errors: IntCounter::new("w", "w").expect("counter"),
+            activity_dropped: IntCounter::new("a", "a").expect("counter"),
+            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
+        };
+        let limits = QueueLimits {
+            activity_lines: 2,
+            activity_wait: wait,
+            ..QueueLimits::lines(1)
+        };
+        let (sink, writer) =
+            RecordSink::spawn(RecordOutput::Writer(Box::new(out)), limits, true, counters)
+                .expect("spawn");
+        sink.emit(|line| line.extend_from_slice(b"request\n"));
+        entered_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer took the first line");
+        (sink, writer, release_tx, lines)
+    }
+
+    fn entry(operation: &'static str) -> ActivityRecord {
+        ActivityRecord::new(
+            operation,
+            "admin",
+            crate::telemetry::activity::Outcome::Succeeded,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_activity_backlog_refuses_a_reservation_after_the_wait_and_drops_only_if_room_entries()
+     {
+        let wait = Duration::from_secs(5);
+        let (sink, writer, release, lines) = stalled(wait);
+        // Three places: one queue line and two of backlog.
+        let slots: Vec<ActivitySlot> =
+            futures_util::future::join_all((0..3).map(|_| sink.reserve_activity()))
+                .await
+                .into_iter()
+                .map(|r| r.expect("room for three"))
+                .collect();
+        let started = tokio::time::Instant::now();
+        let refused = sink.reserve_activity().await;
+        assert!(matches!(refused, Err(ActivityStalled(w)) if w == wait));
+        assert_eq!(
+            started.elapsed(),
+            wait,
+            "refused after waiting activity_wait"
+        );
+
+        // Reserved places are not given to entries that are kept only if there is room.
+        sink.emit_activity(&entry("anonymous"), Keep::IfRoom);
+        assert_eq!(sink.activity_dropped.get(), 1);
+        // An entry that is always kept is, beyond the bound.
+        sink.emit_activity(&entry("fileChange"), Keep::Always);
+        // A reserved entry is written in its place; a reservation given back makes room.
+        let mut slots = slots.into_iter();
+        let first = slots.next().expect("slot");
+        sink.emit_activity(&entry("regenerateKeys"), Keep::Reserved(first));
+        drop(slots);
+        let again = sink.reserve_activity().await.expect("room again");
+        drop(again);
+        assert_eq!(sink.activity_dropped.get(), 1);
+
+        drop(release);
+        writer.join();
+        let text = String::from_utf8(lines.lock().expect("lines").clone()).expect("UTF-8");
+        assert!(text.starts_with("request\n"), "{text}");
+        assert!(text.contains("fileChange") && text.contains("regenerateKeys"));
+        assert!(!text.contains("anonymous"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reservation_gets_its_place_when_the_writer_drains() {
+        // Bounded far above the test's runtime; the reservation must not need it.
+        let (sink, writer, release, lines) = stalled(Duration::from_secs(60));
+        for i in 0..3 {
+            sink.emit_activity(&entry(["a", "b", "c"][i]), Keep::Always);
+        }
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.reserve_activity().await.map(|slot| (sink, slot)) }
+        });
+        drop(release);
+        let (sink, slot) = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the reservation was granted once the writer drained")
+            .expect("task")
+            .expect("a place");
+        sink.emit_activity(&entry("regenerateKeys"), Keep::Reserved(slot));
+        writer.join();
+        let text = String::from_utf8(lines.lock().expect("lines").clone()).expect("UTF-8");
+        assert!(text.contains("regenerateKeys"), "{text}");
     }
 
     #[test]

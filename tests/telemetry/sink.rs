@@ -147,10 +147,7 @@ async fn a_stalled_sink_holds_at_most_queue_max_bytes_of_truncated_records() {
         .service("open", OPEN, &upstream.url())
         .record_queue(
             RecordOutput::Writer(Box::new(writer)),
-            QueueLimits {
-                lines: 16_384,
-                bytes: QUEUE_BYTES,
-            },
+            QueueLimits::new(16_384, QUEUE_BYTES),
         )
         .start()
         .await;
@@ -276,6 +273,98 @@ async fn a_stalled_record_sink_does_not_stall_management_operations() {
     drop(release_tx);
     let (status, _, body) = regenerated.expect("regenerateKeys answered within 5 s");
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn with_the_activity_backlog_full_an_operation_is_refused_unrun_and_runs_once_the_sink_drains()
+ {
+    let upstream = MockUpstream::start().await;
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let written = SharedBuf::default();
+    let writer = StalledWriter {
+        release: release_rx,
+        entered: Some(entered_tx),
+        released: false,
+        out: written.clone(),
+        batches: Arc::default(),
+    };
+    // Two queue lines, four of activity backlog; a refused reservation gives up after 300 ms.
+    let limits = QueueLimits {
+        activity_lines: 4,
+        activity_wait: Duration::from_millis(300),
+        ..QueueLimits::lines(2)
+    };
+    let gw = GatewayBuilder::new()
+        .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
+        .record_queue(RecordOutput::Writer(Box::new(writer)), limits)
+        .start()
+        .await;
+    // listkeys is audited: its entry is the first line, and the writer stalls on it.
+    let before = gw.list_keys("iris").await;
+    within("the record writer to stall", entered_rx)
+        .await
+        .expect("the writer signals its first write");
+    // Refusals of callers without credentials fill the backlog and are then dropped.
+    let mut anonymous = 0;
+    while gw.counter("scoregate_activity_records_dropped_total") == 0 {
+        anonymous += 1;
+        assert!(anonymous <= 20, "the backlog of 6 lines never filled");
+        let (status, _, _) = mgmt_keys::call(
+            gw.admin_client(),
+            Method::GET,
+            &gw.admin_url("/activity"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    // No room for its entry: the operation is refused and does not run.
+    let (status, headers, body) = gw
+        .manage(
+            Method::POST,
+            "/services/iris/regenerateKeys",
+            Some(&json!({"keyType": "Secondary"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    mgmt_keys::assert_admin_error(&headers, &body, "activity_log_unavailable");
+    // Reads do not wait for the sink: metrics still show the stall.
+    let (status, _, _) = gw.manage(Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The writer drains: the keys are those from before, and the operation now runs.
+    drop(release_tx);
+    assert_eq!(gw.list_keys("iris").await, before, "nothing changed");
+    let body = gw.regenerate("iris", "Secondary", None).await;
+    assert_ne!(body["secondaryKey"], before.1.as_str());
+    wait_until("the regenerateKeys entry in the record stream", || async {
+        lines_of(&written)
+            .iter()
+            .any(|l| l["type"] == "activity" && l["operationName"] == "regenerateKeys")
+    })
+    .await;
+    let lines = lines_of(&written);
+    let audited = |op: &str| {
+        lines
+            .iter()
+            .filter(|l| l["type"] == "activity" && l["operationName"] == op)
+            .count()
+    };
+    // Every authorized operation's entry is there; only anonymous refusals were dropped.
+    assert_eq!(audited("regenerateKeys"), 1, "only the operation that ran");
+    assert_eq!(audited("listKeys"), 2);
+    let refusals = lines
+        .iter()
+        .filter(|l| l["type"] == "activity" && l["initiator"] == "anonymous")
+        .count();
+    let dropped = gw.counter("scoregate_activity_records_dropped_total");
+    assert_eq!(
+        refusals + usize::try_from(dropped).expect("fits"),
+        anonymous
+    );
 }
 
 #[tokio::test]
