@@ -116,6 +116,7 @@ pub async fn run(
         activity: Arc::clone(&activity),
         health_wake: Arc::clone(&health_wake),
         cluster: cluster.clone(),
+        dialer: None,
     };
     // Reading files and generating first keys block.
     let (applier, state) =

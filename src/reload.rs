@@ -132,6 +132,7 @@ struct Inner {
     health_wake: Arc<tokio::sync::Notify>,
     fetched_tx: FetchedTx,
     fetched_rx: Mutex<Option<UnboundedReceiver<Fetched>>>,
+    dialer: Option<crate::proxy::upstream::Dialer>,
     /// Fleet mode: the namespace's copy the shared sources read, and where "applied" is told.
     cluster: Option<Arc<Cluster>>,
 }
@@ -145,6 +146,9 @@ pub struct Handles {
     pub health_wake: Arc<tokio::sync::Notify>,
     /// Fleet mode's link to etcd (`None`: local backend).
     pub cluster: Option<Arc<Cluster>>,
+    /// Opens upstream connections instead of the network (`None`: the network; see
+    /// `proxy::upstream::Dialer`).
+    pub dialer: Option<crate::proxy::upstream::Dialer>,
 }
 
 impl Applier {
@@ -164,6 +168,7 @@ impl Applier {
             resolver: &resolver,
             fetched: &fetched_tx,
             previous: None,
+            dialer: handles.dialer.as_ref(),
         };
         let mut attempt = 0;
         let (sources, state, revision) = loop {
@@ -197,6 +202,7 @@ impl Applier {
             health_wake: handles.health_wake,
             fetched_tx,
             fetched_rx: Mutex::new(Some(fetched_rx)),
+            dialer: handles.dialer,
             cluster: handles.cluster,
         };
         Ok((
@@ -355,6 +361,7 @@ impl Inner {
             resolver: self.cell.resolver(),
             fetched: &self.fetched_tx,
             previous: Some(&previous),
+            dialer: self.dialer.as_ref(),
         };
         let (mut work, candidate, config_error) = match build::build(&ctx, &work.inputs()) {
             Ok(c) => (work, c, None),

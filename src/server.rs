@@ -24,9 +24,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -47,12 +49,65 @@ pub enum Drained {
     TimedOut,
 }
 
+/// Where the scoring listener's connections come from: a bound TCP listener, or (the pipeline
+/// tests) in-memory streams.
+pub trait Listen: Send {
+    type Io: Accepted;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<(Self::Io, SocketAddr)>> + Send;
+}
+
+/// An accepted connection.
+pub trait Accepted: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Transport settings for a new connection.
+    fn prepare(&self) {}
+    /// The TCP stream under it, which TLS is served over; `Err(self)` for other streams.
+    fn into_tcp(self) -> Result<TcpStream, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
+}
+
+impl Listen for TcpListener {
+    type Io = TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        TcpListener::accept(self).await
+    }
+}
+
+impl Accepted for TcpStream {
+    fn prepare(&self) {
+        let _ = self.set_nodelay(true);
+    }
+
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
+}
+
+/// In-memory connections, each accepted as coming from its address; none more once every
+/// sender is gone. Plain HTTP only.
+impl Listen for tokio::sync::mpsc::Receiver<(DuplexStream, SocketAddr)> {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> std::io::Result<(DuplexStream, SocketAddr)> {
+        match self.recv().await {
+            Some(accepted) => Ok(accepted),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Accepted for DuplexStream {}
+
 /// Serves the scoring listener until `shutdown` resolves, then drains it (readiness 503 →
 /// pre-drain delay → stop accepting → graceful shutdown of every connection, bounded by the
 /// drain timeout). The delay and the timeout are read from the state in force at that moment.
 pub async fn serve(
     gw: Arc<Gateway>,
-    listener: TcpListener,
+    listener: impl Listen,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     let lifecycle = Arc::clone(&gw.lifecycle);
@@ -283,7 +338,7 @@ impl ScoringListener {
 
     async fn accept_loop(
         self,
-        listener: TcpListener,
+        mut listener: impl Listen,
         graceful: &GracefulShutdown,
         stop: CancellationToken,
     ) {
@@ -331,7 +386,7 @@ impl ScoringListener {
     }
 
     /// Serves one connection until it ends, or until the drain deadline forces it closed.
-    async fn connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    async fn connection(&self, stream: impl Accepted, peer: SocketAddr, watcher: Watcher) {
         let force = self.gw.lifecycle.force_close.clone();
         tokio::select! {
             () = self.serve(stream, peer, watcher) => {}
@@ -339,8 +394,8 @@ impl ScoringListener {
         }
     }
 
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
-        let _ = stream.set_nodelay(true);
+    async fn serve(&self, stream: impl Accepted, peer: SocketAddr, watcher: Watcher) {
+        stream.prepare();
         let limits = self.limits();
         let acceptor = self.gw.state().tls.clone().map(TlsAcceptor::from);
         let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
@@ -361,7 +416,7 @@ impl ScoringListener {
     /// The TLS handshake (if any) and the HTTP protocol the connection speaks.
     async fn serve_http(
         &self,
-        stream: TcpStream,
+        stream: impl Accepted,
         acceptor: Option<TlsAcceptor>,
         limits: &Limits,
         conn: &Arc<ConnInfo>,
@@ -371,8 +426,9 @@ impl ScoringListener {
         let gw = Arc::clone(&self.gw);
         let info = Arc::clone(conn);
         let service = service_fn(move |req| proxy::handle(Arc::clone(&gw), Arc::clone(&info), req));
-        match &acceptor {
-            Some(acceptor) => {
+        match (&acceptor, stream.into_tcp()) {
+            (Some(_), Err(_)) => Err("TLS is served over TCP connections only".into()),
+            (Some(acceptor), Ok(stream)) => {
                 let handshake = async {
                     // A peer that connects and closes without a byte (a TCP health probe, a
                     // port scan) is not a failed handshake; don't count it as one.
@@ -426,8 +482,12 @@ impl ScoringListener {
                     }
                 }
             }
-            None => {
-                let io = FirstByteTimeout::new(stream, limits.header_read_timeout);
+            (None, stream) => {
+                let io = match stream {
+                    Ok(tcp) => Either::Left(tcp),
+                    Err(other) => Either::Right(other),
+                };
+                let io = FirstByteTimeout::new(io, limits.header_read_timeout);
                 let conn = limits
                     .http
                     .auto

@@ -83,6 +83,43 @@ struct Pool {
 enum Connector {
     Plain(HttpConnector),
     Tls(hyper_rustls::HttpsConnector<HttpConnector>),
+    /// Connections from a [`Dialer`], for the named service.
+    Dial(Dialer, Arc<str>),
+}
+
+/// A connection a [`Dialer`] opens: any byte stream.
+pub type DialedIo = Box<dyn DialIo>;
+
+/// What a [`Dialer`] connection must be.
+pub trait DialIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> DialIo for T {}
+
+type DialFuture = std::pin::Pin<Box<dyn Future<Output = std::io::Result<DialedIo>> + Send>>;
+
+/// Opens upstream connections in place of the network, given the service's name: the pipeline
+/// tests' in-memory stand-in containers (`tests/pipeline.rs`), which need no sockets, so
+/// tokio's paused clock can drive every timeout. Every service uses it when one is set
+/// (`reload::Handles::dialer`).
+#[derive(Clone)]
+pub struct Dialer(Arc<dyn Fn(&str) -> DialFuture + Send + Sync>);
+
+impl Dialer {
+    pub fn new<F, Fut>(dial: F) -> Self
+    where
+        F: Fn(&str) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<DialedIo>> + Send + 'static,
+    {
+        Self(Arc::new(move |service: &str| -> DialFuture {
+            Box::pin(dial(service))
+        }))
+    }
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer")
+    }
 }
 
 /// A connection: the handle to send on, and the guard that ends its task when dropped.
@@ -126,7 +163,12 @@ impl Lease {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &ServiceConfig, opened: IntCounter) -> Result<Self, String> {
+    /// The client of `config`'s upstream; `dialer`, when given, opens its connections.
+    pub fn new(
+        config: &ServiceConfig,
+        opened: IntCounter,
+        dialer: Option<&Dialer>,
+    ) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
@@ -138,7 +180,9 @@ impl UpstreamClient {
             .path_and_query("/")
             .build()
             .map_err(|e| format!("invalid upstream address: {e}"))?;
-        let connector = if upstream.scheme == http::uri::Scheme::HTTPS {
+        let connector = if let Some(dialer) = dialer {
+            Connector::Dial(dialer.clone(), Arc::from(config.name.as_str()))
+        } else if upstream.scheme == http::uri::Scheme::HTTPS {
             let tls = crate::tls::client_config(config.upstream_ca.as_deref())?;
             http.enforce_http(false);
             Connector::Tls(
@@ -264,6 +308,12 @@ impl Pool {
             Connector::Tls(mut c) => {
                 let io = c.call(target).await.map_err(UpstreamError::Connect)?;
                 handshake(io).await
+            }
+            Connector::Dial(dialer, service) => {
+                let io = (dialer.0)(&service)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(e.into()))?;
+                handshake(hyper_util::rt::TokioIo::new(io)).await
             }
         }
     }

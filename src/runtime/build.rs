@@ -85,6 +85,8 @@ pub struct Context<'a> {
     /// Where trusted issuers send the key sets they fetch.
     pub fetched: &'a FetchedTx,
     pub previous: Option<&'a RuntimeState>,
+    /// Opens every service's upstream connections instead of the network (pipeline tests).
+    pub dialer: Option<&'a crate::proxy::upstream::Dialer>,
 }
 
 /// A value the builder created, to be written before its state is published.
@@ -144,6 +146,7 @@ pub fn build(ctx: &Context<'_>, inputs: &Inputs) -> Result<Candidate, BuildError
             metrics,
             ctx.metrics,
             before,
+            ctx.dialer,
         )?));
     }
     services.sort_by_key(|s| std::cmp::Reverse(s.config.route.len()));

@@ -9,7 +9,7 @@ use crate::auth::ServiceAuth;
 use crate::auth::jwt::TokenAuthority;
 use crate::auth::keys::KeySet;
 use crate::config::ServiceConfig;
-use crate::proxy::upstream::UpstreamClient;
+use crate::proxy::upstream::{Dialer, UpstreamClient};
 use crate::telemetry::metrics::{Metrics, ServiceMetrics};
 
 use super::BuildError;
@@ -48,6 +48,7 @@ impl Service {
         service_metrics: ServiceMetrics,
         metrics: &Metrics,
         previous: Option<&Self>,
+        dialer: Option<&Dialer>,
     ) -> Result<Self, BuildError> {
         let same = |f: &dyn Fn(&ServiceConfig) -> bool| previous.filter(|p| f(&p.config));
         // The running limit is kept (and reconfigured in place once the new state is
@@ -83,6 +84,7 @@ impl Service {
                 metrics
                     .upstream_connections
                     .with_label_values(&[config.name.as_str()]),
+                dialer,
             )
             .map_err(|reason| BuildError::Upstream {
                 service: config.name.clone(),

@@ -50,6 +50,7 @@ pub mod jwt;
 pub mod mgmt;
 pub mod mgmt_keys;
 pub mod pattern;
+pub mod pipeline;
 pub mod pki;
 pub mod process;
 pub mod tls_upstream;

@@ -59,6 +59,7 @@ fn built(config: &Arc<Config>) -> Candidate {
         resolver: &resolver,
         fetched: &fetched,
         previous: None,
+        dialer: None,
     };
     build(&ctx, &inputs(config)).expect("build")
 }
