@@ -10,7 +10,7 @@
 //! create-if-absent); the call answers once the watch has brought that revision back and a
 //! cycle has applied it ([`Cluster::wait_applied`]). etcd is never on the scoring path.
 //!
-//! Layout under `/scoregate/<namespace>/` (values of secrets sealed, [`seal`]): the shared
+//! Layout under `/scoregate/<namespace>/` (values of secrets sealed, [`crate::seal`]): the shared
 //! state under `state/` (watched): `state/keys/<service>`, `state/signing/<service>`,
 //! `state/admin`, `state/assignments/<id>` (plain JSON), `state/seal-check` (proves every
 //! replica uses the same seal key); `replicas/<instance>` (plain JSON, bound to a lease:
@@ -20,7 +20,8 @@
 //! - `proto`: the etcd v3 bindings `build.rs` generates with protox (no system `protoc`).
 //! - [`etcd`]: a thin client: prefix reads with their revision, watches from a revision that
 //!   report compaction, create-if-absent and compare-mod-revision transactions, leases.
-//! - [`seal`]: AES-256-GCM sealing of every secret stored, with the etcd key as associated data.
+//! - [`crate::seal`] (a leaf module, so `config` can read the seal key without importing
+//!   `cluster`): AES-256-GCM sealing of every secret stored, with the etcd key as associated data.
 //! - [`mirror`]: the local copy of the namespace and its sealed snapshot in `state_dir`.
 //! - [`sync`]: the watch loop that feeds the copy and triggers the applier.
 //! - [`unsynced`]: a replica that never synced waits for etcd, answering "not ready" meanwhile.
@@ -29,7 +30,6 @@
 pub mod etcd;
 pub mod mirror;
 mod proto;
-pub mod seal;
 pub mod sync;
 pub mod trail;
 pub mod unsynced;
@@ -47,7 +47,7 @@ use crate::fingerprint::Fingerprint;
 use crate::telemetry::metrics::Metrics;
 use etcd::{Client, EtcdError, Txn};
 use mirror::Mirror;
-use seal::SealError;
+use crate::seal::SealError;
 
 /// The snapshot file in `state_dir`.
 pub const SNAPSHOT_FILE: &str = "cluster-snapshot.json";

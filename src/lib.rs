@@ -37,8 +37,10 @@
 //! - [`demo`]: the `scoregate demo` command.
 //! - [`cli`]: offline operator commands (`keys list`, `keys regen`, `token ...`); `args` is the
 //!   whole command line (clap), its completions and manual page.
-//! - [`cluster`]: fleet mode: the etcd client, sealing, the namespace's local copy and the watch
+//! - [`cluster`]: fleet mode: the etcd client, the namespace's local copy and the watch
 //!   loop that feeds it to the applier as one more source.
+//! - [`seal`]: AES-256-GCM sealing of the secrets fleet mode stores in etcd, and the seal key
+//!   (a leaf: `config` reads the key file, `cluster` seals with it).
 //! - [`probe`]: `scoregate probe`, one GET against a health endpoint (container health checks).
 //! - [`watch`]: the background loop that drives the applier (file polls every
 //!   `watch_interval_ms`, fetched JWKS, signing-key retirement, rate-bucket eviction).
@@ -74,6 +76,7 @@ pub mod proxy;
 pub mod reload;
 pub mod runtime;
 pub mod sample_model;
+pub mod seal;
 pub mod server;
 pub mod shutdown;
 pub mod source;

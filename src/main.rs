@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 fn cluster(command: ClusterCommand) -> ExitCode {
     print_result(match command {
         ClusterCommand::SealKey => {
-            scoregate::cluster::seal::SealKey::generate().map_err(anyhow::Error::from)
+            scoregate::seal::SealKey::generate().map_err(anyhow::Error::from)
         }
         ClusterCommand::Status { config } => config::load_and_validate(&config.config)
             .map_err(anyhow::Error::from)

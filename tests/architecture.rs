@@ -17,8 +17,6 @@ const KNOWN_CYCLES: &[(&str, &str)] = &[
     ("runtime", "telemetry"),
     // runtime::service holds proxy::upstream's pooled client.
     ("proxy", "runtime"),
-    // config loads the seal key (cluster::seal) while cluster::etcd reads its config section.
-    ("cluster", "config"),
 ];
 
 /// The top-level module a file under `src/` belongs to (`auth/jwt/signing.rs` → `auth`).

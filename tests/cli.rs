@@ -598,7 +598,7 @@ async fn cluster_seal_key_prints_a_fresh_32_byte_key() {
     let b = process::run(&["cluster", "seal-key"], support::DEADLINE).await;
     assert!(a.status.success(), "{}", a.stderr);
     assert!(
-        scoregate::cluster::seal::SealKey::parse(&a.stdout).is_some(),
+        scoregate::seal::SealKey::parse(&a.stdout).is_some(),
         "{:?}",
         a.stdout
     );

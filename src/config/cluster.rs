@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::Validator;
 use super::raw::RawCluster;
-use crate::cluster::seal::SealKey;
+use crate::seal::SealKey;
 
 /// Where shared state lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

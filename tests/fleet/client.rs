@@ -166,7 +166,7 @@ async fn a_replica_with_another_seal_key_refuses_to_start_and_overwrites_nothing
     let other = dir.path().join("other.key");
     std::fs::write(
         &other,
-        scoregate::cluster::seal::SealKey::generate().expect("key"),
+        scoregate::seal::SealKey::generate().expect("key"),
     )
     .expect("write");
     let e = within("second replica", open(&other, "b"))

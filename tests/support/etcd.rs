@@ -258,7 +258,7 @@ impl Etcd {
         let seal_key = dir.path().join("seal.key");
         std::fs::write(
             &seal_key,
-            scoregate::cluster::seal::SealKey::generate().expect("seal key"),
+            scoregate::seal::SealKey::generate().expect("seal key"),
         )
         .expect("write seal key");
         let etcd = Self {

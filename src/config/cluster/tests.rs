@@ -17,7 +17,7 @@ fn issues(dir: &Path, cluster: &str) -> Vec<String> {
 fn seal_file(dir: &Path) {
     std::fs::write(
         dir.join("seal.key"),
-        crate::cluster::seal::SealKey::generate().expect("key"),
+        crate::seal::SealKey::generate().expect("key"),
     )
     .expect("write");
 }
