@@ -11,6 +11,11 @@
 # it; the etcd row's keys live (sealed) in the namespace. The etcd server is one member on
 # loopback ports with its data in $RUN/etcd, started here and stopped by its PID when the run
 # ends. Records on (stdout) in both rows. Extra knobs go to run.sh as they are.
+#
+# EXTRA_ROWS adds rows to the same interleaved rounds, in run.sh's config-line format (e.g. other
+# binaries of the local row for a before/after comparison:
+#   EXTRA_ROWS='scoregate-key-before h1 key /api/v1/service/iris/score env SCOREGATE=/tmp/sg-before $HERE/peers/scoregate.sh key -'
+# ).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -77,6 +82,10 @@ seed scoregate-key-local ""
 seed scoregate-key-etcd "$CLUSTER"
 
 row() { printf '%s h1 key /api/v1/service/iris/score %s $HERE/peers/scoregate.sh key -\n' "$1" "$2"; }
+: "${EXTRA_ROWS:=}"
+names='scoregate-key-local|scoregate-key-etcd'
+while read -r name _; do [ -n "$name" ] && names="$names|$name"; done <<< "$EXTRA_ROWS"
 EXTRA_CONFIGS="$(row scoregate-key-local "env SG_KEYS=stored")
-$(row scoregate-key-etcd "env SG_KEYS=stored SG_CLUSTER='$CLUSTER'")" \
-ONLY='^scoregate-key-(local|etcd)$' "$HERE/run.sh"
+$(row scoregate-key-etcd "env SG_KEYS=stored SG_CLUSTER='$CLUSTER'")
+$EXTRA_ROWS" \
+ONLY="^($names)\$" "$HERE/run.sh"

@@ -44,10 +44,10 @@ use zeroize::Zeroizing;
 
 use crate::config::EtcdConfig;
 use crate::fingerprint::Fingerprint;
+use crate::seal::SealError;
 use crate::telemetry::metrics::Metrics;
 use etcd::{Client, EtcdError, Txn};
 use mirror::Mirror;
-use crate::seal::SealError;
 
 /// The snapshot file in `state_dir`.
 pub const SNAPSHOT_FILE: &str = "cluster-snapshot.json";

@@ -62,6 +62,16 @@ impl Gateway {
         }
     }
 
+    /// Where finished requests' records, metrics and spans go.
+    pub fn outputs(&self) -> crate::telemetry::request_log::Outputs<'_> {
+        crate::telemetry::request_log::Outputs {
+            records: &self.records,
+            metrics: &self.metrics,
+            unrouted: &self.unrouted,
+            export: &self.export,
+        }
+    }
+
     /// The current state: a cheap snapshot to read within a request or call.
     pub fn state(&self) -> arc_swap::Guard<Arc<RuntimeState>> {
         self.state.load()

@@ -17,7 +17,8 @@
 //!   taking the response or that passed their deadline.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` writes request records from the settled
-//!   `Exchange` the pipeline hands over read-only; `metrics` owns
+//!   `Exchange` the pipeline hands over read-only (reading the service and the state through
+//!   its own `ServiceFacts` / `StateFacts` traits, which `runtime` implements); `metrics` owns
 //!   the Prometheus registry; `export` (`otlp`, `azure_monitor`) queues spans and activity
 //!   entries for collectors on tasks of their own.
 //! - [`runtime`]: the one immutable `RuntimeState` (routes, per-service state, certificate, TLS,

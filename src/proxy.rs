@@ -33,7 +33,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -134,7 +134,8 @@ pub struct Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         self.ctx.settle();
-        crate::telemetry::request_log::finish(&self.gw, self.ctx.exchange());
+        let state = self.gw.state();
+        crate::telemetry::request_log::finish(self.gw.outputs(), &**state, self.ctx.exchange());
     }
 }
 
@@ -165,12 +166,7 @@ pub async fn handle(
         Ok((resp, lease)) => {
             let (parts, body) = resp.into_parts();
             fin.ctx.responding(parts.status.as_u16());
-            let idle = fin
-                .ctx
-                .exchange()
-                .service
-                .as_ref()
-                .map_or(Duration::from_secs(60), |s| s.config.body_idle_timeout);
+            let idle = fin.ctx.body_idle();
             Response::from_parts(parts, ProxyBody::upstream(body, lease, idle, fin))
         }
         Err(err) => {

@@ -191,7 +191,7 @@ impl Applier {
             cluster.set_applied(revision);
         }
         let cell = StateCell::new(state, resolver);
-        handles.activity.bind(&cell);
+        handles.activity.bind(cell.clone());
         let inner = Inner {
             serial: tokio::sync::Mutex::new(()),
             sources: Mutex::new(sources),

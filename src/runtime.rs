@@ -189,6 +189,38 @@ impl StateCell {
     }
 }
 
+impl crate::telemetry::activity::Roles for StateCell {
+    fn roles(&self, service: Option<&str>) -> (String, Arc<str>) {
+        let state = self.load();
+        (
+            state.role_name(service).to_owned(),
+            Arc::clone(&state.role_instance),
+        )
+    }
+}
+
+impl crate::telemetry::request_log::StateFacts for RuntimeState {
+    fn redaction(&self) -> &Redaction {
+        &self.redaction
+    }
+
+    fn compute_type(&self) -> &str {
+        &self.compute_type
+    }
+
+    fn request_records(&self) -> bool {
+        self.config.telemetry.request_records
+    }
+
+    fn role_name(&self) -> &Arc<str> {
+        &self.config.telemetry.role_name
+    }
+
+    fn role_instance(&self) -> &Arc<str> {
+        &self.role_instance
+    }
+}
+
 /// Reads the certificate of the current state at each handshake: new connections get the newest
 /// certificate, established ones keep theirs (linkerd2-proxy's meshtls pattern). Created before
 /// the first state (whose TLS configuration holds it) and bound to the gateway's state once that

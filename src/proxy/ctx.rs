@@ -23,7 +23,7 @@ use super::watchdog::Watch;
 use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::runtime::Service;
-use crate::telemetry::request_log::Exchange;
+use crate::telemetry::request_log::{Exchange, ServiceFacts};
 use crate::telemetry::trace::TraceContext;
 
 /// A routed request's hold on its service: counted in `scoregate_inflight_requests` from routing
@@ -68,6 +68,8 @@ pub struct RequestCtx {
     response_started: bool,
     /// The last response byte was handed to hyper.
     response_complete: bool,
+    /// The routed service's `body_idle_timeout_ms` (60 s before routing).
+    body_idle: Duration,
 }
 
 impl RequestCtx {
@@ -102,6 +104,7 @@ impl RequestCtx {
             request_progress: None,
             response_started: false,
             response_complete: false,
+            body_idle: Duration::from_secs(60),
         }
     }
 
@@ -122,6 +125,12 @@ impl RequestCtx {
         self.request_progress.as_ref()
     }
 
+    /// How long the upstream's response body may stall (the routed service's
+    /// `body_idle_timeout_ms`).
+    pub(super) fn body_idle(&self) -> Duration {
+        self.body_idle
+    }
+
     /// A trusted proxy forwarded the request: `ip` is the client it names.
     pub(super) fn client_identified(&mut self, ip: IpAddr, peer_trusted: bool) {
         self.x.client_ip = ip;
@@ -131,7 +140,8 @@ impl RequestCtx {
     /// The request belongs to `service` and counts as in flight there until it ends.
     pub(super) fn routed(&mut self, service: &Arc<Service>) {
         self.in_flight = Some(InFlight::new(&service.metrics.inflight));
-        self.x.service = Some(Arc::clone(service));
+        self.body_idle = service.config.body_idle_timeout;
+        self.x.service = Some(Arc::clone(service) as Arc<dyn ServiceFacts>);
     }
 
     pub(super) fn authenticated(&mut self, principal: Principal) {

@@ -153,3 +153,25 @@ impl Service {
         );
     }
 }
+
+impl crate::telemetry::request_log::ServiceFacts for Service {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn auth_mode(&self) -> &'static str {
+        self.config.auth.as_str()
+    }
+
+    fn route_len(&self) -> usize {
+        self.config.route.len()
+    }
+
+    fn role_name(&self) -> &Arc<str> {
+        &self.config.role_name
+    }
+
+    fn metrics(&self) -> &ServiceMetrics {
+        &self.metrics
+    }
+}

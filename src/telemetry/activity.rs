@@ -23,7 +23,6 @@ use std::time::SystemTime;
 use serde::{Serialize, Serializer};
 
 use super::sink::{ActivitySlot, ActivityStalled, Keep, RecordSink};
-use crate::runtime::StateCell;
 
 /// Entries kept in memory for `GET /activity` (besides the anonymous refusals).
 pub const RING_CAPACITY: usize = 1000;
@@ -138,15 +137,22 @@ impl ActivityRecord {
 pub struct ActivityLog {
     rings: Mutex<Rings>,
     sink: RecordSink,
-    /// The published state, for each entry's `RoleName` and `RoleInstance` (bound once the
+    /// Each entry's `RoleName` and `RoleInstance`, from the published state (bound once the
     /// first state exists; entries before that name the service and the host directly).
-    state: OnceLock<StateCell>,
+    roles: OnceLock<Box<dyn Roles>>,
     /// Fleet mode: every successful management write is also sent here (to the fleet's trail in
     /// etcd, `cluster::trail`).
     fleet: OnceLock<tokio::sync::mpsc::UnboundedSender<ActivityRecord>>,
     /// `[telemetry.otlp]` / `[telemetry.azure_monitor]`: every entry is also exported (as an
     /// OTLP log record, an Application Insights custom event).
     export: OnceLock<super::export::Exporters>,
+}
+
+/// Where an entry's `RoleName` (by service) and `RoleInstance` come from: the runtime state in
+/// force (`runtime::StateCell` implements it), without this module reading the runtime.
+pub trait Roles: Send + Sync + std::fmt::Debug {
+    /// The role name of `service` (or of entries about no service), and this replica's name.
+    fn roles(&self, service: Option<&str>) -> (String, Arc<str>);
 }
 
 /// Operations that change shared state: what the fleet's trail keeps.
@@ -170,7 +176,7 @@ impl ActivityLog {
         Self {
             rings: Mutex::new(Rings::default()),
             sink,
-            state: OnceLock::new(),
+            roles: OnceLock::new(),
             fleet: OnceLock::new(),
             export: OnceLock::new(),
         }
@@ -192,9 +198,9 @@ impl ActivityLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Reads role names and the instance from `cell` from now on (the first binding stays).
-    pub fn bind(&self, cell: &StateCell) {
-        let _ = self.state.set(cell.clone());
+    /// Reads role names and the instance from `roles` from now on (the first binding stays).
+    pub fn bind(&self, roles: impl Roles + 'static) {
+        let _ = self.roles.set(Box::new(roles));
     }
 
     /// A place in the record stream for the entry of an operation about to run (see
@@ -208,14 +214,8 @@ impl ActivityLog {
     /// is behind.
     pub fn record(&self, mut entry: ActivityRecord, keep: Keep) {
         let service = entry.service.as_deref();
-        let (role_name, role_instance) = match self.state.get() {
-            Some(cell) => {
-                let state = cell.load();
-                (
-                    state.role_name(service).to_owned(),
-                    Arc::clone(&state.role_instance),
-                )
-            }
+        let (role_name, role_instance) = match self.roles.get() {
+            Some(roles) => roles.roles(service),
             None => (
                 service.unwrap_or("scoregate").to_owned(),
                 Arc::from(super::role::instance(None)),

@@ -22,9 +22,42 @@ use super::trace::TraceContext;
 use crate::auth::Principal;
 
 use crate::error::{GatewayError, Side};
-use crate::gateway::Gateway;
-use crate::runtime::{RuntimeState, Service};
-use crate::telemetry::metrics::{ServiceMetrics, UNROUTED};
+use crate::telemetry::export::Exporters;
+use crate::telemetry::metrics::{Metrics, ServiceMetrics, UNROUTED};
+use crate::telemetry::redact::Redaction;
+use crate::telemetry::sink::RecordSink;
+
+/// What a record needs from the service that handled the request (`runtime::Service`
+/// implements it), so telemetry does not read the runtime.
+pub trait ServiceFacts: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &Arc<str>;
+    fn auth_mode(&self) -> &'static str;
+    /// Bytes of the route prefix (the operation name is the path after it).
+    fn route_len(&self) -> usize;
+    fn role_name(&self) -> &Arc<str>;
+    fn metrics(&self) -> &ServiceMetrics;
+}
+
+/// What a record needs from the runtime state in force (`runtime::RuntimeState` implements it).
+pub trait StateFacts {
+    fn redaction(&self) -> &Redaction;
+    fn compute_type(&self) -> &str;
+    /// `[telemetry] request_records`.
+    fn request_records(&self) -> bool;
+    /// `[telemetry] role_name`: the `RoleName` of requests that matched no service.
+    fn role_name(&self) -> &Arc<str>;
+    fn role_instance(&self) -> &Arc<str>;
+}
+
+/// Where a finished request's telemetry goes: the gateway's long-lived handles.
+#[derive(Debug, Clone, Copy)]
+pub struct Outputs<'a> {
+    pub records: &'a RecordSink,
+    pub metrics: &'a Metrics,
+    /// Handles for requests that matched no route.
+    pub unrouted: &'a ServiceMetrics,
+    pub export: &'a Exporters,
+}
 
 /// One request as telemetry sees it: what arrived, and how it ended. The request pipeline owns
 /// it (`proxy::RequestCtx`, which changes it only through its transitions and settles the
@@ -46,7 +79,7 @@ pub struct Exchange {
     pub host: Option<HeaderValue>,
     /// The caller's address: the peer, or what a trusted proxy says in `X-Forwarded-For`.
     pub client_ip: IpAddr,
-    pub service: Option<Arc<Service>>,
+    pub service: Option<Arc<dyn ServiceFacts>>,
     pub principal: Principal,
     /// The status sent to the client (once settled: the error's status if it left first).
     pub status: u16,
@@ -72,7 +105,7 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// values come straight from the request context, so nothing is copied or allocated beyond the
 /// line itself. The URL passes through redaction; `Principal` is a slot name or a subject.
 fn record_line(
-    state: &RuntimeState,
+    state: &dyn StateFacts,
     ctx: &Exchange,
     duration: std::time::Duration,
     line: &mut Vec<u8>,
@@ -109,9 +142,9 @@ fn record_line(
     o.u64("StatusCode", u64::from(ctx.status));
     o.bool("Success", ctx.status < 400);
     o.f64("Duration", duration.as_secs_f64() * 1000.0);
-    o.str("ComputeType", &state.compute_type);
-    o.opt_str("ServiceName", service.map(|s| &*s.name));
-    o.opt_str("AuthMode", service.map(|s| s.config.auth.as_str()));
+    o.str("ComputeType", state.compute_type());
+    o.opt_str("ServiceName", service.map(|s| &**s.name()));
+    o.opt_str("AuthMode", service.map(ServiceFacts::auth_mode));
     let principal = match &ctx.principal {
         Principal::Anonymous => None,
         Principal::Key(slot) => Some(slot.as_str()),
@@ -145,14 +178,16 @@ fn record_line(
         super::export::SpanName::of(
             &ctx.method,
             ctx.url.as_ref().map_or("/", PathAndQuery::path),
-            service.map(|s| s.config.route.len()),
+            service.map(ServiceFacts::route_len),
         ),
     );
     o.str(
         "RoleName",
-        service.map_or(&state.config.telemetry.role_name, |s| &s.config.role_name),
+        service
+            .map_or(state.role_name(), ServiceFacts::role_name)
+            .as_ref(),
     );
-    o.str("RoleInstance", &state.role_instance);
+    o.str("RoleInstance", state.role_instance());
     o.end();
     line.push(b'\n');
 }
@@ -160,10 +195,10 @@ fn record_line(
 /// Completes a request's telemetry from its settled exchange: updates the metrics, logs upstream
 /// and internal failures with their cause, and emits the record (and the exported span). Called
 /// exactly once per request, from `proxy::Finish::drop`.
-pub fn finish(gw: &Gateway, ctx: &Exchange) {
+pub fn finish(out: Outputs<'_>, state: &dyn StateFacts, ctx: &Exchange) {
     let duration = ctx.start.elapsed();
     let service = ctx.service.as_deref();
-    let metrics = service.map_or(&gw.unrouted, |s| &s.metrics);
+    let metrics = service.map_or(out.unrouted, ServiceFacts::metrics);
     metrics.count_request(&ctx.method, ctx.status);
     metrics.observe_duration(ctx.status, duration.as_secs_f64());
     if let Some(d) = ctx.upstream_duration {
@@ -177,27 +212,26 @@ pub fn finish(gw: &Gateway, ctx: &Exchange) {
     }
     if let Some(err) = &ctx.error {
         observe_error(
-            gw,
+            out.metrics,
             metrics,
-            service.map_or(UNROUTED, |s| &s.config.name),
+            service.map_or(UNROUTED, |s| s.name()),
             ctx,
             err,
         );
     }
 
-    let state = gw.state();
-    if state.config.telemetry.request_records {
-        gw.records
-            .emit(|line| record_line(&state, ctx, duration, line));
+    if state.request_records() {
+        out.records
+            .emit(|line| record_line(state, ctx, duration, line));
     }
-    if !gw.export.is_empty() {
-        gw.export.offer(span_record(&state, ctx, duration));
+    if !out.export.is_empty() {
+        out.export.offer(span_record(state, ctx, duration));
     }
 }
 
 /// The request as an exported span (only built when export is on).
 fn span_record(
-    state: &RuntimeState,
+    state: &dyn StateFacts,
     ctx: &Exchange,
     duration: std::time::Duration,
 ) -> super::export::SpanRecord {
@@ -216,16 +250,14 @@ fn span_record(
             .url
             .as_ref()
             .map_or_else(|| "/".to_owned(), |pq| pq.path().to_owned()),
-        route_len: service.map(|s| s.config.route.len()),
+        route_len: service.map(ServiceFacts::route_len),
         status: ctx.status,
         server_address: ctx.host.as_ref().map(text),
         client_address: ctx.client_ip,
         request_id: text(&ctx.request_id),
-        role_name: Arc::clone(
-            service.map_or(&state.config.telemetry.role_name, |s| &s.config.role_name),
-        ),
-        service: service.map(|s| Arc::clone(&s.name)),
-        auth_mode: service.map(|s| s.config.auth.as_str()),
+        role_name: Arc::clone(service.map_or(state.role_name(), ServiceFacts::role_name)),
+        service: service.map(|s| Arc::clone(s.name())),
+        auth_mode: service.map(ServiceFacts::auth_mode),
         principal: match &ctx.principal {
             Principal::Anonymous => None,
             Principal::Key(slot) => Some(slot.as_str().to_owned()),
@@ -239,7 +271,7 @@ fn span_record(
 
 /// Failure-side metrics and the diagnostic line with the full cause chain.
 fn observe_error(
-    gw: &Gateway,
+    all: &Metrics,
     metrics: &ServiceMetrics,
     service: &str,
     ctx: &Exchange,
@@ -252,15 +284,13 @@ fn observe_error(
     match err.side() {
         Side::Auth => match err {
             GatewayError::Unauthenticated(failure) => metrics.count_auth_failure(*failure),
-            _ => gw
-                .metrics
+            _ => all
                 .auth_failures
                 .with_label_values(&[service, err.code()])
                 .inc(),
         },
         Side::Upstream => {
-            gw.metrics
-                .upstream_errors
+            all.upstream_errors
                 .with_label_values(&[service, err.code()])
                 .inc();
             tracing::warn!(

@@ -164,11 +164,7 @@ async fn a_replica_with_another_seal_key_refuses_to_start_and_overwrites_nothing
     drop(first);
 
     let other = dir.path().join("other.key");
-    std::fs::write(
-        &other,
-        scoregate::seal::SealKey::generate().expect("key"),
-    )
-    .expect("write");
+    std::fs::write(&other, scoregate::seal::SealKey::generate().expect("key")).expect("write");
     let e = within("second replica", open(&other, "b"))
         .await
         .expect_err("another seal key is refused");
