@@ -100,7 +100,7 @@ pub async fn run(
             let open = crate::cluster::unsynced::open_or_wait(
                 etcd,
                 &config.server.state_dir,
-                &telemetry.metrics,
+                telemetry.metrics.registry(),
                 &answering,
             );
             // A replica still waiting for its first sync stops at once when asked to.

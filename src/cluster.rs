@@ -45,7 +45,6 @@ use zeroize::Zeroizing;
 use crate::config::EtcdConfig;
 use crate::fingerprint::Fingerprint;
 use crate::seal::SealError;
-use crate::telemetry::metrics::Metrics;
 use etcd::{Client, EtcdError, Txn};
 use mirror::Mirror;
 
@@ -111,9 +110,8 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    /// Registers the fleet series in `metrics`' registry (once per process).
-    pub fn register(metrics: &Metrics) -> Self {
-        let r = metrics.registry();
+    /// Registers the fleet series in `r`, the process's registry (once per process).
+    pub fn register(r: &prometheus::Registry) -> Self {
         let connected = IntGauge::new(
             "scoregate_cluster_connected",
             "1 while the watch on the etcd namespace is established",

@@ -11,10 +11,12 @@
 //! - [`policy`]: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.
 //! - [`proxy`]: the request pipeline; `ctx` the per-request `RequestCtx` (private fields,
 //!   transitions, the in-flight/slot guard, the one place the outcome is settled); `headers`
-//!   rewrites headers, `upstream` owns
-//!   the pooled client, `body` the streaming bodies and the record guard, `linger` discards the
+//!   rewrites headers, `body` the response body and the record guard, `linger` discards the
 //!   unread rest of a request body answered early, `watchdog` ends requests whose client stopped
 //!   taking the response or that passed their deadline.
+//! - [`upstream`]: the pooled keep-alive client to scoring containers (and its `Dialer` seam for
+//!   in-memory tests); `body` the request body streamed to them, with its size, idle and rate
+//!   bounds.
 //! - [`error`]: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` writes request records from the settled
 //!   `Exchange` the pipeline hands over read-only (reading the service and the state through
@@ -23,7 +25,8 @@
 //!   entries for collectors on tasks of their own.
 //! - [`runtime`]: the one immutable `RuntimeState` (routes, per-service state, certificate, TLS,
 //!   identity, roles, admin credential, changeable telemetry options) behind one `StateCell`;
-//!   `runtime/build.rs` builds a complete candidate without writing anything.
+//!   `runtime/build.rs` builds a complete candidate without writing anything; `assignments`
+//!   is where API role assignments are stored (a file, or etcd keys in fleet mode).
 //! - [`health`]: upstream health probes for `/readyz`.
 //! - [`reload`]: the one reload loop (`Applier`): observes every source, builds a candidate,
 //!   commits its pending writes and swaps it whole, or keeps the last good; management writes.
@@ -84,4 +87,5 @@ pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 pub mod watch;

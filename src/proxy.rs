@@ -26,7 +26,6 @@ pub mod body;
 mod ctx;
 pub mod headers;
 pub mod linger;
-pub mod upstream;
 pub mod watchdog;
 
 use std::convert::Infallible;
@@ -46,9 +45,10 @@ use crate::config::AuthMode;
 use crate::error::{AuthFailure, GatewayError};
 use crate::gateway::Gateway;
 use crate::runtime::Service;
-use body::{BodyFault, Progress, ProxyBody, RequestBody, Unread};
+use crate::upstream::body::{self as request_body, BodyFault, Progress, RequestBody, Unread};
+use crate::upstream::{Lease, UpstreamError};
+use body::ProxyBody;
 pub use ctx::RequestCtx;
-use upstream::{Lease, UpstreamError};
 
 /// Facts about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -437,8 +437,8 @@ fn upstream_request(
             RequestBody::Stream {
                 limit: service.config.max_body_bytes,
                 progress,
-                idle: body::IdleTimer::new(service.config.body_idle_timeout),
-                rate: body::MinRate::new(
+                idle: request_body::IdleTimer::new(service.config.body_idle_timeout),
+                rate: request_body::MinRate::new(
                     service.config.min_body_rate,
                     service.config.min_body_rate_window,
                 ),

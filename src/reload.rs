@@ -132,7 +132,7 @@ struct Inner {
     health_wake: Arc<tokio::sync::Notify>,
     fetched_tx: FetchedTx,
     fetched_rx: Mutex<Option<UnboundedReceiver<Fetched>>>,
-    dialer: Option<crate::proxy::upstream::Dialer>,
+    dialer: Option<crate::upstream::Dialer>,
     /// Fleet mode: the namespace's copy the shared sources read, and where "applied" is told.
     cluster: Option<Arc<Cluster>>,
 }
@@ -147,8 +147,8 @@ pub struct Handles {
     /// Fleet mode's link to etcd (`None`: local backend).
     pub cluster: Option<Arc<Cluster>>,
     /// Opens upstream connections instead of the network (`None`: the network; see
-    /// `proxy::upstream::Dialer`).
-    pub dialer: Option<crate::proxy::upstream::Dialer>,
+    /// `upstream::Dialer`).
+    pub dialer: Option<crate::upstream::Dialer>,
 }
 
 impl Applier {

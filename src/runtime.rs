@@ -9,6 +9,7 @@
 //! after startup lives beside the cell in `gateway::Gateway`: the metrics registry, the record
 //! sink, the activity log and the lifecycle flags.
 
+pub mod assignments;
 pub mod build;
 mod service;
 

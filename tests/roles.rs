@@ -510,7 +510,7 @@ async fn runtime_role_assignments_apply_on_the_next_call_persist_and_are_audited
         serde_json::from_slice(&std::fs::read(&file).expect("read role-assignments.json"))
             .expect("role-assignments.json is JSON");
     assert_eq!(stored, json!([assignment]));
-    let reopened = scoregate::policy::AssignmentFile::new(&gw.dir().join("state"))
+    let reopened = scoregate::runtime::assignments::AssignmentFile::new(&gw.dir().join("state"))
         .read()
         .expect("a restarted gateway reads the file");
     assert_eq!(reopened.len(), 1);

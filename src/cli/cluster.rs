@@ -92,7 +92,8 @@ pub fn import(config: &Config) -> anyhow::Result<String> {
             imported.push(format!("signing/{}", s.name));
         }
     }
-    let assignments = crate::policy::AssignmentFile::new(&config.server.state_dir).read()?;
+    let assignments =
+        crate::runtime::assignments::AssignmentFile::new(&config.server.state_dir).read()?;
     for a in &assignments {
         entries.push((
             format!("{state_prefix}assignments/{}", a.id),

@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 
 use super::{Cluster, ClusterError};
 use crate::config::EtcdConfig;
-use crate::telemetry::metrics::Metrics;
 
 /// How often a never-synced replica tries etcd again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -28,10 +27,10 @@ const RETRY: Duration = Duration::from_secs(1);
 pub async fn open_or_wait(
     config: &Arc<EtcdConfig>,
     state_dir: &std::path::Path,
-    metrics: &Metrics,
+    registry: &prometheus::Registry,
     listeners: &[&TcpListener],
 ) -> Result<Arc<Cluster>, ClusterError> {
-    let metrics = super::ClusterMetrics::register(metrics);
+    let metrics = super::ClusterMetrics::register(registry);
     loop {
         match Cluster::open(Arc::clone(config), state_dir, &metrics).await {
             Err(ClusterError::NeverSynced(why)) => {

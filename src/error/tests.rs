@@ -1,7 +1,7 @@
 use super::*;
 
 /// A real connect error, produced against a closed loopback port.
-async fn connect_error() -> crate::proxy::upstream::BoxError {
+async fn connect_error() -> crate::upstream::BoxError {
     // Bind and drop a listener so the port is very likely closed right now.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

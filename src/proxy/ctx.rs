@@ -17,7 +17,6 @@ use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::ConnInfo;
-use super::body::Progress;
 use super::headers;
 use super::watchdog::Watch;
 use crate::auth::Principal;
@@ -25,6 +24,7 @@ use crate::error::GatewayError;
 use crate::runtime::Service;
 use crate::telemetry::request_log::{Exchange, ServiceFacts};
 use crate::telemetry::trace::TraceContext;
+use crate::upstream::body::Progress;
 
 /// A routed request's hold on its service: counted in `scoregate_inflight_requests` from routing
 /// on, and holding an upstream slot from admission until the response is done. Dropping it gives

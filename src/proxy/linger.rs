@@ -31,9 +31,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use super::body::Unread;
 use super::{ConnInfo, OpenRequest};
 use crate::gateway::Gateway;
+use crate::upstream::body::Unread;
 
 /// Discards the rest of `unread` in a task of its own, within the current state's lingering
 /// bounds (reloadable: each answer reads the state in force). The receiver resolves (with an

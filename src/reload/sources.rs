@@ -16,8 +16,8 @@ use crate::auth::jwt::trusted::{IssuerId, JwksFile, KeyMap};
 use crate::auth::keys::KeyFile;
 use crate::cluster::Cluster;
 use crate::config::{AuthMode, Config, KeySource, SigningSource, TrustedIssuer, TrustedKeys};
-use crate::policy::AssignmentFile;
 use crate::runtime::BuildError;
+use crate::runtime::assignments::AssignmentFile;
 use crate::runtime::build::{Generated, Inputs};
 use crate::source::{Change, Source, Watched};
 

@@ -26,7 +26,8 @@ use crate::cluster::{ClusterError, SharedKey};
 
 /// How long a committed fleet write waits for its change to be applied here.
 const APPLY_LIMIT: Duration = Duration::from_secs(10);
-use crate::policy::{Assignment, AssignmentError};
+use crate::policy::Assignment;
+use crate::runtime::assignments::AssignmentError;
 
 /// Why a management write did not happen.
 #[derive(Debug, thiserror::Error)]

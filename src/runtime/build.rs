@@ -56,7 +56,7 @@ pub enum BuildError {
     #[error("admin credential: {0}")]
     Admin(#[source] CredentialError),
     #[error("role assignments: {0}")]
-    Assignments(#[source] crate::policy::AssignmentError),
+    Assignments(#[source] crate::runtime::assignments::AssignmentError),
     #[error("service {0:?}: its key or signing-key source was not loaded")]
     NotLoaded(String),
 }
@@ -86,7 +86,7 @@ pub struct Context<'a> {
     pub fetched: &'a FetchedTx,
     pub previous: Option<&'a RuntimeState>,
     /// Opens every service's upstream connections instead of the network (pipeline tests).
-    pub dialer: Option<&'a crate::proxy::upstream::Dialer>,
+    pub dialer: Option<&'a crate::upstream::Dialer>,
 }
 
 /// A value the builder created, to be written before its state is published.

@@ -9,8 +9,8 @@ use crate::auth::ServiceAuth;
 use crate::auth::jwt::TokenAuthority;
 use crate::auth::keys::KeySet;
 use crate::config::ServiceConfig;
-use crate::proxy::upstream::{Dialer, UpstreamClient};
 use crate::telemetry::metrics::{Metrics, ServiceMetrics};
+use crate::upstream::{Dialer, UpstreamClient};
 
 use super::BuildError;
 

@@ -153,7 +153,14 @@ async fn a_replica_with_another_seal_key_refuses_to_start_and_overwrites_nothing
         let etcd_config = std::sync::Arc::clone(config.cluster.etcd().expect("etcd"));
         let metrics = scoregate::telemetry::metrics::Metrics::new();
         let state = dir.path().join(format!("{name}-state"));
-        async move { Cluster::open(etcd_config, &state, &ClusterMetrics::register(&metrics)).await }
+        async move {
+            Cluster::open(
+                etcd_config,
+                &state,
+                &ClusterMetrics::register(metrics.registry()),
+            )
+            .await
+        }
     };
     let first = within("first replica", open(&etcd.seal_key, "a"))
         .await

@@ -1,7 +1,7 @@
 //! The scoring pipeline with no socket at all, for tests under tokio's paused clock: the real
 //! gateway (`reload::Applier`, `server::serve`, `proxy`) accepts in-memory connections
 //! (`tokio::io::duplex`), and every service's upstream is a [`StandIn`] container reached
-//! through a `proxy::upstream::Dialer`, also in memory. With nothing waiting on the kernel,
+//! through a `upstream::Dialer`, also in memory. With nothing waiting on the kernel,
 //! the paused clock advances only when every task is idle, straight to the next timer: a
 //! 60-second scoring timeout takes no wall time and fires exactly when it should.
 //!
@@ -21,7 +21,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use scoregate::gateway::{Gateway, Parts};
-use scoregate::proxy::upstream::{DialedIo, Dialer};
 use scoregate::reload::{Applier, Handles};
 use scoregate::server::Drained;
 use scoregate::telemetry::activity::ActivityLog;
@@ -29,6 +28,7 @@ use scoregate::telemetry::metrics::Metrics;
 use scoregate::telemetry::sink::{
     QueueLimits, RecordOutput, RecordSink, RecordWriter, SinkCounters,
 };
+use scoregate::upstream::{DialedIo, Dialer};
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

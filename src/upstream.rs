@@ -40,8 +40,10 @@ use prometheus::IntCounter;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_service::Service;
 
-use super::body::RequestBody;
 use crate::config::ServiceConfig;
+use body::RequestBody;
+
+pub mod body;
 
 /// Enough idle connections for a burst of concurrent requests without reconnecting.
 const POOL_MAX_IDLE: usize = 256;
