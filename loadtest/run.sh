@@ -22,7 +22,7 @@ SET_KNOBS=""
 for v in QUICK REPS DUR WARM CONC H2_CONNS H2_STREAMS CERT_TYPE UPPORT PORT ADMIN_PORT ONLY \
   CONFIGS_FILE EXTRA_CONFIGS QUIET_WAIT QUIET_PCT BUILD BUILD_TIMEOUT RUN OUT OHA SCOREGATE \
   MAX_SECONDS NOISE_PCT TARGET_RATIO TARGET_RSS_MIB RATE IDLE_CONNS IDLE_PARALLEL IDLE_TIMEOUT \
-  TOKEN_LIFETIME_S ANCHORS PERF PERF_FREQ; do
+  TOKEN_LIFETIME_S ANCHORS PERF PERF_FREQ ORDER; do
   if [ -n "${!v+x}" ]; then SET_KNOBS+="$v=$(printf '%q' "${!v}") "; fi
 done
 QUICK=${QUICK:-0}
@@ -36,6 +36,7 @@ fi
 : "${CERT_TYPE:=ec}"                    # ec (P-256) | rsa (2048)
 : "${UPPORT:=}" "${PORT:=}" "${ADMIN_PORT:=}" # default: three free ports picked at random
 : "${ONLY:=}"                           # ERE on config names ("direct" is always kept)
+: "${ORDER:=alternate}"                 # alternate: rows reversed in even rounds | fixed
 : "${CONFIGS_FILE:=$HERE/configs.txt}"
 : "${EXTRA_CONFIGS:=}"                  # more lines in the configs.txt format
 : "${QUIET_WAIT:=30}"                    # before each run, wait up to this many seconds ...
@@ -625,8 +626,22 @@ python3 "$HERE/report.py" fields > "$OUT/runs.csv"
 : > "$OUT/checks.tsv"
 log "$NC configs x $REPS rounds x ${DUR}s (estimate ${EST}s, hard stop after ${MAX_SECONDS}s)"
 STOPPED=0
+# Row order: row 0 ("direct", each round's baseline) first, then the others in file order in odd
+# rounds and in reverse order in even rounds (ORDER=alternate, the default), so a host whose load
+# drifts within a round does not always favour the same row of an A/B pair (on this VM the second
+# of two rows that cost the same measured ~17 % dearer in fixed order; loadtest/README.md).
+# ORDER=fixed keeps file order in every round.
+round_order() {
+  local r=$1 i
+  echo 0
+  if [ "$ORDER" = alternate ] && (( r % 2 == 0 )); then
+    for ((i = NC - 1; i >= 1; i--)); do echo "$i"; done
+  else
+    for ((i = 1; i < NC; i++)); do echo "$i"; done
+  fi
+}
 for ((r = 1; r <= REPS && !STOPPED; r++)); do
-  for ((i = 0; i < NC; i++)); do
+  for i in $(round_order "$r"); do
     if (( $(date +%s) - T0 + $(per_run "$i") > MAX_SECONDS )); then
       log "time budget MAX_SECONDS=$MAX_SECONDS reached; stopping early"; STOPPED=1; break
     fi

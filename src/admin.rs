@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 
-pub mod management;
+mod management;
 
 use crate::policy::{self, Action};
 use management::{ApiError, ServiceOp};

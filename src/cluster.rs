@@ -28,7 +28,7 @@
 //! - [`trail`]: the fleet's audit trail of management writes (`GET /activity?scope=fleet`).
 
 pub mod etcd;
-pub mod mirror;
+mod mirror;
 mod proto;
 pub mod sync;
 pub mod trail;

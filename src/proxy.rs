@@ -22,11 +22,11 @@
 //! gauge and the admission slot live in its guard. Everything else counted or logged about a
 //! request is `telemetry::request_log::finish`'s, from the settled exchange.
 
-pub mod body;
+mod body;
 mod ctx;
 pub mod headers;
-pub mod linger;
-pub mod watchdog;
+mod linger;
+mod watchdog;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -17,8 +17,8 @@
 //! [`Flush::run`] sends what is still queued (a send waiting out a retry gets one last attempt
 //! at once), bounded by twice the exporter's timeout.
 
-pub mod azure_monitor;
-pub mod otlp;
+mod azure_monitor;
+mod otlp;
 
 use std::future::Future;
 use std::path::Path;
