@@ -2,7 +2,7 @@
 //! credential through an etcd namespace (`[cluster] backend = "etcd"`).
 //!
 //! etcd is one more source of the runtime state (STYLE §4). The sync loop ([`sync`]) keeps a
-//! copy of the namespace ([`mirror::Mirror`]) from a full read and then a watch, and runs a
+//! copy of the namespace (`mirror::Mirror`) from a full read and then a watch, and runs a
 //! reload cycle after each change; the shared sources (key files, signing-key files, the admin
 //! credential and role assignments, each bound to a [`SharedKey`]) observe and read that copy
 //! instead of a file, so the one builder builds the state and the one cell swaps it. A
@@ -22,7 +22,7 @@
 //!   report compaction, create-if-absent and compare-mod-revision transactions, leases.
 //! - [`crate::seal`] (a leaf module, so `config` can read the seal key without importing
 //!   `cluster`): AES-256-GCM sealing of every secret stored, with the etcd key as associated data.
-//! - [`mirror`]: the local copy of the namespace and its sealed snapshot in `state_dir`.
+//! - `mirror`: the local copy of the namespace and its sealed snapshot in `state_dir`.
 //! - [`sync`]: the watch loop that feeds the copy and triggers the applier.
 //! - [`unsynced`]: a replica that never synced waits for etcd, answering "not ready" meanwhile.
 //! - [`trail`]: the fleet's audit trail of management writes (`GET /activity?scope=fleet`).

@@ -7,7 +7,7 @@
 //! never logged.
 //!
 //! A trusted identity provider (`[identity]`) may vouch for other callers with signed tokens
-//! ([`Identity`]). Both produce a [`AdminPrincipal`] for `policy::authorize`.
+//! ([`Identity`]). Both produce a `policy::AdminPrincipal` for `policy::authorize`.
 
 use std::path::{Path, PathBuf};
 
