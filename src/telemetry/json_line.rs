@@ -1,4 +1,5 @@
-//! A minimal JSON object writer for the request record, the one line written per request.
+//! A minimal JSON object writer for the request record, the one line written per request, and
+//! for the Azure Monitor request envelope (one per exported request).
 //!
 //! The record's shape is fixed and its values are mostly short ASCII, so a direct writer (with
 //! `itoa`/`ryu` for numbers and a fast path for strings that need no escaping) costs a fraction
@@ -121,6 +122,24 @@ impl<'a> JsonObject<'a> {
             self.buf.truncate(start);
             string(self.buf, &text);
         }
+    }
+
+    /// Bytes as lower-case hex (trace and span ids).
+    pub fn hex(&mut self, key: &str, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        self.key(key);
+        self.buf.push(b'"');
+        for b in bytes {
+            self.buf.push(DIGITS[usize::from(b >> 4)]);
+            self.buf.push(DIGITS[usize::from(b & 0x0f)]);
+        }
+        self.buf.push(b'"');
+    }
+
+    /// A nested object under `key`; end it before writing on to this one.
+    pub fn object(&mut self, key: &str) -> JsonObject<'_> {
+        self.key(key);
+        JsonObject::new(self.buf)
     }
 
     pub fn end(self) {
