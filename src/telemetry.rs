@@ -72,11 +72,6 @@ pub fn start_records(
         output,
         sink::QueueLimits::new(config.queue_capacity, config.queue_max_bytes),
         true,
-        sink::SinkCounters {
-            dropped: metrics.records_dropped.clone(),
-            write_errors: metrics.record_write_errors.clone(),
-            activity_dropped: metrics.activity_dropped.clone(),
-            queue_bytes: metrics.record_queue_bytes.clone(),
-        },
+        sink::SinkCounters::of(metrics),
     )
 }

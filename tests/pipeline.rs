@@ -88,8 +88,7 @@ async fn a_request_waiting_for_a_busy_service_gets_503_at_the_queue_wait_bound()
         Answer::Never,
     );
     // The first request holds the only slot (its container never answers).
-    let mut first = p.connect().await;
-    let holding = tokio::spawn(first.send_request(post(SCORE, b"{}")));
+    let holding = p.spawn_post(SCORE).await;
     tokio::task::yield_now().await;
     let mut second = p.connect().await;
     let start = Instant::now();
@@ -119,10 +118,8 @@ async fn a_request_finding_the_queue_full_gets_503_at_once() {
         ),
         Answer::Never,
     );
-    let mut first = p.connect().await;
-    let holding = tokio::spawn(first.send_request(post(SCORE, b"{}")));
-    let mut second = p.connect().await;
-    let waiting = tokio::spawn(second.send_request(post(SCORE, b"{}")));
+    let holding = p.spawn_post(SCORE).await;
+    let waiting = p.spawn_post(SCORE).await;
     // Both are inside the gateway: one in the slot, one in the queue.
     let waiters = || {
         p.gw.state()
@@ -170,9 +167,8 @@ async fn a_drain_lets_a_request_in_flight_finish_then_ends_complete() {
             .server("drain_timeout_ms = 10000"),
         Answer::After(Duration::from_secs(4)),
     );
-    let mut client = p.connect().await;
     let start = Instant::now();
-    let in_flight = tokio::spawn(client.send_request(post(SCORE, b"{}")));
+    let in_flight = p.spawn_post(SCORE).await;
     tokio::task::yield_now().await;
     p.begin_shutdown();
     assert_eq!(p.drained().await, Drained::Complete);
@@ -191,9 +187,8 @@ async fn a_drain_closes_what_is_still_open_at_the_drain_timeout() {
             .server("drain_timeout_ms = 5000"),
         Answer::Never,
     );
-    let mut client = p.connect().await;
     let start = Instant::now();
-    let in_flight = tokio::spawn(client.send_request(post(SCORE, b"{}")));
+    let in_flight = p.spawn_post(SCORE).await;
     tokio::task::yield_now().await;
     p.begin_shutdown();
     assert_eq!(p.drained().await, Drained::TimedOut);

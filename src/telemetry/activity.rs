@@ -274,15 +274,9 @@ impl ActivityLog {
 mod tests {
     use super::*;
     use crate::telemetry::sink::{QueueLimits, RecordOutput, SinkCounters};
-    use prometheus::{IntCounter, IntGauge};
 
     fn log() -> (ActivityLog, crate::telemetry::sink::RecordWriter) {
-        let counters = SinkCounters {
-            dropped: IntCounter::new("d", "d").expect("counter"),
-            write_errors: IntCounter::new("w", "w").expect("counter"),
-            activity_dropped: IntCounter::new("a", "a").expect("counter"),
-            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
-        };
+        let counters = SinkCounters::of(&crate::telemetry::metrics::Metrics::new());
         let (sink, writer) = RecordSink::spawn(
             RecordOutput::Writer(Box::new(std::io::sink())),
             QueueLimits::lines(64),

@@ -292,6 +292,18 @@ pub struct SinkCounters {
     pub queue_bytes: IntGauge,
 }
 
+impl SinkCounters {
+    /// The gateway's series for the record stream in `metrics`.
+    pub fn of(metrics: &super::metrics::Metrics) -> Self {
+        Self {
+            dropped: metrics.records_dropped.clone(),
+            write_errors: metrics.record_write_errors.clone(),
+            activity_dropped: metrics.activity_dropped.clone(),
+            queue_bytes: metrics.record_queue_bytes.clone(),
+        }
+    }
+}
+
 thread_local! {
     /// The line a request record is formatted into before it is copied to the shared buffer;
     /// reused, so formatting allocates nothing once it has grown to a record's size.
@@ -614,6 +626,16 @@ mod tests {
         assert!(!rotated_name(&path, 3).exists());
     }
 
+    /// Counters of the test's own (unregistered) series.
+    fn counters() -> SinkCounters {
+        SinkCounters {
+            dropped: IntCounter::new("d", "d").expect("counter"),
+            write_errors: IntCounter::new("w", "w").expect("counter"),
+            activity_dropped: IntCounter::new("a", "a").expect("counter"),
+            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
+        }
+    }
+
     /// A test output that keeps what is written and says when the writer thread dropped it.
     struct Watched {
         lines: Arc<Mutex<Vec<u8>>>,
@@ -648,12 +670,7 @@ mod tests {
             lines: Arc::clone(&lines),
             dropped: dropped_tx,
         };
-        let counters = SinkCounters {
-            dropped: IntCounter::new("d", "d").expect("counter"),
-            write_errors: IntCounter::new("w", "w").expect("counter"),
-            activity_dropped: IntCounter::new("a", "a").expect("counter"),
-            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
-        };
+        let counters = counters();
         let (sink, writer) = RecordSink::spawn(
             RecordOutput::Writer(Box::new(out)),
             QueueLimits::lines(16),
@@ -715,12 +732,7 @@ mod tests {
             release: release_rx,
             lines: Arc::clone(&lines),
         };
-        let counters = SinkCounters {
-            dropped: IntCounter::new("d", "d").expect("counter"),
-            write_errors: IntCounter::new("w", "w").expect("counter"),
-            activity_dropped: IntCounter::new("a", "a").expect("counter"),
-            queue_bytes: IntGauge::new("q", "q").expect("gauge"),
-        };
+        let counters = counters();
         let limits = QueueLimits {
             activity_lines: 2,
             activity_wait: wait,

@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
-use serde_json::json;
+use reqwest::StatusCode;
 
 use super::shared::{replica, score};
 use crate::support::admin_api::Admin;
@@ -29,22 +28,9 @@ async fn measure_propagation_of_a_regeneration_to_another_replica() {
     let mut on_a = Vec::with_capacity(ROUNDS);
     for i in 0..ROUNDS {
         let slot = if i % 2 == 0 { "Primary" } else { "Secondary" };
-        let field = if i % 2 == 0 {
-            "primaryKey"
-        } else {
-            "secondaryKey"
-        };
         let start = Instant::now();
-        let (status, body) = admin
-            .call(
-                Method::POST,
-                "/services/m/regenerateKeys",
-                Some(json!({ "keyType": slot })),
-            )
-            .await;
+        let key = admin.regenerate("m", slot).await;
         on_a.push(start.elapsed());
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let key = body[field].as_str().expect("new key").to_owned();
         within("B applies the regeneration", async {
             while score(&b, "/m", &key).await != StatusCode::OK {
                 tokio::time::sleep(Duration::from_millis(1)).await;

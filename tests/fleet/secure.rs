@@ -5,7 +5,6 @@
 //! password or a missing client certificate is a clear error, not a hang.
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 
 use super::shared::{score, wait_score};
 use crate::support::admin_api::Admin;
@@ -48,23 +47,6 @@ async fn replica(etcd: &Etcd, ns: &str, instance: &str, upstream: &str) -> TestG
         .await
 }
 
-async fn regenerate(admin: &Admin, slot: &str) -> String {
-    let (status, body) = admin
-        .call(
-            Method::POST,
-            "/services/m/regenerateKeys",
-            Some(json!({ "keyType": slot })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let field = if slot == "Primary" {
-        "primaryKey"
-    } else {
-        "secondaryKey"
-    };
-    body[field].as_str().expect("regenerated key").to_owned()
-}
-
 #[tokio::test]
 async fn replicas_share_state_through_an_etcd_with_client_certificates_and_a_login() {
     let etcd = secure_etcd("sec").await;
@@ -85,7 +67,7 @@ async fn replicas_share_state_through_an_etcd_with_client_certificates_and_a_log
     assert_eq!(score(&b, "/tok", &token).await, StatusCode::OK);
 
     // A write on A reaches B.
-    let secondary = regenerate(&admin_a, "Secondary").await;
+    let secondary = admin_a.regenerate("m", "Secondary").await;
     wait_score(&b, "/m", &secondary, StatusCode::OK).await;
     wait_score(&b, "/m", &keys.1, StatusCode::UNAUTHORIZED).await;
 
@@ -93,7 +75,7 @@ async fn replicas_share_state_through_an_etcd_with_client_certificates_and_a_log
     // the next write on B logs in again and commits, and A applies it.
     etcd.etcdctl_ok(&["auth".into(), "disable".into()]).await;
     etcd.etcdctl_ok(&["auth".into(), "enable".into()]).await;
-    let primary = regenerate(&admin_b, "Primary").await;
+    let primary = admin_b.regenerate("m", "Primary").await;
     wait_score(&a, "/m", &primary, StatusCode::OK).await;
     wait_score(&a, "/m", &keys.0, StatusCode::UNAUTHORIZED).await;
 

@@ -319,22 +319,8 @@ impl Load {
 /// `regenerateKeys` of `slot` ("Primary" or "Secondary") through `admin`: the new key, and when
 /// the answer came.
 async fn regenerate(admin: &Admin, slot: &str) -> (String, std::time::Instant) {
-    let (status, body) = admin
-        .call(
-            Method::POST,
-            "/services/m/regenerateKeys",
-            Some(json!({"keyType": slot})),
-        )
-        .await;
-    let answered = std::time::Instant::now();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let field = if slot == "Primary" {
-        "primaryKey"
-    } else {
-        "secondaryKey"
-    };
-    let key = body[field].as_str().expect("the new key").to_owned();
-    (key, answered)
+    let key = admin.regenerate("m", slot).await;
+    (key, std::time::Instant::now())
 }
 
 /// How long after `since` every replica refuses `old` and accepts `new`.

@@ -132,6 +132,28 @@ impl Admin {
         (key("primaryKey"), key("secondaryKey"))
     }
 
+    /// `regenerateKeys` of `slot` ("Primary" or "Secondary") of a key-mode service, which must
+    /// succeed: the new key.
+    pub async fn regenerate(&self, name: &str, slot: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/services/{name}/regenerateKeys"),
+                Some(serde_json::json!({ "keyType": slot })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let field = if slot == "Primary" {
+            "primaryKey"
+        } else {
+            "secondaryKey"
+        };
+        body[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} in {body}"))
+            .to_owned()
+    }
+
     /// A token for a token-mode service.
     pub async fn token(&self, name: &str) -> String {
         let (status, body) = self

@@ -275,18 +275,8 @@ impl GatewayBuilder {
                 QueueLimits::lines(8192),
             )
         });
-        let (sink, _writer) = RecordSink::spawn(
-            output,
-            limits,
-            true,
-            SinkCounters {
-                dropped: metrics.records_dropped.clone(),
-                write_errors: metrics.record_write_errors.clone(),
-                activity_dropped: metrics.activity_dropped.clone(),
-                queue_bytes: metrics.record_queue_bytes.clone(),
-            },
-        )
-        .expect("start record writer");
+        let (sink, _writer) = RecordSink::spawn(output, limits, true, SinkCounters::of(&metrics))
+            .expect("start record writer");
         let telemetry = Telemetry {
             metrics: Arc::clone(&metrics),
             records: sink,

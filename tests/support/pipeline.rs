@@ -121,12 +121,7 @@ impl Pipeline {
             RecordOutput::Writer(Box::new(SharedBuf::default())),
             QueueLimits::lines(1024),
             true,
-            SinkCounters {
-                dropped: metrics.records_dropped.clone(),
-                write_errors: metrics.record_write_errors.clone(),
-                activity_dropped: metrics.activity_dropped.clone(),
-                queue_bytes: metrics.record_queue_bytes.clone(),
-            },
+            SinkCounters::of(&metrics),
         )
         .expect("record writer");
         let activity = Arc::new(ActivityLog::new(records.clone()));
@@ -187,6 +182,16 @@ impl Pipeline {
             .expect("client handshake");
         tokio::spawn(conn);
         sender
+    }
+
+    /// `POST path` with `{}` on a new connection, in a task of its own: a request that holds a
+    /// slot, waits in the queue or is in flight while the test goes on.
+    pub async fn spawn_post(
+        &mut self,
+        path: &str,
+    ) -> JoinHandle<Result<Response<Incoming>, hyper::Error>> {
+        let mut client = self.connect().await;
+        tokio::spawn(client.send_request(post(path, b"{}")))
     }
 
     /// Starts the drain (as SIGTERM does); [`Pipeline::drained`] waits for its end.

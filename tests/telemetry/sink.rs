@@ -49,6 +49,50 @@ impl Write for StalledWriter {
     }
 }
 
+/// The test's side of a [`StalledWriter`].
+struct Stall {
+    /// Releases the writer (dropping it does too).
+    release: std::sync::mpsc::Sender<()>,
+    /// Resolves when the writer has entered its first write.
+    entered: oneshot::Receiver<()>,
+    written: SharedBuf,
+    batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl StalledWriter {
+    fn new() -> (Self, Stall) {
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let (entered_tx, entered) = oneshot::channel();
+        let stall = Stall {
+            release,
+            entered,
+            written: SharedBuf::default(),
+            batches: Arc::default(),
+        };
+        let writer = Self {
+            release: release_rx,
+            entered: Some(entered_tx),
+            released: false,
+            out: stall.written.clone(),
+            batches: Arc::clone(&stall.batches),
+        };
+        (writer, stall)
+    }
+}
+
+/// One call of the admin listener without a credential, refused (an anonymous activity entry).
+async fn refused_anonymous_call(gw: &super::support::TestGateway) {
+    let (status, _, _) = mgmt_keys::call(
+        gw.admin_client(),
+        Method::GET,
+        &gw.admin_url("/activity"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
 /// Record lines written to `buf`, parsed.
 fn lines_of(buf: &SharedBuf) -> Vec<Value> {
     let bytes = buf.0.lock().expect("buffer lock").clone();
@@ -64,16 +108,13 @@ async fn a_stalled_record_sink_drops_and_counts_records_without_slowing_requests
     const QUEUE: usize = 16;
     const MORE: usize = 40;
     let upstream = MockUpstream::start().await;
-    let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let (entered_tx, entered_rx) = oneshot::channel();
-    let written = SharedBuf::default();
-    let writer = StalledWriter {
-        release: release_rx,
-        entered: Some(entered_tx),
-        released: false,
-        out: written.clone(),
-        batches: Arc::default(),
-    };
+    let (writer, stall) = StalledWriter::new();
+    let Stall {
+        release: release_tx,
+        entered: entered_rx,
+        written,
+        ..
+    } = stall;
     let gw = GatewayBuilder::new()
         .service("open", OPEN, &upstream.url())
         .record_output(RecordOutput::Writer(Box::new(writer)), QUEUE)
@@ -132,17 +173,13 @@ async fn a_stalled_sink_holds_at_most_queue_max_bytes_of_truncated_records() {
     const REQUESTS: usize = 200;
     const LONG: usize = 20_000;
     let upstream = MockUpstream::start().await;
-    let (release_tx, release_rx) = std::sync::mpsc::channel();
-    let (entered_tx, entered_rx) = oneshot::channel();
-    let written = SharedBuf::default();
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let writer = StalledWriter {
-        release: release_rx,
-        entered: Some(entered_tx),
-        released: false,
-        out: written.clone(),
-        batches: Arc::clone(&batches),
-    };
+    let (writer, stall) = StalledWriter::new();
+    let Stall {
+        release: release_tx,
+        entered: entered_rx,
+        written,
+        batches,
+    } = stall;
     let gw = GatewayBuilder::new()
         .service("open", OPEN, &upstream.url())
         .record_queue(
@@ -224,15 +261,12 @@ async fn a_stalled_sink_holds_at_most_queue_max_bytes_of_truncated_records() {
 async fn a_stalled_record_sink_does_not_stall_management_operations() {
     const QUEUE: usize = 16;
     let upstream = MockUpstream::start().await;
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let (entered_tx, entered_rx) = oneshot::channel();
-    let writer = StalledWriter {
-        release: release_rx,
-        entered: Some(entered_tx),
-        released: false,
-        out: SharedBuf::default(),
-        batches: Arc::default(),
-    };
+    let (writer, stall) = StalledWriter::new();
+    let Stall {
+        release: release_tx,
+        entered: entered_rx,
+        ..
+    } = stall;
     let gw = GatewayBuilder::new()
         .service_with("iris", IRIS, &upstream.url(), "auth = \"key\"")
         .record_output(RecordOutput::Writer(Box::new(writer)), QUEUE)
@@ -247,15 +281,7 @@ async fn a_stalled_record_sink_does_not_stall_management_operations() {
 
     // Unauthenticated callers of the admin listener: each refusal is an activity entry.
     for _ in 0..600 {
-        let (status, _, _) = mgmt_keys::call(
-            gw.admin_client(),
-            Method::GET,
-            &gw.admin_url("/activity"),
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        refused_anonymous_call(&gw).await;
     }
     let token = gw.admin_token().await;
     let regenerated = tokio::time::timeout(
@@ -279,16 +305,13 @@ async fn a_stalled_record_sink_does_not_stall_management_operations() {
 async fn with_the_activity_backlog_full_an_operation_is_refused_unrun_and_runs_once_the_sink_drains()
  {
     let upstream = MockUpstream::start().await;
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let (entered_tx, entered_rx) = oneshot::channel();
-    let written = SharedBuf::default();
-    let writer = StalledWriter {
-        release: release_rx,
-        entered: Some(entered_tx),
-        released: false,
-        out: written.clone(),
-        batches: Arc::default(),
-    };
+    let (writer, stall) = StalledWriter::new();
+    let Stall {
+        release: release_tx,
+        entered: entered_rx,
+        written,
+        ..
+    } = stall;
     // Two queue lines, four of activity backlog; a refused reservation gives up after 300 ms.
     let limits = QueueLimits {
         activity_lines: 4,
@@ -310,15 +333,7 @@ async fn with_the_activity_backlog_full_an_operation_is_refused_unrun_and_runs_o
     while gw.counter("scoregate_activity_records_dropped_total") == 0 {
         anonymous += 1;
         assert!(anonymous <= 20, "the backlog of 6 lines never filled");
-        let (status, _, _) = mgmt_keys::call(
-            gw.admin_client(),
-            Method::GET,
-            &gw.admin_url("/activity"),
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        refused_anonymous_call(&gw).await;
     }
 
     // No room for its entry: the operation is refused and does not run.
