@@ -9,6 +9,9 @@
   report.py compare <dir>                        -> issue 8's comparison (loadtest/compare.sh):
                                                     <dir>/{main,rate,idle}/ -> markdown (stdout)
   report.py chart <dir> <out.png>                -> bar chart of <dir>/main (needs matplotlib)
+  report.py split <runs.csv> <baseline row>      -> per row: median CPU per request, split into
+                                                    kernel and user space, and each round's
+                                                    ratio to the baseline row (medians)
 
 Environment for `table`: TARGET_RATIO (0.5) and TARGET_RSS_MIB (40): the issue's targets, judged
 for every row that runs a proxy process (x direct >= TARGET_RATIO in the median, and peak RSS
@@ -24,7 +27,8 @@ import sys
 
 FIELDS = ["round", "name", "proto", "auth", "rps", "p50_ms", "p99_ms", "total", "n2xx",
           "non2xx", "errors", "proxy_cpu_s", "proxy_us_per_req", "proxy_cpu_pct",
-          "upstream_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct", "peak_rss_mib", "records", "status"]
+          "upstream_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct", "peak_rss_mib", "records", "status",
+          "proxy_sys_us_per_req"]
 
 
 def row(path):
@@ -502,6 +506,25 @@ def chart(d, png):
     fig.savefig(png, dpi=80)
 
 
+def split(path, baseline):
+    """CPU per request in kernel and user space, by row, and the ratio to `baseline` taken
+    round by round (both rows measured in the same round) before the median."""
+    rows = [r for r in read_csv(path) if r["status"] == "ok"]
+    base = {r["round"]: num(r, "proxy_us_per_req") for r in rows if r["name"] == baseline}
+    print(f"| row | rounds | CPU µs/req | kernel µs/req | user µs/req | x {baseline} (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in by_name(rows).items():
+        total = [num(r, "proxy_us_per_req") for r in rs]
+        if not any(t is not None for t in total):
+            continue
+        kernel = [num(r, "proxy_sys_us_per_req") for r in rs]
+        user = [t - k for t, k in zip(total, kernel) if t is not None and k is not None]
+        ratios = [num(r, "proxy_us_per_req") / base[r["round"]] for r in rs
+                  if base.get(r["round"]) and num(r, "proxy_us_per_req") is not None]
+        print(f"| {name} | {len(rs)} | {fmt(med(total), '.1f')} | {fmt(med(kernel), '.1f')} "
+              f"| {fmt(med(user), '.1f')} | {fmt(med(ratios), '.3f')} |")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "fields":
@@ -516,5 +539,7 @@ if __name__ == "__main__":
         compare(sys.argv[2])
     elif cmd == "chart" and len(sys.argv) == 4:
         chart(sys.argv[2], sys.argv[3])
+    elif cmd == "split" and len(sys.argv) == 4:
+        split(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)

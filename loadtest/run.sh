@@ -81,7 +81,9 @@ fi
 CERTS="$RUN/certs"
 CERT="$CERTS/server.crt"; CERTKEY="$CERTS/server.key"; CA="$CERTS/ca.crt"; PEM="$CERTS/server.pem"
 UP="127.0.0.1:$UPPORT"
-export SCOREGATE PORT ADMIN_PORT UP ROUTE CERT CERTKEY PEM CA RUN KEY1 KEY2 TOKEN HERE ANCHORS \
+# The same upstream also listens on a Unix socket, for rows that reach it there (issue 18).
+UPSOCK="$RUN/upstream.sock"
+export SCOREGATE PORT ADMIN_PORT UP UPSOCK ROUTE CERT CERTKEY PEM CA RUN KEY1 KEY2 TOKEN HERE ANCHORS \
   TOKEN_LIFETIME_S
 
 T0=$(date +%s)
@@ -131,6 +133,11 @@ proc_field() {     # pid index -> field of /proc/pid/stat counted from the state
 cpu_ticks() {      # pids... -> utime+stime of all their threads, in clock ticks
   local t=0 p
   for p in "$@"; do t=$(( t + $(proc_field "$p" 11) + $(proc_field "$p" 12) )); done
+  echo "$t"
+}
+sys_ticks() {      # pids... -> stime (kernel time) of all their threads, in clock ticks
+  local t=0 p
+  for p in "$@"; do t=$(( t + $(proc_field "$p" 12) )); done
   echo "$t"
 }
 child_ticks() {    # -> cutime+cstime of this shell: CPU of every child it has waited for
@@ -311,7 +318,7 @@ sed 's/^/    /' "$OUT/env.txt" >&2
 wait_port_free "$UPPORT" 3 || die "port $UPPORT is already in use (set UPPORT)"
 wait_port_free "$PORT" 3 || die "port $PORT is already in use (set PORT)"
 wait_port_free "$ADMIN_PORT" 3 || die "port $ADMIN_PORT is already in use (set ADMIN_PORT)"
-start_bg upstream "$RUN/logs/upstream.log" "$SCOREGATE" sample-model --listen "$UP"
+start_bg upstream "$RUN/logs/upstream.log" "$SCOREGATE" sample-model --listen "$UP" --unix "$UPSOCK"
 UP_PID=$STARTED_PID
 wait_port "$UPPORT" 10 "$UP_PID" || die "upstream did not start (see $RUN/logs/upstream.log)"
 owns_port "$UPPORT" "$UP_PID" || die "port $UPPORT is served by another process, not our upstream"
@@ -541,7 +548,7 @@ one_run() {        # round idx -> appends one row to runs.csv
   local r=$1 i=$2 name=${NAMES[$2]} js status=ok
   js="$OUT/raw/r$r-$name.json"
   local -a args pids=()
-  local c0=0 c1=0 u0 u1 l0 l1 s0 s1 hw="" rec0="" rec1="" recs="" proxied=0 k
+  local c0=0 c1=0 k0=0 k1=0 u0 u1 l0 l1 s0 s1 hw="" rec0="" rec1="" recs="" proxied=0 k
   # A fresh record file / access log per run. (HAProxy sets O_NONBLOCK on its stdout with
   # F_SETFL, which clears the O_APPEND of the launcher's `>>`: it then writes from offset 0,
   # over whatever an earlier run left in the file, and a line count across runs is wrong.)
@@ -549,12 +556,12 @@ one_run() {        # round idx -> appends one row to runs.csv
   export RECORDS="$RUN/logs/records-$name.jsonl"
   wait_quiet
   if ! start_peer "$i"; then
-    printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,nostart" >> "$OUT/runs.csv"
+    printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,nostart," >> "$OUT/runs.csv"
     return
   fi
   if ! check "$i"; then
     stop_peer
-    printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,checkfail" >> "$OUT/runs.csv"
+    printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},,,,0,0,0,0,,,,,,,,,checkfail," >> "$OUT/runs.csv"
     return
   fi
   mapfile -d '' args < <(oha_args "$i" "$WARM")
@@ -565,7 +572,7 @@ one_run() {        # round idx -> appends one row to runs.csv
     mapfile -t pids < <(group_pids "$PEER_PID")
     sleep 0.2                           # let the record writer catch up with the warm-up
     rec0=$(records_lines "$name")
-    c0=$(cpu_ticks "${pids[@]}")
+    c0=$(cpu_ticks "${pids[@]}"); k0=$(sys_ticks "${pids[@]}")
   fi
   local perf_pid="" pd="$OUT/raw/r$r-$name.perf"
   if [ "$PERF" = 1 ] && [ "$proxied" = 1 ]; then
@@ -584,7 +591,7 @@ one_run() {        # round idx -> appends one row to runs.csv
     stop_pid "$perf_pid"; OPENER_PID=""
   fi
   if [ "$proxied" = 1 ]; then
-    c1=$(cpu_ticks "${pids[@]}")
+    c1=$(cpu_ticks "${pids[@]}"); k1=$(sys_ticks "${pids[@]}")
     read -r hw _ <<< "$(mem_kib VmHWM "${pids[@]}")"
     stop_peer                           # a clean stop flushes the record writer
     rec1=$(records_lines "$name")
@@ -593,12 +600,13 @@ one_run() {        # round idx -> appends one row to runs.csv
   local parsed
   parsed=$(python3 "$HERE/report.py" row "$js" 2>>"$RUN/logs/report.err") \
     || { [ "$status" = ok ] && status=parsefail; parsed=",,,0,0,0,0"; }
-  local rps p50 p99 total n2 nn er pcpu="" pus="" ppct="" upct lgpct opct rss=""
+  local rps p50 p99 total n2 nn er pcpu="" pus="" pkus="" ppct="" upct lgpct opct rss=""
   IFS=, read -r rps p50 p99 total n2 nn er <<< "$parsed"
   local tck; tck=$(getconf CLK_TCK)
   if [ "$proxied" = 1 ]; then
     pcpu=$(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN {printf "%.2f", (b - a) / t}')
     pus=$(awk -v c="$pcpu" -v n="$total" 'BEGIN {if (n > 0) printf "%.1f", c * 1e6 / n}')
+    pkus=$(awk -v a="$k0" -v b="$k1" -v t="$tck" -v n="$total" 'BEGIN {if (n > 0) printf "%.1f", (b - a) / t * 1e6 / n}')
     ppct=$(awk -v c="$pcpu" -v d="$DUR" 'BEGIN {printf "%.0f", c / d * 100}')
     rss=$(awk -v k="$hw" 'BEGIN {printf "%.1f", k / 1024}')
   fi
@@ -608,7 +616,7 @@ one_run() {        # round idx -> appends one row to runs.csv
   # indicator. Runs with a high value were measured on a busy machine.
   opct=$(awk -v a="$s0" -v b="$s1" -v p="$((c1 - c0))" -v u="$((u1 - u0))" -v l="$((l1 - l0))" -v t="$tck" -v d="$DUR" \
     'BEGIN {x = (b - a - p - u - l) / t / d * 100; if (x < 0) x = 0; printf "%.0f", x}')
-  printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},$rps,$p50,$p99,$total,$n2,$nn,$er,$pcpu,$pus,$ppct,$upct,$lgpct,$opct,$rss,$recs,$status" >> "$OUT/runs.csv"
+  printf '%s\n' "$r,$name,${PROTOS[$i]},${AUTHS[$i]},$rps,$p50,$p99,$total,$n2,$nn,$er,$pcpu,$pus,$ppct,$upct,$lgpct,$opct,$rss,$recs,$status,$pkus" >> "$OUT/runs.csv"
   if [ -s "$pd.data" ]; then         # after the measurement: where the proxy's time went
     local sort
     for sort in dso comm dso,symbol; do

@@ -448,18 +448,33 @@ pub enum TrustedKeys {
     },
 }
 
-/// Where a service's scoring container lives.
+/// Where a service's scoring container lives: `http(s)://host:port[/base]`, or
+/// `unix:/absolute/socket/path[:/base]` for a container listening on a Unix socket (plain
+/// HTTP/1.1 over the socket, as nginx's `proxy_pass http://unix:/path:/base`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    /// `http` for a Unix socket.
     pub scheme: http::uri::Scheme,
+    /// The `Host` sent upstream; `localhost` for a Unix socket.
     pub authority: http::uri::Authority,
     /// Prepended to the forwarded path; no trailing slash, `""` for none.
     pub base_path: String,
+    /// The socket a `unix:` upstream listens on (absolute; no `:` in it).
+    pub socket: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// A Unix socket's longest path on Linux (`sun_path` holds 108 bytes with the NUL).
+    pub const MAX_SOCKET_PATH: usize = 107;
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+        match &self.socket {
+            Some(path) if self.base_path.is_empty() => write!(f, "unix:{}", path.display()),
+            Some(path) => write!(f, "unix:{}:{}", path.display(), self.base_path),
+            None => write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path),
+        }
     }
 }
 

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::SampleModel { listen } => sample_model(listen),
+        Command::SampleModel { listen, unix } => sample_model(listen, unix),
     }
 }
 
@@ -113,17 +113,50 @@ fn cluster(command: ClusterCommand) -> ExitCode {
 }
 
 /// `scoregate sample-model`: the built-in scoring container until a signal.
-fn sample_model(listen: std::net::SocketAddr) -> ExitCode {
+fn sample_model(
+    listen: Option<std::net::SocketAddr>,
+    unix: Option<std::path::PathBuf>,
+) -> ExitCode {
+    use scoregate::sample_model::{serve, serve_unix};
+    let listen = match (listen, &unix) {
+        (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 5001))),
+        (listen, _) => listen,
+    };
     block_on(None, async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let serve = tokio::spawn(scoregate::sample_model::serve(listener, stop.clone()));
-        eprintln!("sample model listening on http://{listen}");
+        let mut tasks = Vec::new();
+        if let Some(listen) = listen {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tasks.push(tokio::spawn(serve(listener, stop.clone())));
+            eprintln!("sample model listening on http://{listen}");
+        }
+        if let Some(path) = unix {
+            remove_stale_socket(&path)?;
+            let listener = tokio::net::UnixListener::bind(&path)
+                .map_err(|e| anyhow::anyhow!("cannot listen on unix:{}: {e}", path.display()))?;
+            tasks.push(tokio::spawn(serve_unix(listener, stop.clone())));
+            eprintln!("sample model listening on unix:{}", path.display());
+        }
         scoregate::shutdown::signal().await;
         stop.cancel();
-        let _ = serve.await;
+        for task in tasks {
+            let _ = task.await;
+        }
         Ok(())
     })
+}
+
+/// A socket file nobody listens on any more (a previous run's) is removed; anything else at
+/// `path` is left for `bind` to refuse.
+fn remove_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        std::fs::remove_file(path).map_err(|e| {
+            anyhow::anyhow!("cannot remove the stale socket {}: {e}", path.display())
+        })?;
+    }
+    Ok(())
 }
 
 fn write_stdout(bytes: &[u8]) -> ExitCode {

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 const LABELS: [&str; 3] = ["setosa", "versicolor", "virginica"];
@@ -41,7 +41,6 @@ pub fn predict(row: &[f64; 4]) -> [f64; 3] {
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, stop: CancellationToken) {
-    let http = hyper::server::conn::http1::Builder::new();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -49,15 +48,36 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
         };
         let Ok((stream, _)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service_fn(handle));
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = conn => {},
-                () = stop.cancelled() => {},
-            }
-        });
+        spawn_connection(stream, &stop);
     }
+}
+
+/// Serves on a Unix socket (as a container run with gunicorn `--bind unix:` or uvicorn `--uds`)
+/// until `stop` is cancelled.
+pub async fn serve_unix(listener: UnixListener, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        spawn_connection(stream, &stop);
+    }
+}
+
+fn spawn_connection<T>(io: T, stop: &CancellationToken)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service_fn(handle));
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = conn => {},
+            () = stop.cancelled() => {},
+        }
+    });
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -3,7 +3,8 @@
 //!
 //! One client per service, so each service's connect timeout and TLS trust apply to its own
 //! upstream. An `https://` upstream is verified against the system roots plus an optional
-//! `upstream_ca`. Response-header timeouts are applied by the caller (`proxy::forward`) because
+//! `upstream_ca`; a `unix:` upstream is plain HTTP/1.1 over a Unix socket, pooled, probed and
+//! timed like a TCP one. Response-header timeouts are applied by the caller (`proxy::forward`) because
 //! they are a per-request policy, not a transport setting.
 //!
 //! # The pool
@@ -27,6 +28,7 @@
 //! to become idle again; on the proxy's hot path those were measurable (`loadtest/RESULTS.md`).
 
 use std::future::poll_fn;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -85,6 +87,9 @@ struct Pool {
 enum Connector {
     Plain(HttpConnector),
     Tls(hyper_rustls::HttpsConnector<HttpConnector>),
+    /// A `unix:` upstream: plain HTTP/1.1 over the socket at this path, connected within the
+    /// connect timeout.
+    Unix(Arc<Path>, Duration),
     /// Connections from a [`Dialer`], for the named service.
     Dial(Dialer, Arc<str>),
 }
@@ -184,6 +189,8 @@ impl UpstreamClient {
             .map_err(|e| format!("invalid upstream address: {e}"))?;
         let connector = if let Some(dialer) = dialer {
             Connector::Dial(dialer.clone(), Arc::from(config.name.as_str()))
+        } else if let Some(socket) = &upstream.socket {
+            Connector::Unix(Arc::from(socket.as_path()), config.connect_timeout)
         } else if upstream.scheme == http::uri::Scheme::HTTPS {
             let tls = crate::tls::client_config(config.upstream_ca.as_deref())?;
             http.enforce_http(false);
@@ -311,6 +318,12 @@ impl Pool {
                 let io = c.call(target).await.map_err(UpstreamError::Connect)?;
                 handshake(io).await
             }
+            Connector::Unix(path, timeout) => {
+                let io = connect_unix(&path, timeout)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(e.into()))?;
+                handshake(hyper_util::rt::TokioIo::new(io)).await
+            }
             Connector::Dial(dialer, service) => {
                 let io = (dialer.0)(&service)
                     .await
@@ -318,6 +331,16 @@ impl Pool {
                 handshake(hyper_util::rt::TokioIo::new(io)).await
             }
         }
+    }
+}
+
+/// A connection to a `unix:` upstream's socket; the error names the socket.
+async fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<tokio::net::UnixStream> {
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("unix:{}: {e}", path.display()));
+    match tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)).await {
+        Ok(connected) => connected.map_err(named),
+        Err(_) => Err(named(std::io::ErrorKind::TimedOut.into())),
     }
 }
 

@@ -293,6 +293,67 @@ async fn check_config_json_summarises_a_good_file() {
     assert_eq!(report["tls"], true);
 }
 
+/// `unix:` upstreams: the syntax is checked with the file, and the socket on this machine: a
+/// missing directory or a path that is not a socket is a problem naming the service's key; a
+/// socket not created yet (the container has not started) is not.
+#[tokio::test]
+async fn check_config_checks_unix_socket_upstreams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    std::fs::write(d.join("plain-file"), "").expect("write a regular file");
+    let long = format!("/{}", "s".repeat(107));
+    let upstreams = [
+        "unix:relative/model.sock".to_owned(),
+        format!("unix:{}", d.join("model.sock").display()),
+        format!("unix:{}:base", d.join("model.sock").display()),
+        format!("unix:{long}"),
+        format!("unix:{}", d.join("missing/model.sock").display()),
+        format!("unix:{}:/base", d.join("plain-file").display()),
+    ];
+    let mut builder = GatewayBuilder::new();
+    for (i, upstream) in upstreams.iter().enumerate() {
+        builder = builder.service(&format!("s{i}"), &format!("/s{i}"), upstream);
+    }
+    let (_pki, path) = builder.write(d);
+    let path = path.to_str().expect("UTF-8 path");
+
+    let out = process::run(&["check-config", "--config", path], QUICK).await;
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    let listed: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect();
+    let expected = [
+        "service[0].upstream: \"unix:relative/model.sock\" needs an absolute socket path (unix:/run/model/model.sock)".to_owned(),
+        format!(
+            "service[2].upstream: {:?} has a base path that does not start with '/' (unix:/path/model.sock:/base; a socket path cannot contain ':')",
+            upstreams[2]
+        ),
+        format!(
+            "service[3].upstream: {:?} has a socket path longer than 107 bytes, the limit of a Unix socket address",
+            upstreams[3]
+        ),
+        format!(
+            "service[4].upstream: {} cannot be reached: its directory {} does not exist (in a pod, mount the volume the container creates its socket in)",
+            d.join("missing/model.sock").display(),
+            d.join("missing").display()
+        ),
+        format!(
+            "service[5].upstream: {} exists and is not a socket",
+            d.join("plain-file").display()
+        ),
+    ];
+    assert_eq!(listed, expected, "{}", out.stderr);
+
+    // The socket of service 1 exists once its container listens: still fine.
+    let _socket =
+        std::os::unix::net::UnixListener::bind(d.join("model.sock")).expect("bind the socket");
+    let again = process::run(&["check-config", "--config", path], QUICK).await;
+    assert!(again.stderr.contains("5 problem(s)"), "{}", again.stderr);
+    assert!(!again.stderr.contains("service[1]"), "{}", again.stderr);
+}
+
 /// A state directory other users may write to (where they could plant files or links next to
 /// the credentials) is a configuration error naming it, in `check-config` and in `run`.
 #[tokio::test]

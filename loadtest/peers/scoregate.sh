@@ -9,6 +9,7 @@
 #     EXTRA_SERVICE_LINE  TOML lines appended to the [[service]] table as is
 # Environment (besides run.sh's SCOREGATE PEER_NAME PORT ADMIN_PORT UP CERT CERTKEY RUN RECORDS
 # ROUTE KEY1 KEY2):
+#     SG_UPSTREAM          the service's upstream (default http://$UP; e.g. unix:$UPSOCK)
 #     SG_RECORDS=off       [telemetry] request_records = false (default: on, to $RECORDS)
 #     SG_SERVER_EXTRA      more TOML lines for [server], newline-separated
 #     SG_TELEMETRY_EXTRA   TOML appended at the end (e.g. a [telemetry.otlp] table); `\n`
@@ -50,7 +51,7 @@ conf="$RUN/conf/$name.toml"
   echo "[[service]]"
   echo "name = \"iris\""
   echo "route = \"$ROUTE\""
-  echo "upstream = \"http://$UP\""
+  echo "upstream = \"${SG_UPSTREAM:-http://$UP}\""
   echo "auth = \"$auth\""
   # Azure ML's default of one request in the container at a time would measure the queue, not
   # the proxy; every peer in the comparison forwards without a concurrency cap.

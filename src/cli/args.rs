@@ -150,9 +150,13 @@ pub enum Command {
     },
     /// Serve only the built-in sample scoring model (plain HTTP), e.g. as a load-test upstream.
     SampleModel {
-        /// Where the model listens (plain HTTP).
-        #[arg(long, default_value = "127.0.0.1:5001")]
-        listen: SocketAddr,
+        /// Where the model listens (plain HTTP); 127.0.0.1:5001 unless only `--unix` is given.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Listen on this Unix socket (as gunicorn `--bind unix:` or uvicorn `--uds`), and on
+        /// TCP only if `--listen` is given too; a stale socket file left there is replaced.
+        #[arg(long, value_name = "PATH")]
+        unix: Option<PathBuf>,
     },
     /// GET a health endpoint of a running gateway; exit 0 on a 2xx answer, 1 otherwise (for a
     /// container HEALTHCHECK where there is no shell or curl).

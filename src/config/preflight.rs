@@ -1,5 +1,6 @@
 //! Whether a valid configuration can run on this machine, as this user: the state directory and
-//! the record file's directory are writable, and every listen address is free.
+//! the record file's directory are writable, every `unix:` upstream's socket can be reached (or
+//! its directory is there for the container to create it in), and every listen address is free.
 //!
 //! `check-config` and `run` ask this after validation (a reload does not: the running gateway
 //! holds its listeners, and restart-only settings do not change on reload). Each problem names
@@ -38,6 +39,13 @@ pub(super) fn preflight(
         && let Err(message) = writable_file(path)
     {
         issue("telemetry.file", message);
+    }
+    for (i, service) in config.services.iter().enumerate() {
+        if let Some(socket) = &service.upstream.socket
+            && let Err(message) = reachable_socket(socket)
+        {
+            issue(&format!("service[{i}].upstream"), message);
+        }
     }
     let s = &config.server;
     if machine == MachineChecks::SkipListeners {
@@ -96,6 +104,39 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
             ancestor.display()
         )
     })
+}
+
+/// A `unix:` upstream's socket: a socket this user may connect to, or not there yet in a directory
+/// that exists (the container creates it when it starts; until then the service is not ready).
+/// A socket nobody listens on is not a configuration problem: the container may be restarting.
+fn reachable_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(format!(
+                    "cannot connect to {}: {e}; the gateway's user needs write permission on the socket",
+                    path.display()
+                )),
+                _ => Ok(()),
+            }
+        }
+        Ok(_) => Err(format!("{} exists and is not a socket", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} cannot be reached: its directory {} does not exist (in a pod, mount the \
+                     volume the container creates its socket in)",
+                    path.display(),
+                    dir.display()
+                ))
+            }
+        }
+        Err(e) => Err(format!("{} cannot be reached: {e}", path.display())),
+    }
 }
 
 /// A file that can be opened for appending, or created in an existing writable directory (the

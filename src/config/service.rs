@@ -1,6 +1,6 @@
 //! Validation of `[[service]]` tables: names, routes, upstreams, auth mode, keys, limits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use http::Uri;
 
@@ -321,11 +321,16 @@ fn normalise_route(route: &str) -> Result<String, &'static str> {
     Ok(trimmed.to_owned())
 }
 
+const NOT_AN_UPSTREAM: &str = "is not an http(s) URL or unix:/socket/path";
+
 fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
-    let uri: Uri = text.parse().map_err(|_| "is not an http(s) URL")?;
-    let scheme = uri.scheme().cloned().ok_or("is not an http(s) URL")?;
+    if let Some(rest) = text.strip_prefix("unix:") {
+        return parse_unix_upstream(rest);
+    }
+    let uri: Uri = text.parse().map_err(|_| NOT_AN_UPSTREAM)?;
+    let scheme = uri.scheme().cloned().ok_or(NOT_AN_UPSTREAM)?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-        return Err("is not an http(s) URL");
+        return Err(NOT_AN_UPSTREAM);
     }
     let authority = uri.authority().cloned().ok_or("has no host")?;
     if authority.as_str().contains('@') {
@@ -338,6 +343,50 @@ fn parse_upstream(text: &str) -> Result<Upstream, &'static str> {
         scheme,
         authority,
         base_path: uri.path().trim_end_matches('/').to_owned(),
+        socket: None,
+    })
+}
+
+/// `unix:PATH[:BASE]` (after `unix:`): the socket path ends at the first `:`, so a socket path
+/// cannot contain one; what follows is the base path, as in nginx's `http://unix:PATH:BASE`.
+fn parse_unix_upstream(rest: &str) -> Result<Upstream, &'static str> {
+    let (socket, base) = match rest.split_once(':') {
+        Some((socket, base)) => (socket, Some(base)),
+        None => (rest, None),
+    };
+    if !socket.starts_with('/') {
+        return Err("needs an absolute socket path (unix:/run/model/model.sock)");
+    }
+    if socket.ends_with('/') {
+        return Err("names a directory, not a socket (unix:/run/model/model.sock)");
+    }
+    if socket.len() > Upstream::MAX_SOCKET_PATH {
+        return Err("has a socket path longer than 107 bytes, the limit of a Unix socket address");
+    }
+    if socket.chars().any(char::is_control) {
+        return Err("has a control character in its socket path");
+    }
+    let base_path = match base {
+        None => String::new(),
+        Some(base) => {
+            if !base.starts_with('/') {
+                return Err(
+                    "has a base path that does not start with '/' (unix:/path/model.sock:/base; \
+                     a socket path cannot contain ':')",
+                );
+            }
+            let uri: Uri = base.parse().map_err(|_| "has an invalid base path")?;
+            if uri.query().is_some() || uri.authority().is_some() {
+                return Err("must not have a query");
+            }
+            uri.path().trim_end_matches('/').to_owned()
+        }
+    };
+    Ok(Upstream {
+        scheme: http::uri::Scheme::HTTP,
+        authority: http::uri::Authority::from_static("localhost"),
+        base_path,
+        socket: Some(PathBuf::from(socket)),
     })
 }
 
@@ -346,5 +395,6 @@ fn placeholder_upstream() -> Upstream {
         scheme: http::uri::Scheme::HTTP,
         authority: http::uri::Authority::from_static("invalid"),
         base_path: String::new(),
+        socket: None,
     }
 }

@@ -296,7 +296,7 @@ route = "/iris"
         "server.idle_release_ms: 100000000000 exceeds the maximum of 86400000 ms (one day)",
         "service[0].name: \"bad name!\" must be 1-64 characters of a-z, A-Z, 0-9, '-' and '_', starting with a letter or digit",
         "service[0].route: \"api\" must start with '/'",
-        "service[0].upstream: \"htp://x\" is not an http(s) URL",
+        "service[0].upstream: \"htp://x\" is not an http(s) URL or unix:/socket/path",
         r#"service[0].auth: "both" is not one of "none", "key", "token" (exactly one mode per service)"#,
         "service[1].route: \"/a/../b\" must not contain empty, '.' or '..' segments",
         "service[1].upstream: \"http://user:pw@host:1\" must not carry credentials",
@@ -506,6 +506,52 @@ fn https_upstreams_are_accepted_with_an_optional_ca() {
         issues[0].starts_with("service[0].upstream_ca: cannot read CA file"),
         "{issues:?}"
     );
+}
+
+#[test]
+fn unix_socket_upstreams_take_an_optional_base_path_after_a_colon() {
+    let d = Dir::new();
+    for (text, socket, base, shown) in [
+        (
+            "unix:/run/model/model.sock",
+            "/run/model/model.sock",
+            "",
+            "unix:/run/model/model.sock",
+        ),
+        (
+            "unix:/run/m.sock:/v2/",
+            "/run/m.sock",
+            "/v2",
+            "unix:/run/m.sock:/v2",
+        ),
+        ("unix:/run/m.sock:/", "/run/m.sock", "", "unix:/run/m.sock"),
+    ] {
+        let c = d
+            .parse(&MINIMAL.replace("http://127.0.0.1:5001", text))
+            .expect(text);
+        let upstream = &c.services[0].upstream;
+        assert_eq!(
+            upstream.socket.as_deref(),
+            Some(Path::new(socket)),
+            "{text}"
+        );
+        assert_eq!(upstream.base_path, base, "{text}");
+        assert_eq!(upstream.authority.as_str(), "localhost", "{text}");
+        assert_eq!(upstream.to_string(), shown, "{text}");
+    }
+    for (text, why) in [
+        ("unix:", "needs an absolute socket path"),
+        ("unix:/run/model/", "names a directory, not a socket"),
+        ("unix:/run/m.sock:/a?b=1", "must not have a query"),
+        (
+            r"unix:/run/m\u0001.sock",
+            "has a control character in its socket path",
+        ),
+    ] {
+        let issues = d.issues(&MINIMAL.replace("http://127.0.0.1:5001", text));
+        assert_eq!(issues.len(), 1, "{text}: {issues:?}");
+        assert!(issues[0].contains(why), "{text}: {issues:?}");
+    }
 }
 
 #[test]

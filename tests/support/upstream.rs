@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -42,8 +43,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::pattern::{self, Fnv64};
@@ -126,6 +128,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct MockUpstream {
     addr: SocketAddr,
+    /// Set when the mock listens on a Unix socket instead (`addr` is then unspecified).
+    socket: Option<PathBuf>,
     shared: Arc<Shared>,
     /// Cancelled on drop: closes the listener and every connection (including `/hang`).
     stop: CancellationToken,
@@ -150,22 +154,58 @@ impl MockUpstream {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let shared = Arc::new(Shared {
+        let shared = Self::shared(&stop);
+        tokio::spawn(accept_loop(
+            Listener::Tcp(listener),
+            Arc::clone(&shared),
+            stop.clone(),
+        ));
+        Ok(Self {
+            addr,
+            socket: None,
+            shared,
+            stop,
+        })
+    }
+
+    /// Starts on a Unix socket at `path` (as a container run with uvicorn `--uds`).
+    pub fn start_unix(path: &Path) -> std::io::Result<Self> {
+        let listener = UnixListener::bind(path)?;
+        let stop = CancellationToken::new();
+        let shared = Self::shared(&stop);
+        tokio::spawn(accept_loop(
+            Listener::Unix(listener),
+            Arc::clone(&shared),
+            stop.clone(),
+        ));
+        Ok(Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            socket: Some(path.to_owned()),
+            shared,
+            stop,
+        })
+    }
+
+    fn shared(stop: &CancellationToken) -> Arc<Shared> {
+        Arc::new(Shared {
             seen: watch::Sender::new(Vec::new()),
             gate_open: watch::Sender::new(false),
             stop: stop.clone(),
-        });
-        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop.clone()));
-        Ok(Self { addr, shared, stop })
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
+        assert!(self.socket.is_none(), "a Unix-socket mock has no address");
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, the form a `[[service]] upstream` takes.
+    /// `http://127.0.0.1:PORT` (or `unix:/path` for [`Self::start_unix`]), the form a
+    /// `[[service]] upstream` takes.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// Every request except health probes, in arrival order.
@@ -223,13 +263,23 @@ impl MockUpstream {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
     for conn in 0.. {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = async {
+                match &listener {
+                    Listener::Tcp(l) => l.accept().await.map(|(s, _)| Either::Left(s)),
+                    Listener::Unix(l) => l.accept().await.map(|(s, _)| Either::Right(s)),
+                }
+            } => accepted,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok(stream) = accepted else { continue };
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {

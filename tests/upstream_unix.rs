@@ -1,0 +1,149 @@
+//! `unix:` upstreams: a scoring container listening on a Unix socket (gunicorn `--bind unix:`,
+//! uvicorn `--uds`), reached over real TLS from the client and a real Unix socket to the
+//! container. Pooling, health probes, forwarded headers, base paths, records and errors behave
+//! as for a TCP upstream.
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario, top to bottom; the 80-line bound is for src/"
+)]
+
+mod support;
+
+use reqwest::StatusCode;
+use support::check::{assert_error_body, send_json};
+use support::{GatewayBuilder, IRIS, MockUpstream, TestGateway, wait_until, within};
+
+const OPENED: &str = r#"scoregate_upstream_connections_total{service="iris"}"#;
+
+/// A gateway in front of `upstream` that probes its health every `interval_ms`.
+async fn gateway(upstream: &str, interval_ms: u64) -> TestGateway {
+    GatewayBuilder::new()
+        .server(&format!("health_interval_ms = {interval_ms}"))
+        .service("iris", IRIS, upstream)
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_unix_socket_upstream_is_probed_pooled_and_forwarded_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = MockUpstream::start_unix(&dir.path().join("model.sock")).expect("bind socket");
+    let gw = gateway(&upstream.url(), 600_000).await;
+    // Ready only once a health probe over the socket has answered.
+    gw.wait_ready().await;
+    assert!(
+        upstream.probe_count() >= 1,
+        "the health probe went over the socket"
+    );
+    let opened = gw.counter(OPENED);
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let resp = within(
+            "POST through the gateway",
+            gw.client()
+                .post(gw.url("/api/v1/service/iris/score?verbose=1"))
+                .body(r#"{"data":[[1,2,3,4]]}"#)
+                .send(),
+        )
+        .await
+        .expect("gateway answered");
+        assert_eq!(resp.status(), StatusCode::OK);
+        ids.push(
+            resp.headers()["x-request-id"]
+                .to_str()
+                .expect("ASCII id")
+                .to_owned(),
+        );
+    }
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 3);
+    // One connection over the socket, reused by every request.
+    assert!(seen.iter().all(|s| s.conn == seen[0].conn), "{seen:?}");
+    assert_eq!(gw.counter(OPENED), opened + 1);
+    let first = &seen[0];
+    assert_eq!(first.path_and_query(), "/score?verbose=1");
+    assert_eq!(first.header("host"), Some("localhost"));
+    assert_eq!(first.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(first.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(first.header("x-request-id"), Some(ids[0].as_str()));
+    assert_eq!(first.body.bytes, 20);
+
+    let record = gw.record_for(&ids[2]).await;
+    assert_eq!(record["StatusCode"], 200, "{record}");
+    assert_eq!(record["UpstreamStatusCode"], 200, "{record}");
+    assert_eq!(record["Success"], true, "{record}");
+    assert_eq!(record["ServiceName"], "iris", "{record}");
+}
+
+#[tokio::test]
+async fn a_base_path_follows_the_socket_path_after_a_colon() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = MockUpstream::start_unix(&dir.path().join("model.sock")).expect("bind socket");
+    let gw = gateway(&format!("{}:/v2/models/iris/", upstream.url()), 600_000).await;
+    gw.wait_ready().await;
+
+    let resp = within(
+        "POST through the gateway",
+        gw.client()
+            .post(gw.url("/api/v1/service/iris/score"))
+            .body("{}")
+            .send(),
+    )
+    .await
+    .expect("gateway answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The health probe went to the base path too (`GET /v2/models/iris/`).
+    let posts: Vec<String> = upstream
+        .requests()
+        .iter()
+        .filter(|s| s.method == http::Method::POST)
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(posts, ["/v2/models/iris/score"]);
+}
+
+/// In a pod the gateway may start before the container has created its socket: until then
+/// scoring answers 502 `upstream_unreachable` and `/readyz` is not
+/// ready; once the container listens, both recover without a reload.
+#[tokio::test]
+async fn a_socket_that_appears_later_is_used_once_it_is_there() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("model.sock");
+    let gw = gateway(&format!("unix:{}", path.display()), 100).await;
+
+    let (status, headers, body) = send_json(
+        gw.client()
+            .post(gw.url("/api/v1/service/iris/score"))
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let id = assert_error_body(&headers, &body, "upstream_unreachable");
+    assert_eq!(
+        gw.record_for(&id).await["ErrorCode"],
+        "upstream_unreachable"
+    );
+    assert_eq!(
+        gw.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let upstream = MockUpstream::start_unix(&path).expect("bind socket");
+    gw.wait_ready().await;
+    let resp = within(
+        "POST once the socket is there",
+        gw.client()
+            .post(gw.url("/api/v1/service/iris/score"))
+            .body("{}")
+            .send(),
+    )
+    .await
+    .expect("gateway answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    wait_until("the request to reach the container", || async {
+        upstream.requests().len() == 1
+    })
+    .await;
+}
