@@ -42,7 +42,7 @@ MONITORING = ROOT / "deploy" / "monitoring"
 KUBE_VERSIONS = ["1.29.0", "1.33.0"]
 # Custom resources the schemas do not know; checked for shape only.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-RENDERED = ["base", "overlays/standard", "overlays/fleet"]
+RENDERED = ["base", "overlays/standard", "overlays/fleet", "overlays/unix-socket"]
 
 failures = []
 
@@ -298,8 +298,25 @@ def check_pod_rules(overlay, docs, config):
         len(services) == 1 and [p["port"] for p in services[0]["spec"]["ports"]] == [8443])
     for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"):
         checks[f"{kind} present"] = bool(by_kind(docs, kind))
+    for service in config.get("service", []):
+        if service["upstream"].startswith("unix:"):
+            socket_dir = os.path.dirname(service["upstream"][len("unix:"):].split(":", 1)[0])
+            checks[f"service {service['name']}: {socket_dir} is an emptyDir the model shares"] = (
+                shares_socket_dir(spec, sg, socket_dir))
     for what, good in checks.items():
         (ok if good else fail)(f"{overlay}: {what}")
+
+
+def shares_socket_dir(spec, sg, socket_dir):
+    """A `unix:` upstream's directory is an emptyDir mounted at the same path in scoregate and
+    in another container (the model, which creates the socket there)."""
+    def volume_at(container):
+        return next((m["name"] for m in container.get("volumeMounts", [])
+                     if m["mountPath"] == socket_dir), None)
+    name = volume_at(sg)
+    empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+    others = [c for c in spec.get("initContainers", []) + spec["containers"] if c is not sg]
+    return name in empty_dirs and any(volume_at(c) == name for c in others)
 
 
 def binary_knows_cluster(scoregate, tmp):
