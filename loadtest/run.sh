@@ -81,8 +81,12 @@ fi
 CERTS="$RUN/certs"
 CERT="$CERTS/server.crt"; CERTKEY="$CERTS/server.key"; CA="$CERTS/ca.crt"; PEM="$CERTS/server.pem"
 UP="127.0.0.1:$UPPORT"
-# The same upstream also listens on a Unix socket, for rows that reach it there (issue 18).
-UPSOCK="$RUN/upstream.sock"
+# The same upstream also listens on a Unix socket, for rows that reach it there (issue 18). It has
+# a directory of its own that others may traverse (mode 0711; $RUN holds private keys), and the
+# socket is made connectable by all: nginx's and HAProxy's workers run as an unprivileged user.
+UPSOCK_DIR=$(mktemp -d /tmp/scoregate-upsock.XXXXXX)
+chmod 0711 "$UPSOCK_DIR"
+UPSOCK="$UPSOCK_DIR/upstream.sock"
 export SCOREGATE PORT ADMIN_PORT UP UPSOCK ROUTE CERT CERTKEY PEM CA RUN KEY1 KEY2 TOKEN HERE ANCHORS \
   TOKEN_LIFETIME_S
 
@@ -169,6 +173,7 @@ cleanup() {
   if [ -n "$OPENER_PID" ]; then stop_pid "$OPENER_PID"; OPENER_PID=""; fi
   if [ -n "$PEER_PID" ]; then stop_pid "$PEER_PID"; PEER_PID=""; fi
   if [ -n "$UP_PID" ]; then stop_pid "$UP_PID"; UP_PID=""; fi
+  if [ -n "${UPSOCK_DIR:-}" ]; then rm -rf "$UPSOCK_DIR"; UPSOCK_DIR=""; fi
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
@@ -322,6 +327,9 @@ start_bg upstream "$RUN/logs/upstream.log" "$SCOREGATE" sample-model --listen "$
 UP_PID=$STARTED_PID
 wait_port "$UPPORT" 10 "$UP_PID" || die "upstream did not start (see $RUN/logs/upstream.log)"
 owns_port "$UPPORT" "$UP_PID" || die "port $UPPORT is served by another process, not our upstream"
+for ((i = 0; i < 200; i++)); do [ -S "$UPSOCK" ] && break; sleep 0.05; done
+[ -S "$UPSOCK" ] || die "upstream did not create its socket $UPSOCK (see $RUN/logs/upstream.log)"
+chmod 0666 "$UPSOCK"
 
 # ---------------------------------------------------------------- per-run pieces
 start_peer() {     # idx -> sets PEER_PID; 1 on failure
