@@ -39,7 +39,6 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::rt::{Read, Write};
 use hyper_util::client::legacy::connect::HttpConnector;
 use prometheus::IntCounter;
-use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_service::Service;
 
 use crate::config::ServiceConfig;
@@ -133,7 +132,20 @@ impl std::fmt::Debug for Dialer {
 #[derive(Debug)]
 struct Conn {
     sender: SendRequest<RequestBody>,
-    _close: DropGuard,
+    _close: AbortOnDrop,
+}
+
+/// Aborts the connection's task when dropped. hyper ends a connection whose handles are gone
+/// only once the exchange in progress is over, which for a request body the container no longer
+/// reads is never. (An abort, not a cancellation future polled beside the connection: that was
+/// polled on every wake-up of the connection, ~1 % of the proxy's samples.)
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Debug)]
@@ -353,20 +365,13 @@ where
     let (sender, conn) = http1::handshake(io)
         .await
         .map_err(|e| UpstreamError::Connect(e.into()))?;
-    let close = CancellationToken::new();
-    let closed = close.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            ended = conn => if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            },
-            // hyper ends a connection whose handles are gone only once the exchange in progress
-            // is over, which for a request body the container no longer reads is never.
-            () = closed.cancelled() => {}
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
     Ok(Conn {
         sender,
-        _close: close.drop_guard(),
+        _close: AbortOnDrop(task.abort_handle()),
     })
 }
