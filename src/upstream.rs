@@ -241,7 +241,9 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut conn = self.0.connect().await?;
+        // Boxed: a new connection is rare next to pooled ones, and its future (connect, TLS,
+        // handshake) is kilobytes that every request's future would otherwise carry and move.
+        let mut conn = Box::pin(self.0.connect()).await?;
         let resp = conn
             .sender
             .send_request(req)

@@ -205,6 +205,18 @@ impl TokenAuthority {
             });
         }
         self.counters.miss.inc();
+        // Boxed: a miss is rare next to hits, and its future (key lookup, perhaps a JWKS fetch)
+        // is large; unboxed, every token-mode request's future would carry room for it.
+        Box::pin(self.verify_uncached(token, key, now)).await
+    }
+
+    /// [`Self::verify`] for a token that is not in the cache.
+    async fn verify_uncached(
+        &self,
+        token: &[u8],
+        key: [u8; 32],
+        now: u64,
+    ) -> Result<VerifiedToken, AuthFailure> {
         let text = std::str::from_utf8(token).map_err(|_| AuthFailure::TokenMalformed)?;
         let header = jsonwebtoken::decode_header(text).map_err(|_| AuthFailure::TokenMalformed)?;
         let kid = header.kid.as_deref().ok_or(AuthFailure::TokenMalformed)?;
