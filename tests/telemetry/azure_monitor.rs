@@ -1,7 +1,7 @@
 //! Azure Monitor export against a local HTTPS ingestion endpoint run by the test (a TLS front
 //! with a test CA, named through `[telemetry.azure_monitor] ca`, over a hyper receiver). The
-//! receiver checks the transport (POST `/v2.1/track`, JSON, gzip), answers the first batch 429
-//! with `Retry-After: 0`, and keeps every envelope; the test checks each envelope field against
+//! receiver checks the transport (POST `/v2.1/track`, JSON, gzip), answers the first POST 429
+//! and the second 503 (both with `Retry-After: 0`), and keeps every envelope; the test checks each envelope field against
 //! Application Insights' documented schema and the gateway's own record. (A 206 partial answer,
 //! which must resend only the retryable rejections, is tested over a socket in the exporter's
 //! unit tests, where the batch is known.)
@@ -32,7 +32,8 @@ struct Ingested {
     answered: Vec<u16>,
 }
 
-/// The ingestion endpoint behind the TLS front; the first POST gets 429, the rest 200.
+/// The ingestion endpoint behind the TLS front; the first POST gets 429, the second 503, the
+/// rest 200.
 async fn ingestion() -> (SocketAddr, Arc<Mutex<Ingested>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -60,7 +61,11 @@ async fn ingestion() -> (SocketAddr, Arc<Mutex<Ingested>>) {
                         let batch: Vec<Value> =
                             serde_json::from_str(&json).expect("a JSON array of envelopes");
                         let mut s = state.lock().expect("receiver state");
-                        let status = if s.answered.is_empty() { 429 } else { 200 };
+                        let status = match s.answered.len() {
+                            0 => 429,
+                            1 => 503,
+                            _ => 200,
+                        };
                         s.answered.push(status);
                         let n = batch.len();
                         if status == 200 {
@@ -253,11 +258,11 @@ async fn requests_and_management_operations_reach_an_https_ingestion_endpoint() 
     assert!(p["initiator"].is_string());
 
     let s = state.lock().expect("receiver state");
-    assert_eq!(s.answered.first(), Some(&429), "{:?}", s.answered);
+    assert_eq!(s.answered[..2], [429, 503], "{:?}", s.answered);
     drop(s);
     assert!(
         gw.counter(r#"scoregate_export_batches_total{exporter="azure_monitor",result="retried"}"#)
-            >= 1
+            >= 2
     );
     assert_eq!(
         gw.counter(r#"scoregate_export_dropped_total{exporter="azure_monitor"}"#),
