@@ -14,9 +14,9 @@
 //!   rewrites headers, `body` the response body and the record guard, `linger` discards the
 //!   unread rest of a request body answered early, `watchdog` ends requests whose client stopped
 //!   taking the response or that passed their deadline.
-//! - [`upstream`]: the pooled keep-alive client to scoring containers (and its `Dialer` seam for
-//!   in-memory tests); `body` the request body streamed to them, with its size, idle and rate
-//!   bounds.
+//! - [`upstream`]: the pooled keep-alive client to scoring containers over TCP, TLS or a Unix
+//!   socket (and its `Dialer` seam for in-memory tests); `body` the request body streamed to
+//!   them, with its size, idle and rate bounds.
 //! - `error`: `GatewayError`, its status mapping and client body.
 //! - [`telemetry`]: diagnostics; `request_log` writes request records from the settled
 //!   `Exchange` the pipeline hands over read-only (reading the service and the state through
