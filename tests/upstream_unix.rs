@@ -147,3 +147,48 @@ async fn a_socket_that_appears_later_is_used_once_it_is_there() {
     })
     .await;
 }
+
+/// The scoring timeout applies over a socket as over TCP: a container that does not answer is
+/// 504 `upstream_timeout`, its connection is dropped (not pooled with an exchange in flight), and
+/// the next request goes out on a new connection.
+#[tokio::test]
+async fn a_silent_container_on_a_socket_is_504_and_its_connection_is_not_reused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = MockUpstream::start_unix(&dir.path().join("model.sock")).expect("bind socket");
+    let gw = GatewayBuilder::new()
+        .server("health_interval_ms = 600000")
+        .service_with("iris", IRIS, &upstream.url(), "scoring_timeout_ms = 300")
+        .start()
+        .await;
+    gw.wait_ready().await;
+
+    let (status, headers, body) = send_json(
+        gw.client()
+            .post(gw.url("/api/v1/service/iris/hang"))
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let id = assert_error_body(&headers, &body, "upstream_timeout");
+    assert_eq!(gw.record_for(&id).await["ErrorCode"], "upstream_timeout");
+    let opened = gw.counter(OPENED);
+
+    let (status, _, _) = send_json(
+        gw.client()
+            .post(gw.url("/api/v1/service/iris/score"))
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gw.counter(OPENED), opened + 1, "a new connection");
+    let seen = upstream.requests();
+    let hang = seen
+        .iter()
+        .find(|s| s.path == "/hang")
+        .expect("the hung request");
+    let score = seen
+        .iter()
+        .find(|s| s.path == "/score")
+        .expect("the next one");
+    assert_ne!(hang.conn, score.conn);
+}
