@@ -4,8 +4,8 @@
 //! One client per service, so each service's connect timeout and TLS trust apply to its own
 //! upstream. An `https://` upstream is verified against the system roots plus an optional
 //! `upstream_ca`; a `unix:` upstream is plain HTTP/1.1 over a Unix socket, pooled, probed and
-//! timed like a TCP one. Response-header timeouts are applied by the caller (`proxy::forward`) because
-//! they are a per-request policy, not a transport setting.
+//! timed like a TCP one. Response-header timeouts are applied by the caller (`proxy::forward`)
+//! because they are a per-request policy, not a transport setting.
 //!
 //! # The pool
 //!
