@@ -9,8 +9,9 @@
 //! `Retry-After`; anything else drops the batch.
 //!
 //! Written directly rather than through `opentelemetry-application-insights`: that crate
-//! exports the OpenTelemetry SDK's spans, and the gateway does not run the SDK (its spans are
-//! built from the request record on the export task, `super::otlp`).
+//! exports the OpenTelemetry SDK's spans, which with the SDK cost 15.9 µs of CPU per span against
+//! 3.1 µs here (`loadtest/sdk_cost/`); the gateway runs no SDK, its spans are built from the
+//! request record.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -1,6 +1,10 @@
 //! OTLP/HTTP (`[telemetry.otlp]`): spans as protobuf `ExportTraceServiceRequest`s to the traces
 //! endpoint, activity entries as `ExportLogsServiceRequest`s to the logs endpoint; the headers of
 //! `headers_file` on every request. 429, 502, 503, 504 and connection failures are retried.
+//!
+//! Spans are written to the wire directly (with `opentelemetry-proto`'s field numbers; the tests
+//! decode them with its message types), not through the SDK and `opentelemetry-otlp`, which
+//! cost 2.99 µs of CPU per span against 0.48 µs here (`loadtest/sdk_cost/`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
