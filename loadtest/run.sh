@@ -81,12 +81,9 @@ fi
 CERTS="$RUN/certs"
 CERT="$CERTS/server.crt"; CERTKEY="$CERTS/server.key"; CA="$CERTS/ca.crt"; PEM="$CERTS/server.pem"
 UP="127.0.0.1:$UPPORT"
-# The same upstream also listens on a Unix socket, for rows that reach it there (issue 18). It has
-# a directory of its own that others may traverse (mode 0711; $RUN holds private keys), and the
-# socket is made connectable by all: nginx's and HAProxy's workers run as an unprivileged user.
-UPSOCK_DIR=$(mktemp -d /tmp/scoregate-upsock.XXXXXX)
-chmod 0711 "$UPSOCK_DIR"
-UPSOCK="$UPSOCK_DIR/upstream.sock"
+# The same upstream also listens on a Unix socket, $UPSOCK, for rows that reach it there (issue
+# 18); created with the upstream, below.
+UPSOCK_DIR=""; UPSOCK=""
 export SCOREGATE PORT ADMIN_PORT UP UPSOCK ROUTE CERT CERTKEY PEM CA RUN KEY1 KEY2 TOKEN HERE ANCHORS \
   TOKEN_LIFETIME_S
 
@@ -323,6 +320,11 @@ sed 's/^/    /' "$OUT/env.txt" >&2
 wait_port_free "$UPPORT" 3 || die "port $UPPORT is already in use (set UPPORT)"
 wait_port_free "$PORT" 3 || die "port $PORT is already in use (set PORT)"
 wait_port_free "$ADMIN_PORT" 3 || die "port $ADMIN_PORT is already in use (set ADMIN_PORT)"
+# The socket has a directory of its own that others may traverse (mode 0711; $RUN holds private
+# keys) and is made connectable by all: nginx's and HAProxy's workers run as an unprivileged user.
+UPSOCK_DIR=$(mktemp -d /tmp/scoregate-upsock.XXXXXX)
+chmod 0711 "$UPSOCK_DIR"
+UPSOCK="$UPSOCK_DIR/upstream.sock"
 start_bg upstream "$RUN/logs/upstream.log" "$SCOREGATE" sample-model --listen "$UP" --unix "$UPSOCK"
 UP_PID=$STARTED_PID
 wait_port "$UPPORT" 10 "$UP_PID" || die "upstream did not start (see $RUN/logs/upstream.log)"
