@@ -41,11 +41,7 @@ pub fn predict(row: &[f64; 4]) -> [f64; 3] {
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
+    while let Some(accepted) = until_stopped(&stop, listener.accept()).await {
         let Ok((stream, _)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
         spawn_connection(stream, &stop);
@@ -55,13 +51,17 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
 /// Serves on a Unix socket (as a container run with gunicorn `--bind unix:` or uvicorn `--uds`)
 /// until `stop` is cancelled.
 pub async fn serve_unix(listener: UnixListener, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
+    while let Some(accepted) = until_stopped(&stop, listener.accept()).await {
         let Ok((stream, _)) = accepted else { continue };
         spawn_connection(stream, &stop);
+    }
+}
+
+/// What `accept` gives, or `None` once `stop` is cancelled.
+async fn until_stopped<T>(stop: &CancellationToken, accept: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        () = stop.cancelled() => None,
+        a = accept => Some(a),
     }
 }
 

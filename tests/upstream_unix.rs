@@ -24,6 +24,19 @@ async fn gateway(upstream: &str, interval_ms: u64) -> TestGateway {
         .await
 }
 
+/// POSTs `body` to the iris route `path` through `gw`; the response, whatever its status.
+async fn post(gw: &TestGateway, what: &str, path: &str, body: &'static str) -> reqwest::Response {
+    within(
+        what,
+        gw.client()
+            .post(gw.url(&format!("/api/v1/service/iris{path}")))
+            .body(body)
+            .send(),
+    )
+    .await
+    .expect("gateway answered")
+}
+
 #[tokio::test]
 async fn a_unix_socket_upstream_is_probed_pooled_and_forwarded_to() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -39,15 +52,13 @@ async fn a_unix_socket_upstream_is_probed_pooled_and_forwarded_to() {
 
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let resp = within(
+        let resp = post(
+            &gw,
             "POST through the gateway",
-            gw.client()
-                .post(gw.url("/api/v1/service/iris/score?verbose=1"))
-                .body(r#"{"data":[[1,2,3,4]]}"#)
-                .send(),
+            "/score?verbose=1",
+            r#"{"data":[[1,2,3,4]]}"#,
         )
-        .await
-        .expect("gateway answered");
+        .await;
         assert_eq!(resp.status(), StatusCode::OK);
         ids.push(
             resp.headers()["x-request-id"]
@@ -84,15 +95,7 @@ async fn a_base_path_follows_the_socket_path_after_a_colon() {
     let gw = gateway(&format!("{}:/v2/models/iris/", upstream.url()), 600_000).await;
     gw.wait_ready().await;
 
-    let resp = within(
-        "POST through the gateway",
-        gw.client()
-            .post(gw.url("/api/v1/service/iris/score"))
-            .body("{}")
-            .send(),
-    )
-    .await
-    .expect("gateway answered");
+    let resp = post(&gw, "POST through the gateway", "/score", "{}").await;
     assert_eq!(resp.status(), StatusCode::OK);
     // The health probe went to the base path too (`GET /v2/models/iris/`).
     let posts: Vec<String> = upstream
@@ -132,15 +135,7 @@ async fn a_socket_that_appears_later_is_used_once_it_is_there() {
 
     let upstream = MockUpstream::start_unix(&path).expect("bind socket");
     gw.wait_ready().await;
-    let resp = within(
-        "POST once the socket is there",
-        gw.client()
-            .post(gw.url("/api/v1/service/iris/score"))
-            .body("{}")
-            .send(),
-    )
-    .await
-    .expect("gateway answered");
+    let resp = post(&gw, "POST once the socket is there", "/score", "{}").await;
     assert_eq!(resp.status(), StatusCode::OK);
     wait_until("the request to reach the container", || async {
         upstream.requests().len() == 1

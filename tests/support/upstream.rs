@@ -153,37 +153,31 @@ impl MockUpstream {
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let shared = Self::shared(&stop);
-        tokio::spawn(accept_loop(
-            Listener::Tcp(listener),
-            Arc::clone(&shared),
-            stop.clone(),
-        ));
-        Ok(Self {
-            addr,
-            socket: None,
-            shared,
-            stop,
-        })
+        Ok(Self::serve(Listener::Tcp(listener), addr, None))
     }
 
     /// Starts on a Unix socket at `path` (as a container run with uvicorn `--uds`).
     pub fn start_unix(path: &Path) -> std::io::Result<Self> {
         let listener = UnixListener::bind(path)?;
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Ok(Self::serve(
+            Listener::Unix(listener),
+            unspecified,
+            Some(path.to_owned()),
+        ))
+    }
+
+    /// Serves `listener` until the mock is dropped.
+    fn serve(listener: Listener, addr: SocketAddr, socket: Option<PathBuf>) -> Self {
         let stop = CancellationToken::new();
         let shared = Self::shared(&stop);
-        tokio::spawn(accept_loop(
-            Listener::Unix(listener),
-            Arc::clone(&shared),
-            stop.clone(),
-        ));
-        Ok(Self {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            socket: Some(path.to_owned()),
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop.clone()));
+        Self {
+            addr,
+            socket,
             shared,
             stop,
-        })
+        }
     }
 
     fn shared(stop: &CancellationToken) -> Arc<Shared> {

@@ -108,13 +108,7 @@ fn provider(
                 .with_http_client(client)
                 .build()
                 .expect("OTLP exporter");
-            let exporter = Counted {
-                inner: exporter,
-                spans: Arc::clone(exported),
-            };
-            BatchSpanProcessor::builder(exporter)
-                .with_batch_config(config)
-                .build()
+            batched(exporter, exported, config)
         }
         _ => {
             let exporter = opentelemetry_application_insights::Exporter::new_from_connection_string(
@@ -122,18 +116,27 @@ fn provider(
                 client,
             )
             .expect("Application Insights exporter");
-            let exporter = Counted {
-                inner: exporter,
-                spans: Arc::clone(exported),
-            };
-            BatchSpanProcessor::builder(exporter)
-                .with_batch_config(config)
-                .build()
+            batched(exporter, exported, config)
         }
     };
     SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource)
+        .build()
+}
+
+/// `exporter` behind a batch processor, its spans counted into `exported`.
+fn batched<E: SpanExporter + 'static>(
+    exporter: E,
+    exported: &Arc<AtomicU64>,
+    config: opentelemetry_sdk::trace::BatchConfig,
+) -> BatchSpanProcessor {
+    let exporter = Counted {
+        inner: exporter,
+        spans: Arc::clone(exported),
+    };
+    BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config)
         .build()
 }
 
