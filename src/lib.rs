@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`] (`raw` holds the serde types).
 //! - [`tls`]: rustls server configuration and the live certificate resolver; the admin
-//!   listener's configuration (`[server.admin_tls]`).
+//!   listener's configuration (`[server.admin_tls]`); `stream` the scoring listener's TLS stream
+//!   over rustls' unbuffered API, whose buffers an idle connection frees.
 //! - [`auth`]: who is calling (`Principal`); key and token verification; `admin` the management
 //!   API's callers (bootstrap credential, identity provider).
 //! - `policy`: actions, roles, role assignments and `authorize` (Azure-RBAC-style), as data.

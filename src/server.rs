@@ -27,7 +27,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +37,7 @@ mod h1;
 mod h2;
 use crate::gateway::Gateway;
 use crate::proxy::{self, ConnInfo};
+use crate::tls::TlsStream;
 use first_byte::FirstByteTimeout;
 
 /// How the drain ended.
@@ -397,7 +397,7 @@ impl ScoringListener {
     async fn serve(&self, stream: impl Accepted, peer: SocketAddr, watcher: Watcher) {
         stream.prepare();
         let limits = self.limits();
-        let acceptor = self.gw.state().tls.clone().map(TlsAcceptor::from);
+        let acceptor = self.gw.state().tls.clone();
         let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
         // A request body that outlived its lingering bounds unread, or a client that stopped
         // taking its response, ends the connection here (`proxy::linger`, `proxy::watchdog`).
@@ -417,7 +417,7 @@ impl ScoringListener {
     async fn serve_http(
         &self,
         stream: impl Accepted,
-        acceptor: Option<TlsAcceptor>,
+        acceptor: Option<Arc<rustls::ServerConfig>>,
         limits: &Limits,
         conn: &Arc<ConnInfo>,
         watcher: Watcher,
@@ -437,7 +437,11 @@ impl ScoringListener {
                         return None;
                     }
                     // Boxed: the TLS state (about 1.2 KiB) is then never copied between phases.
-                    Some(acceptor.accept(stream).await.map(Box::new))
+                    Some(
+                        TlsStream::accept(Arc::clone(acceptor), stream)
+                            .await
+                            .map(Box::new),
+                    )
                 };
                 // Every phase is boxed: the connection's task then holds only the phase it is
                 // in (the handshake and each protocol's connection are kilobytes each, and an
@@ -445,7 +449,7 @@ impl ScoringListener {
                 match Box::pin(tokio::time::timeout(limits.handshake_timeout, handshake)).await {
                     Ok(None) => Ok(()),
                     Ok(Some(Ok(tls))) => {
-                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        if tls.alpn_protocol() == Some(b"h2") {
                             // The HTTP/2 preface has no timer of its own.
                             let io = FirstByteTimeout::new(tls, limits.header_read_timeout);
                             let http = limits.http.h2.serve_connection(TokioIo::new(io), service);

@@ -10,8 +10,10 @@
 //! session tickets plus a session cache for cheap resumption. This module knows nothing about HTTP
 //! beyond the ALPN names; the handshake timeout lives in `server`.
 
+mod stream;
 mod validity;
 
+pub use stream::TlsStream;
 pub use validity::not_after;
 
 use std::path::{Path, PathBuf};

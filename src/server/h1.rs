@@ -4,8 +4,9 @@
 //! connection, busy or idle, with no setting to shrink them. Keep-alive clients spend most of a
 //! connection's life idle, so [`serve`] runs hyper only while requests flow:
 //!
-//! 1. **Parked**: hold only the TLS stream and wait until the client sends, at most the header
-//!    read timeout (the keep-alive idle limit); a drain closes the connection here at once.
+//! 1. **Parked**: hold only the TLS stream, with its buffers freed
+//!    ([`TlsStream::release_buffers`]), and wait until the client sends, at most the header read
+//!    timeout (the keep-alive idle limit); a drain closes the connection here at once.
 //! 2. **Serving**: a fresh hyper connection takes the stream. Every `idle_release` the loop
 //!    compares the connection's request counters ([`ConnInfo::activity`]); when no request began
 //!    during a whole period and none is open, it asks hyper to stop gracefully. hyper is idle
@@ -32,12 +33,11 @@ use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::ConnInfo;
+use crate::tls::TlsStream;
 
 /// How long connections may idle, with and without their buffers.
 #[derive(Debug, Clone, Copy)]
@@ -63,11 +63,7 @@ pub struct Ctx<'a> {
 
 /// Serves one TLS connection over HTTP/1.1 until the client leaves, the idle limit passes, or
 /// the gateway drains.
-pub async fn serve<S, B>(
-    ctx: Ctx<'_>,
-    tls: Box<TlsStream<TcpStream>>,
-    service: S,
-) -> Result<(), hyper::Error>
+pub async fn serve<S, B>(ctx: Ctx<'_>, tls: Box<TlsStream>, service: S) -> Result<(), hyper::Error>
 where
     S: HttpService<Incoming, ResBody = B> + Clone + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -80,13 +76,15 @@ where
     };
     let mut idle_until = Instant::now() + ctx.limits.close;
     loop {
-        if io.prefix.is_empty() && io.inner.get_ref().1.wants_read() {
+        if io.prefix.is_empty() && !io.inner.has_buffered_input() {
+            // Nothing to read yet: hold no buffer while waiting.
+            io.inner.release_buffers();
             let _parked = ParkedGuard::new(ctx.parked);
             tokio::select! {
                 biased;
                 () = ctx.draining.cancelled() => return close(io).await,
                 () = tokio::time::sleep_until(idle_until) => return close(io).await,
-                ready = io.inner.get_ref().0.readable() => {
+                ready = io.inner.tcp().readable() => {
                     if ready.is_err() {
                         return Ok(());
                     }
@@ -199,7 +197,7 @@ impl Drop for ParkedGuard<'_> {
 /// The TLS stream with bytes that a stopped hyper connection had read but not used in front of
 /// it. Shutting it down only flushes: [`serve`] decides whether the connection really ends.
 struct Rewind {
-    inner: Box<TlsStream<TcpStream>>,
+    inner: Box<TlsStream>,
     prefix: Bytes,
 }
 
