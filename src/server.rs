@@ -7,8 +7,9 @@
 //! given a new client CA by a reload). A failed TLS handshake is counted and ends only its own
 //! connection. This module does not authenticate and does not build request records; it hands
 //! each request to `proxy::handle`. HTTP/1.1 over TLS is served by `h1`, which lets idle
-//! connections give their HTTP buffers back (`idle_release_ms`); HTTP/2 over TLS by `h2`, which
-//! sends GOAWAY to idle and aged connections. `max_connections_per_ip` is held at accept time.
+//! connections give their HTTP and TLS buffers back (`idle_release_ms`); HTTP/2 over TLS by
+//! `h2`, which sends GOAWAY to idle and aged connections. `max_connections_per_ip` is held at
+//! accept time. The TLS stream is `tls::TlsStream` (rustls' unbuffered API).
 //!
 //! Shutdown order (STYLE §5): readiness turns 503 → pre-drain delay → stop accepting → graceful
 //! shutdown of every connection (hyper-util's watcher; `h1` watches the stop-accepting token and
