@@ -58,6 +58,9 @@ pub struct TlsStream {
     read_closed: bool,
     /// `close_notify` is queued: writes are refused.
     write_closed: bool,
+    /// A TLS error ended the connection: rustls is not asked again (it would process the same
+    /// input again and queue a second alert).
+    failed: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -69,6 +72,7 @@ impl std::fmt::Debug for TlsStream {
             .field("unread", &(self.plain.len() - self.taken))
             .field("read_closed", &self.read_closed)
             .field("write_closed", &self.write_closed)
+            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +118,7 @@ impl TlsStream {
             taken: 0,
             read_closed: false,
             write_closed: false,
+            failed: false,
         };
         std::future::poll_fn(|cx| tls.poll_handshake(cx)).await?;
         Ok(tls)
@@ -183,6 +188,12 @@ impl TlsStream {
     /// Runs rustls over the received ciphertext until it produces what `want` asks for or needs
     /// more input. Handshake records it emits are queued in `outgoing` (sent by `poll_send`).
     fn process(&mut self, want: &mut Want<'_, '_>) -> io::Result<Step> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the TLS connection failed earlier",
+            ));
+        }
         loop {
             let status = self
                 .conn
@@ -250,6 +261,7 @@ impl TlsStream {
     /// Turns a TLS error into an I/O error, after queueing the alert rustls has for the peer and
     /// trying once to send it without blocking.
     fn fail(&mut self, error: rustls::Error) -> io::Error {
+        self.failed = true;
         // rustls queues its alert before it reports the error, and hands queued records out
         // before it looks at the input again: one more call yields the alert. Only one: a
         // second would process the same input again.
@@ -770,6 +782,37 @@ mod tests {
             .await
             .expect_err("truncation is reported");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_forged_record_is_an_error_and_the_client_gets_the_alert() {
+        let pki = pki(None);
+        let tls13 = client_config(&pki, &[&rustls::version::TLS13]);
+        let (mut client, mut server) = pair(&pki, tls13).await;
+        // An application-data record whose tag cannot verify, written under the client's TLS.
+        let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        forged.extend(pattern(0x40, 9));
+        client
+            .get_mut()
+            .0
+            .write_all(&forged)
+            .await
+            .expect("raw write");
+        let mut byte = [0u8; 1];
+        let err = server
+            .read(&mut byte)
+            .await
+            .expect_err("the record is refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let err = client
+            .read(&mut byte)
+            .await
+            .expect_err("the server's alert");
+        assert!(err.to_string().contains("BadRecordMac"), "{err}");
+        // The connection stays failed: no later read or write succeeds.
+        let err = server.read(&mut byte).await.expect_err("still failed");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        server.write_all(b"x").await.expect_err("no write either");
     }
 
     #[tokio::test]
