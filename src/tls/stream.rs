@@ -180,7 +180,7 @@ impl TlsStream {
         }
     }
 
-    /// Bytes of buffer capacity held (for tests and the idle-memory accounting).
+    /// Bytes of buffer capacity held (zero once an idle stream released its buffers).
     pub fn buffer_capacity(&self) -> usize {
         self.incoming.capacity() + self.outgoing.capacity() + self.plain.capacity()
     }
