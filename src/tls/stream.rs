@@ -568,26 +568,33 @@ mod tests {
             .with_no_client_auth()
     }
 
-    /// A connected pair: the client's handshake and the server's accept, both finished.
-    async fn pair(pki: &Pki, client: rustls::ClientConfig) -> (ClientStream<TcpStream>, TlsStream) {
+    /// Both handshakes over one loopback connection, run together; each side's outcome.
+    async fn handshake(
+        pki: &Pki,
+        client: rustls::ClientConfig,
+    ) -> (io::Result<ClientStream<TcpStream>>, io::Result<TlsStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let connect = async {
             let tcp = TcpStream::connect(addr).await.expect("connect");
             let name = ServerName::try_from("localhost").expect("name");
-            connector
-                .connect(name, tcp)
-                .await
-                .expect("client handshake")
+            connector.connect(name, tcp).await
         };
         let accept = async {
             let (tcp, _) = listener.accept().await.expect("accept");
-            TlsStream::accept(Arc::clone(&pki.server), tcp)
-                .await
-                .expect("server handshake")
+            TlsStream::accept(Arc::clone(&pki.server), tcp).await
         };
         tokio::join!(connect, accept)
+    }
+
+    /// A connected pair: the client's handshake and the server's accept, both finished.
+    async fn pair(pki: &Pki, client: rustls::ClientConfig) -> (ClientStream<TcpStream>, TlsStream) {
+        let (client, server) = handshake(pki, client).await;
+        (
+            client.expect("client handshake"),
+            server.expect("server handshake"),
+        )
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -821,30 +828,15 @@ mod tests {
         let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).expect("ca");
         let pki = pki(Some(vec![ca.cert.der().clone()]));
         let tls13 = client_config(&pki, &[&rustls::version::TLS13]);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls13));
-        let client_side = async {
-            let tcp = TcpStream::connect(addr).await.expect("connect");
-            let name = ServerName::try_from("localhost").expect("name");
-            // TLS 1.3: the client finishes its side first and learns of the refusal on read.
-            let mut client = connector
-                .connect(name, tcp)
-                .await
-                .expect("client side completes");
-            let mut byte = [0u8; 1];
-            client
-                .read(&mut byte)
-                .await
-                .expect_err("the server refused")
-        };
-        let server_side = async {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            TlsStream::accept(Arc::clone(&pki.server), tcp)
-                .await
-                .expect_err("no client certificate")
-        };
-        let (client_err, server_err) = tokio::join!(client_side, server_side);
+        let (client, server) = handshake(&pki, tls13).await;
+        // TLS 1.3: the client finishes its side first and learns of the refusal on read.
+        let mut client = client.expect("client side completes");
+        let server_err = server.expect_err("no client certificate");
+        let mut byte = [0u8; 1];
+        let client_err = client
+            .read(&mut byte)
+            .await
+            .expect_err("the server refused");
         assert_eq!(
             server_err.kind(),
             io::ErrorKind::InvalidData,
