@@ -231,6 +231,7 @@ impl Limits {
             idle: h1::IdleLimits {
                 release: s.idle_release,
                 close: s.header_read_timeout,
+                grid_origin: tokio::time::Instant::now(),
             },
             h2: h2::Lifetime {
                 idle: s.http2_idle_timeout,

@@ -362,7 +362,7 @@ impl Validator<'_> {
                 30_000,
                 1,
             ),
-            idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 1_000, 0),
+            idle_release: self.millis("server.idle_release_ms", raw.idle_release_ms, 250, 0),
             lingering_timeout,
             lingering_max_bytes,
             worker_threads: raw.worker_threads,

@@ -57,7 +57,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.state_dir, d.dir.path().join("state"));
     assert_eq!(c.server.compute_type, "AKS");
     assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
-    assert_eq!(c.server.idle_release, Duration::from_secs(1));
+    assert_eq!(c.server.idle_release, Duration::from_millis(250));
     assert!(c.server.tls.is_none());
     let s = &c.services[0];
     assert_eq!(s.route, "/api/v1/service/iris");

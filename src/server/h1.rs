@@ -11,7 +11,10 @@
 //!    compares the connection's request counters ([`ConnInfo::activity`]); when no request began
 //!    during a whole period and none is open, it asks hyper to stop gracefully. hyper is idle
 //!    then, so it stops without writing anything and hands back the stream together with any
-//!    bytes of a next request that it had already read.
+//!    bytes of a next request that it had already read. The request whose bytes woke the
+//!    connection counts as begun at the start of the first period, so one request and a pause
+//!    cost one timer wake-up, and the checks fall on a shared grid
+//!    ([`IdleLimits::grid_origin`]) so that many connections share their wake-ups.
 //! 3. Back to 1, with those bytes put in front of the stream.
 //!
 //! The client sees no difference: no `Connection: close`, no new handshake, no lost byte. Only a
@@ -46,6 +49,26 @@ pub struct IdleLimits {
     pub release: Duration,
     /// No request for this long closes the connection (`header_read_timeout`).
     pub close: Duration,
+    /// Release checks fall on a grid of `release / 8` counted from here, so that the checks of
+    /// many connections share one timer wake-up instead of costing one each.
+    pub grid_origin: Instant,
+}
+
+impl IdleLimits {
+    /// The first grid point at least one release period after `now`.
+    fn next_check(&self, now: Instant) -> Instant {
+        let due = now + self.release;
+        let Some(since) = due.checked_duration_since(self.grid_origin) else {
+            return due;
+        };
+        let step = (self.release / 8).max(Duration::from_millis(1)).as_nanos();
+        let rest = since.as_nanos() % step;
+        if rest == 0 {
+            return due;
+        }
+        // `step - rest` < `step`, which came from a `Duration`, so it fits in a u64.
+        due + Duration::from_nanos(u64::try_from(step - rest).unwrap_or(0))
+    }
 }
 
 /// What one connection needs besides its stream and service.
@@ -76,7 +99,9 @@ where
     };
     let mut idle_until = Instant::now() + ctx.limits.close;
     loop {
-        if io.prefix.is_empty() && !io.inner.has_buffered_input() {
+        // The client sent the bytes that start this hyper connection after it was parked.
+        let woken = io.prefix.is_empty() && !io.inner.has_buffered_input();
+        if woken {
             // Nothing to read yet: hold no buffer while waiting.
             io.inner.release_buffers();
             let _parked = ParkedGuard::new(ctx.parked);
@@ -98,10 +123,17 @@ where
                 .serve_connection(TokioIo::new(io), service.clone()),
         );
         let release = !ctx.limits.release.is_zero();
-        let tick = tokio::time::sleep(ctx.limits.release);
+        let tick = tokio::time::sleep_until(ctx.limits.next_check(Instant::now()));
         tokio::pin!(tick);
         let start = ctx.conn.activity().0;
-        let mut seen = start;
+        // A connection woken from the park has a request arriving now, at the start of the
+        // first period: count it as seen, so that a client making one request and pausing is
+        // parked after one period, not two (each check is a timer wake-up). Bytes held over
+        // from a release may be a head that completes later, so that case waits a whole
+        // period after the request begins.
+        let mut seen = if woken { start + 1 } else { start };
+        // Whether `seen` was read at an earlier check (a whole period ago) or anticipated.
+        let mut checked = false;
         let (mut parked, mut closing) = (false, false);
         let ended = loop {
             tokio::select! {
@@ -127,8 +159,8 @@ where
                             None => closing = true,
                         }
                     } else {
-                        seen = begun;
-                        tick.as_mut().reset(Instant::now() + ctx.limits.release);
+                        (seen, checked) = (begun, true);
+                        tick.as_mut().reset(ctx.limits.next_check(Instant::now()));
                     }
                 }
             }
@@ -147,8 +179,10 @@ where
         } else {
             Bytes::copy_from_slice(&parts.read_buf)
         };
-        // No request began during the last release period either.
-        idle_until = Instant::now() + ctx.limits.close.saturating_sub(ctx.limits.release);
+        // After a check, no request began during the last period; an anticipated request may
+        // have begun just before this release, so the idle limit counts from now.
+        let quiet = if checked { ctx.limits.release } else { Duration::ZERO };
+        idle_until = Instant::now() + ctx.limits.close.saturating_sub(quiet);
     }
 }
 
@@ -244,5 +278,56 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(release_ms: u64, origin: Instant) -> IdleLimits {
+        IdleLimits {
+            release: Duration::from_millis(release_ms),
+            close: Duration::from_secs(30),
+            grid_origin: origin,
+        }
+    }
+
+    #[test]
+    fn checks_fall_on_a_grid_of_an_eighth_of_the_period_at_least_one_period_out() {
+        let origin = Instant::now();
+        let l = limits(1000, origin);
+        let ms = Duration::from_millis;
+        // On the grid already: exactly one period out.
+        assert_eq!(l.next_check(origin), origin + ms(1000));
+        assert_eq!(l.next_check(origin + ms(125)), origin + ms(1125));
+        // Between grid points: the next one.
+        assert_eq!(l.next_check(origin + ms(1)), origin + ms(1125));
+        assert_eq!(l.next_check(origin + ms(124)), origin + ms(1125));
+        assert_eq!(
+            l.next_check(origin + Duration::from_nanos(125_000_001)),
+            origin + ms(1250)
+        );
+        // Connections checking at different instants in one step share a wake-up.
+        assert_eq!(
+            l.next_check(origin + ms(3010)),
+            l.next_check(origin + ms(3120))
+        );
+    }
+
+    #[test]
+    fn short_periods_use_a_one_millisecond_grid() {
+        let origin = Instant::now();
+        let l = limits(4, origin);
+        let at = origin + Duration::from_micros(2_500);
+        assert_eq!(l.next_check(at), origin + Duration::from_millis(7));
+    }
+
+    #[test]
+    fn an_instant_before_the_origin_is_not_rounded() {
+        let origin = Instant::now() + Duration::from_secs(10);
+        let l = limits(1000, origin);
+        let now = origin - Duration::from_secs(5);
+        assert_eq!(l.next_check(now), now + Duration::from_secs(1));
     }
 }
