@@ -20,21 +20,25 @@ impl<'a> JsonObject<'a> {
         Self { buf, first: true }
     }
 
-    fn key(&mut self, key: &str) {
+    fn key(&mut self, key: &'static str) {
         if !self.first {
             self.buf.push(b',');
         }
         self.first = false;
-        string(self.buf, key);
-        self.buf.push(b':');
+        // Keys are the writer's own names (`'static`, never input): no scan for characters to
+        // escape.
+        debug_assert!(needs_no_escape(key.as_bytes()), "key {key:?} needs escaping");
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
     }
 
-    pub fn str(&mut self, key: &str, value: &str) {
+    pub fn str(&mut self, key: &'static str, value: &str) {
         self.key(key);
         string(self.buf, value);
     }
 
-    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
         self.key(key);
         match value {
             Some(v) => string(self.buf, v),
@@ -45,7 +49,7 @@ impl<'a> JsonObject<'a> {
     /// A string of at most `max` bytes (before escaping): a longer one is cut at a character
     /// boundary and ends with a visible marker, `...[truncated, N bytes]` (N: its full length),
     /// so one oversized request cannot make an oversized record.
-    pub fn capped_str(&mut self, key: &str, value: &str, max: usize) {
+    pub fn capped_str(&mut self, key: &'static str, value: &str, max: usize) {
         if value.len() <= max {
             return self.str(key, value);
         }
@@ -59,27 +63,27 @@ impl<'a> JsonObject<'a> {
 
     /// Header bytes as text (invalid UTF-8 replaced, as the rest of the gateway shows it),
     /// capped like [`Self::capped_str`].
-    pub fn capped_opt_bytes(&mut self, key: &str, value: Option<&[u8]>, max: usize) {
+    pub fn capped_opt_bytes(&mut self, key: &'static str, value: Option<&[u8]>, max: usize) {
         match value {
             Some(v) => self.capped_str(key, &String::from_utf8_lossy(v), max),
             None => self.null(key),
         }
     }
 
-    pub fn u64(&mut self, key: &str, value: u64) {
+    pub fn u64(&mut self, key: &'static str, value: u64) {
         self.key(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
-    pub fn opt_u64(&mut self, key: &str, value: Option<u64>) {
+    pub fn opt_u64(&mut self, key: &'static str, value: Option<u64>) {
         match value {
             Some(v) => self.u64(key, v),
             None => self.null(key),
         }
     }
 
-    pub fn f64(&mut self, key: &str, value: f64) {
+    pub fn f64(&mut self, key: &'static str, value: f64) {
         self.key(key);
         if value.is_finite() {
             self.buf
@@ -89,26 +93,26 @@ impl<'a> JsonObject<'a> {
         }
     }
 
-    pub fn opt_f64(&mut self, key: &str, value: Option<f64>) {
+    pub fn opt_f64(&mut self, key: &'static str, value: Option<f64>) {
         match value {
             Some(v) => self.f64(key, v),
             None => self.null(key),
         }
     }
 
-    pub fn bool(&mut self, key: &str, value: bool) {
+    pub fn bool(&mut self, key: &'static str, value: bool) {
         self.key(key);
         self.buf
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
-    pub fn null(&mut self, key: &str) {
+    pub fn null(&mut self, key: &'static str) {
         self.key(key);
         self.buf.extend_from_slice(b"null");
     }
 
     /// A value whose `Display` output never needs escaping (timestamps, IP addresses).
-    pub fn display(&mut self, key: &str, value: impl Display) {
+    pub fn display(&mut self, key: &'static str, value: impl Display) {
         self.key(key);
         // Formatted straight into the line (no temporary string), then checked.
         let start = self.buf.len();
@@ -125,7 +129,7 @@ impl<'a> JsonObject<'a> {
     }
 
     /// Bytes as lower-case hex (trace and span ids).
-    pub fn hex(&mut self, key: &str, bytes: &[u8]) {
+    pub fn hex(&mut self, key: &'static str, bytes: &[u8]) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.key(key);
         self.buf.push(b'"');
@@ -137,7 +141,7 @@ impl<'a> JsonObject<'a> {
     }
 
     /// A nested object under `key`; end it before writing on to this one.
-    pub fn object(&mut self, key: &str) -> JsonObject<'_> {
+    pub fn object(&mut self, key: &'static str) -> JsonObject<'_> {
         self.key(key);
         JsonObject::new(self.buf)
     }
