@@ -181,7 +181,11 @@ where
         };
         // After a check, no request began during the last period; an anticipated request may
         // have begun just before this release, so the idle limit counts from now.
-        let quiet = if checked { ctx.limits.release } else { Duration::ZERO };
+        let quiet = if checked {
+            ctx.limits.release
+        } else {
+            Duration::ZERO
+        };
         idle_until = Instant::now() + ctx.limits.close.saturating_sub(quiet);
     }
 }

@@ -27,7 +27,10 @@ impl<'a> JsonObject<'a> {
         self.first = false;
         // Keys are the writer's own names (`'static`, never input): no scan for characters to
         // escape.
-        debug_assert!(needs_no_escape(key.as_bytes()), "key {key:?} needs escaping");
+        debug_assert!(
+            needs_no_escape(key.as_bytes()),
+            "key {key:?} needs escaping"
+        );
         self.buf.push(b'"');
         self.buf.extend_from_slice(key.as_bytes());
         self.buf.extend_from_slice(b"\":");
