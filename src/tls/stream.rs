@@ -597,6 +597,19 @@ mod tests {
         )
     }
 
+    /// Writes `message` on one side and reads exactly that many bytes on the other.
+    async fn deliver(
+        from: &mut (impl AsyncWrite + Unpin),
+        to: &mut (impl AsyncRead + Unpin),
+        message: &[u8],
+    ) -> Vec<u8> {
+        from.write_all(message).await.expect("sender writes");
+        from.flush().await.expect("sender flushes");
+        let mut got = vec![0; message.len()];
+        to.read_exact(&mut got).await.expect("receiver reads");
+        got
+    }
+
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| u8::try_from(i % 251).expect("below 251") ^ seed)
@@ -658,15 +671,10 @@ mod tests {
         let (mut client, mut server) = pair(&pki, tls13).await;
         for round in 0..3u8 {
             let request = pattern(300 + usize::from(round), round);
-            client.write_all(&request).await.expect("client writes");
-            let mut got = vec![0; request.len()];
-            server.read_exact(&mut got).await.expect("server reads");
+            let got = deliver(&mut client, &mut server, &request).await;
             assert_eq!(got, request);
             assert!(server.buffer_capacity() > 0, "reading used a buffer");
-            server.write_all(b"ok").await.expect("server writes");
-            server.flush().await.expect("server flushes");
-            let mut ok = [0u8; 2];
-            client.read_exact(&mut ok).await.expect("client reads");
+            let ok = deliver(&mut server, &mut client, b"ok").await;
             assert_eq!(&ok, b"ok");
             assert!(!server.has_buffered_input());
             server.release_buffers();
@@ -687,21 +695,11 @@ mod tests {
                 .refresh_traffic_keys()
                 .expect("key update");
             let message = pattern(5_000, round);
-            client.write_all(&message).await.expect("client writes");
-            client.flush().await.expect("client flushes");
-            let mut got = vec![0; message.len()];
-            server
-                .read_exact(&mut got)
-                .await
-                .expect("server reads after a key update");
+            // Read after a key update.
+            let got = deliver(&mut client, &mut server, &message).await;
             assert_eq!(got, message);
-            server.write_all(&got).await.expect("server writes");
-            server.flush().await.expect("server flushes");
-            let mut back = vec![0; message.len()];
-            client
-                .read_exact(&mut back)
-                .await
-                .expect("client reads the server's new keys");
+            // Written with the server's new keys.
+            let back = deliver(&mut server, &mut client, &got).await;
             assert_eq!(back, message);
         }
 
@@ -711,13 +709,7 @@ mod tests {
             server.conn.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_2)
         );
-        client
-            .write_all(b"over TLS 1.2")
-            .await
-            .expect("client writes");
-        client.flush().await.expect("client flushes");
-        let mut got = [0u8; 12];
-        server.read_exact(&mut got).await.expect("server reads");
+        let got = deliver(&mut client, &mut server, b"over TLS 1.2").await;
         assert_eq!(&got, b"over TLS 1.2");
     }
 
