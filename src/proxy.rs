@@ -49,6 +49,7 @@ use crate::upstream::body::{self as request_body, BodyFault, Progress, RequestBo
 use crate::upstream::{Lease, UpstreamError};
 use body::ProxyBody;
 pub use ctx::RequestCtx;
+pub use watchdog::{Watchdog, WatchdogHandle};
 
 /// Facts about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -65,10 +66,12 @@ pub struct ConnInfo {
     /// Signalled when the connection must be closed with a request body still unread (the
     /// lingering bounds passed): hyper would otherwise wait for that body for ever.
     abandoned: tokio::sync::Notify,
+    /// Bounds the connection's admitted requests (see `proxy::watchdog`).
+    watchdog: WatchdogHandle,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+    pub fn new(peer: SocketAddr, tls: bool, watchdog: WatchdogHandle) -> Self {
         let ip = peer.ip().to_canonical();
         Self {
             tls,
@@ -78,6 +81,7 @@ impl ConnInfo {
             begun: AtomicU64::new(0),
             open: AtomicU32::new(0),
             abandoned: tokio::sync::Notify::new(),
+            watchdog,
         }
     }
 
@@ -223,7 +227,9 @@ async fn pipeline(
         .config
         .request_timeout
         .map(|d| d.saturating_sub(ctx.exchange().start.elapsed()));
-    let watch = watchdog::Watch::start(Arc::clone(conn_arc), service.config.send_timeout, deadline);
+    let watch = conn
+        .watchdog
+        .watch(Arc::clone(conn_arc), service.config.send_timeout, deadline);
     ctx.admitted(permit, waited, watch);
     let upstream_req = upstream_request(&service, ctx, conn, req, body, strip)?;
     let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;

@@ -37,7 +37,7 @@ mod first_byte;
 mod h1;
 mod h2;
 use crate::gateway::Gateway;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy::{self, ConnInfo, Watchdog};
 use crate::tls::TlsStream;
 use first_byte::FirstByteTimeout;
 
@@ -252,6 +252,8 @@ struct ScoringListener {
     closed: Notify,
     /// Open connections per client address, while `max_connections_per_ip` is set.
     per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
+    /// Ends the requests of clients that stop taking their response or pass their deadline.
+    watchdog: Watchdog,
 }
 
 /// The address already has `max_connections_per_ip` connections open.
@@ -289,6 +291,7 @@ impl ScoringListener {
             open: AtomicUsize::new(0),
             closed: Notify::new(),
             per_ip: dashmap::DashMap::new(),
+            watchdog: Watchdog::default(),
         }
     }
 
@@ -400,7 +403,11 @@ impl ScoringListener {
         stream.prepare();
         let limits = self.limits();
         let acceptor = self.gw.state().tls.clone();
-        let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some()));
+        let conn = Arc::new(ConnInfo::new(
+            peer,
+            acceptor.is_some(),
+            self.watchdog.handle(),
+        ));
         // A request body that outlived its lingering bounds unread, or a client that stopped
         // taking its response, ends the connection here (`proxy::linger`, `proxy::watchdog`).
         let result = tokio::select! {
