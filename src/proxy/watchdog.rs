@@ -13,11 +13,13 @@
 //! from outside it), which drops the request: the record is written with the reason and the
 //! slot is freed.
 //!
-//! The task sleeps until the earliest moment a bound could pass among the watches it saw, and
-//! publishes that moment; a watch is only woken for when its own bound would come earlier (a
-//! response that starts while nothing else is sending, or a deadline shorter than the others).
-//! A request therefore costs a slot in a shared table, not a task, a timer and a wake-up of its
-//! own (a task per request was ~1 µs of CPU per request, `loadtest/RESULTS.md`).
+//! The task sleeps until the earliest moment a bound could pass among the watches it saw (with
+//! none, while requests keep coming, for the shortest send timeout: no response starting in the
+//! meantime can pass its bound sooner), and publishes that moment; a request wakes it only when
+//! its own bound would come earlier (the first response after a quiet spell, or a deadline
+//! shorter than the others). A request therefore costs a slot in a shared table, not a task, a
+//! timer and a wake-up of its own (a task per request was ~1 µs of CPU per request,
+//! `loadtest/RESULTS.md`).
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -42,7 +44,7 @@ pub struct WatchdogHandle(Arc<Table>);
 
 #[derive(Debug)]
 struct Table {
-    watches: Mutex<Slab<Arc<Watch>>>,
+    watches: Mutex<Watches>,
     /// When the task looks next, in ms since `epoch`; `u64::MAX` while it is looking or has
     /// nothing to wait for (then every new bound wakes it).
     next_ms: AtomicU64,
@@ -50,6 +52,18 @@ struct Table {
     epoch: Instant,
     started: AtomicBool,
     closed: AtomicBool,
+    /// Times the task has read the table.
+    #[cfg(test)]
+    scans: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Watches {
+    slab: Slab<Arc<Watch>>,
+    /// Requests admitted so far.
+    admitted: u64,
+    /// The shortest send timeout of any request admitted so far.
+    shortest: Duration,
 }
 
 /// Watches one request; shared by its context, its response body and the watchdog's table.
@@ -80,12 +94,18 @@ const NOT_SENDING: u64 = u64::MAX;
 impl Default for Watchdog {
     fn default() -> Self {
         Self(Arc::new(Table {
-            watches: Mutex::new(Slab::new()),
+            watches: Mutex::new(Watches {
+                slab: Slab::new(),
+                admitted: 0,
+                shortest: Duration::MAX,
+            }),
             next_ms: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             epoch: Instant::now(),
             started: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            #[cfg(test)]
+            scans: AtomicU64::new(0),
         }))
     }
 }
@@ -119,7 +139,9 @@ impl WatchdogHandle {
         let start_ms = table.ms(start);
         let watch = {
             let mut watches = table.lock();
-            let entry = watches.vacant_entry();
+            watches.admitted += 1;
+            watches.shortest = watches.shortest.min(send_timeout);
+            let entry = watches.slab.vacant_entry();
             let watch = Arc::new(Watch {
                 table: Arc::clone(table),
                 key: entry.key(),
@@ -143,7 +165,7 @@ impl WatchdogHandle {
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<Watch>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watches> {
         self.watches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -160,13 +182,21 @@ impl Table {
 
     async fn run(self: Arc<Self>) {
         let mut sleep = pin!(tokio::time::sleep_until(self.epoch));
+        let mut admitted = 0;
         loop {
             // Bounds that appear while the table is read see `u64::MAX` and wake the task again.
             self.next_ms.store(u64::MAX, Ordering::SeqCst);
             if self.closed.load(Ordering::SeqCst) {
                 return;
             }
-            let Some(at) = self.check(Instant::now()) else {
+            let now = Instant::now();
+            let (earliest, seen) = self.check(now);
+            // With nothing to wait for yet requests coming in, look again after the shortest
+            // send timeout: no response that starts before then can pass its bound earlier, so
+            // responses of short exchanges do not wake the task one by one.
+            let at = earliest.or_else(|| (seen.0 != admitted).then(|| now.checked_add(seen.1))?);
+            admitted = seen.0;
+            let Some(at) = at else {
                 self.wake.notified().await;
                 continue;
             };
@@ -179,11 +209,16 @@ impl Table {
         }
     }
 
-    /// Ends the requests whose bound has passed by `now`; the earliest bound still to come.
-    fn check(&self, now: Instant) -> Option<Instant> {
+    /// Ends the requests whose bound has passed by `now`. Returns the earliest bound still to
+    /// come, and how many requests have been admitted with what shortest send timeout.
+    fn check(&self, now: Instant) -> (Option<Instant>, (u64, Duration)) {
         let mut passed = Vec::new();
         let mut earliest: Option<Instant> = None;
-        for (_, watch) in self.lock().iter() {
+        let watches = self.lock();
+        #[cfg(test)]
+        self.scans.fetch_add(1, Ordering::Relaxed);
+        let seen = (watches.admitted, watches.shortest);
+        for (_, watch) in &watches.slab {
             if watch.fired.load(Ordering::Acquire) != 0 {
                 continue;
             }
@@ -193,11 +228,12 @@ impl Table {
                 None => {}
             }
         }
+        drop(watches);
         for (watch, reason) in passed {
             watch.fired.store(reason, Ordering::Release);
             watch.conn.abandon();
         }
-        earliest
+        (earliest, seen)
     }
 }
 
@@ -222,7 +258,7 @@ impl Watch {
     /// The request is over (or abandoned): the watch leaves the table.
     pub fn finished(&self) {
         if !self.done.swap(true, Ordering::AcqRel) {
-            self.table.lock().remove(self.key);
+            self.table.lock().slab.remove(self.key);
         }
     }
 
@@ -351,20 +387,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn short_exchanges_do_not_wake_the_watchdog_one_by_one() {
+        let dog = Watchdog::default();
+        for _ in 0..100 {
+            let watch = dog.handle().watch(conn(&dog), 5 * SECOND, None);
+            watch.sending();
+            watch.finished();
+            // The task runs here, woken by the response, and finds nothing left to wait for.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The first response wakes it; it then looks again every 5 s while requests come.
+        let scans = dog.0.scans.load(Ordering::Relaxed);
+        assert!(scans <= 3, "{scans} scans for 100 requests in 1 s");
+        // A response that then stalls is still ended at its bound.
+        let c = conn(&dog);
+        let watch = dog.handle().watch(Arc::clone(&c), 5 * SECOND, None);
+        tokio::time::sleep(20 * SECOND).await;
+        watch.sending();
+        abandoned_after(&c, 5 * SECOND).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_finished_request_leaves_the_table_and_is_not_ended() {
         let dog = Watchdog::default();
         let c = conn(&dog);
         let watch = dog.handle().watch(Arc::clone(&c), SECOND, Some(2 * SECOND));
         watch.sending();
         watch.finished();
-        assert!(dog.0.lock().is_empty());
+        assert!(dog.0.lock().slab.is_empty());
         let later = dog.handle().watch(conn(&dog), SECOND, None);
         assert_eq!(later.key, watch.key, "the slot is reused");
         // Only the first call counts: the slot is someone else's now.
         watch.finished();
-        assert_eq!(dog.0.lock().len(), 1);
+        assert_eq!(dog.0.lock().slab.len(), 1);
         later.finished();
-        assert!(dog.0.lock().is_empty());
+        assert!(dog.0.lock().slab.is_empty());
         tokio::time::sleep(10 * SECOND).await;
         assert!(watch.fired().is_none() && later.fired().is_none());
     }
