@@ -7,11 +7,11 @@
 //! window, e.g. `SETTINGS_INITIAL_WINDOW_SIZE = 0`), so nothing in the body ever runs again and
 //! the request would hold its admission slot for as long as the client likes. A [`Watch`] is
 //! told when the response hands data to hyper and when hyper asks for more. One task per
-//! gateway ([`Watchdog`]) keeps every admitted request's watch and checks how long data has
-//! waited for the client, and the deadline. When a bound passes it records why and closes the
-//! client connection ([`ConnInfo::abandon`]; hyper offers no way to reset one HTTP/2 stream
-//! from outside it), which drops the request: the record is written with the reason and the
-//! slot is freed.
+//! scoring listener ([`Watchdog`]) keeps every admitted request's watch and checks how long
+//! data has waited for the client, and the deadline. When a bound passes it records why and
+//! closes the client connection ([`ConnInfo::abandon`]; hyper offers no way to reset one
+//! HTTP/2 stream from outside it), which drops the request: the record is written with the
+//! reason and the slot is freed.
 //!
 //! The task sleeps until the earliest moment a bound could pass among the watches it saw (with
 //! none, while requests keep coming, for the shortest send timeout: no response starting in the
@@ -243,7 +243,7 @@ impl Watch {
         let now = self.elapsed_ms();
         let was = self.asked_ms.swap(now, Ordering::SeqCst);
         if was == NOT_SENDING {
-            let at = self.start_ms + now;
+            let at = self.start_ms.saturating_add(now);
             self.table
                 .bound_at(at.saturating_add(millis(self.send_timeout)));
         }
