@@ -8,9 +8,11 @@
 #   PROTO=h1 N=8000 loadtest/instructions.sh /tmp/sg-old target/release/scoregate
 #
 # For each binary in turn: scoregate under callgrind (TLS, key mode, a record per request, one
-# worker: the work of run.sh's scoregate-key rows) in front of the sample model, a warm-up of
-# WARM requests, then the counters are zeroed, N requests sent with oha, and the counters dumped.
-# Prints one line per binary: instructions in all threads during the N requests, divided by N.
+# worker: the work of run.sh's scoregate-key rows) in front of the sample model (the first
+# binary's, for every run), a warm-up of WARM requests, then the counters are zeroed, N requests
+# sent with oha, and the counters dumped.
+# Prints one line per binary: instructions in all threads during the N requests, divided by N
+# (oha's 10 new TLS handshakes included, so compare binaries at the same N).
 # valgrind's CPU has no SHA extensions, so the key check's SHA-256 runs sha2's portable code
 # here (about 6,600 instructions a request) where the real CPU uses SHA-NI.
 # Knobs: PROTO (h1 | h2), N (4000), WARM (500), RUN (a new temporary directory), OHA.
@@ -18,7 +20,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-[ $# -ge 1 ] || { sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,19s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 : "${PROTO:=h2}" "${N:=4000}" "${WARM:=500}"
 : "${RUN:=$(mktemp -d /tmp/scoregate-instructions.XXXXXX)}"
 OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
@@ -76,6 +78,7 @@ for bin in "$@"; do
   "$OHA" "${args[@]}" -n "$N" "$url" > "$RUN/logs/oha-$i.txt"
   callgrind_control -d "$sg" > /dev/null 2>&1
   stop "$sg"
+  STARTED=("$up")    # a stopped PID may be reused: the exit trap must not signal it
   grep -q 'Success rate:.*100.00%' "$RUN/logs/oha-$i.txt" \
     || { echo "instructions.sh: not every request succeeded ($RUN/logs/oha-$i.txt)" >&2; exit 1; }
   total=$(awk '/^totals:/ { print $2; exit }' "$out.1")

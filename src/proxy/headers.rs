@@ -156,7 +156,7 @@ pub fn set_forwarded(
 /// §6.2.3). An id is new on every response, so indexing it would only churn the connection's
 /// HPACK table: h2's encoder compares the value with every entry of the same name (about 25 per
 /// name once the table is full), inserts it and evicts older entries, for an entry no later
-/// response can use. Not indexing costs the names' 20 bytes per response and saves 2.4 % of the
+/// response can use. Not indexing costs the names' 20 bytes per response and saves 2.1 % of the
 /// instructions per HTTP/2 request (loadtest/RESULTS.md). HTTP/1.1 ignores the mark.
 pub fn set_response_ids(
     headers: &mut HeaderMap,
