@@ -58,7 +58,8 @@ stop() {           # pid
 
 setsid "$1" sample-model --listen "$UP" > "$RUN/logs/upstream.log" 2>&1 < /dev/null &
 up=$!; STARTED+=("$up")
-wait_port "${UP##*:}" "$up" || { echo "instructions.sh: the sample model did not start" >&2; exit 1; }
+wait_port "${UP##*:}" "$up" \
+  || { echo "instructions.sh: the sample model did not start" >&2; exit 1; }
 
 args=(--no-tui -c 10 --insecure -m POST -T application/json -d '{"inputs":[[0.1,0.2,0.3,0.4]]}'
   -H "Authorization: Bearer $KEY1")
@@ -72,7 +73,8 @@ for bin in "$@"; do
   PEER_NAME="sg$i" setsid valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$bin" run --config "$conf" >> "$RECORDS" 2> "$RUN/logs/sg$i.log" < /dev/null &
   sg=$!; STARTED+=("$sg")
-  wait_port "$PORT" "$sg" || { echo "instructions.sh: $bin did not start (see $RUN/logs)" >&2; exit 1; }
+  wait_port "$PORT" "$sg" \
+    || { echo "instructions.sh: $bin did not start (see $RUN/logs)" >&2; exit 1; }
   "$OHA" "${args[@]}" -n "$WARM" "$url" > "$RUN/logs/warm-$i.txt"
   callgrind_control -z "$sg" > /dev/null 2>&1
   "$OHA" "${args[@]}" -n "$N" "$url" > "$RUN/logs/oha-$i.txt"
