@@ -412,13 +412,17 @@ fn upstream_request(
         }
     }
     // A trusted proxy's chain is extended with the proxy itself; anyone else's is replaced.
-    let forwarded_for = match headers::forwarded_for(&parts.headers) {
-        Some(mut chain) if ctx.peer_trusted() => {
+    let trusted_chain = ctx
+        .peer_trusted()
+        .then(|| headers::forwarded_for(&parts.headers))
+        .flatten();
+    let forwarded_for = match trusted_chain {
+        Some(mut chain) => {
             chain.push_str(", ");
             chain.push_str(conn.peer_header.to_str().unwrap_or_default());
             HeaderValue::from_str(&chain).unwrap_or_else(|_| conn.peer_header.clone())
         }
-        _ => conn.peer_header.clone(),
+        None => conn.peer_header.clone(),
     };
     headers::set_forwarded(&mut parts.headers, forwarded_for, conn.tls, host);
     parts.headers.insert(

@@ -141,7 +141,7 @@ fn record_line(
     );
     o.u64("StatusCode", u64::from(ctx.status));
     o.bool("Success", ctx.status < 400);
-    o.f64("Duration", duration.as_secs_f64() * 1000.0);
+    o.millis("Duration", duration);
     o.str("ComputeType", state.compute_type());
     o.opt_str("ServiceName", service.map(|s| &**s.name()));
     o.opt_str("AuthMode", service.map(ServiceFacts::auth_mode));
@@ -155,32 +155,24 @@ fn record_line(
         None => o.null("Principal"),
     }
     o.opt_u64("UpstreamStatusCode", ctx.upstream_status.map(u64::from));
-    o.opt_f64(
-        "UpstreamDuration",
-        ctx.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
-    );
-    o.opt_f64(
-        "QueueWait",
-        ctx.queue_wait.map(|d| d.as_secs_f64() * 1000.0),
-    );
+    o.opt_millis("UpstreamDuration", ctx.upstream_duration);
+    o.opt_millis("QueueWait", ctx.queue_wait);
     o.u64("RequestBytes", ctx.request_bytes);
     o.u64("ResponseBytes", ctx.response_bytes);
     o.opt_str("ErrorCode", ctx.error.as_ref().map(GatewayError::code));
-    o.display("ClientIp", ctx.client_ip);
-    o.display("OperationId", ctx.trace.trace_id);
+    o.ip("ClientIp", ctx.client_ip);
+    o.hex("OperationId", &ctx.trace.trace_id.0);
     match ctx.trace.parent_id {
-        Some(parent) => o.display("ParentId", parent),
+        Some(parent) => o.hex("ParentId", &parent.0),
         None => o.null("ParentId"),
     }
-    o.display("SpanId", ctx.trace.span_id);
-    o.display(
-        "Name",
-        super::export::SpanName::of(
-            &ctx.method,
-            ctx.url.as_ref().map_or("/", PathAndQuery::path),
-            service.map(ServiceFacts::route_len),
-        ),
+    o.hex("SpanId", &ctx.trace.span_id.0);
+    let name = super::export::SpanName::of(
+        &ctx.method,
+        ctx.url.as_ref().map_or("/", PathAndQuery::path),
+        service.map(ServiceFacts::route_len),
     );
+    o.concat("Name", &[name.method, " ", name.rest]);
     o.str(
         "RoleName",
         service

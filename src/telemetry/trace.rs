@@ -148,7 +148,8 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
+/// `bytes` as lower-case hex into `out` (twice as long).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 0x0f)];

@@ -257,7 +257,7 @@ fn request_envelope(r: &SpanRecord, ikey: &str, instance: &str) -> Vec<u8> {
     tags.display("ai.operation.name", r.name());
     tags.str("ai.cloud.role", &r.role_name);
     tags.str("ai.cloud.roleInstance", instance);
-    tags.display("ai.location.ip", r.client_address);
+    tags.ip("ai.location.ip", r.client_address);
     tags.str("ai.internal.sdkVersion", SDK_VERSION);
     tags.end();
     let mut data = e.object("data");
@@ -270,7 +270,7 @@ fn request_envelope(r: &SpanRecord, ikey: &str, instance: &str) -> Vec<u8> {
     base.display("responseCode", r.status);
     base.bool("success", r.status < 400);
     base.str("url", &r.path);
-    base.display("source", r.client_address);
+    base.ip("source", r.client_address);
     let mut props = base.object("properties");
     props.str("RequestId", &r.request_id);
     props.str("HTTPMethod", r.method.as_str());
