@@ -113,10 +113,7 @@ fn record_line(
     let service = ctx.service.as_deref();
     let mut o = JsonObject::new(line);
     o.str("type", "request");
-    o.display(
-        "timestamp",
-        humantime::format_rfc3339_micros(ctx.start_wall),
-    );
+    o.timestamp_micros("timestamp", ctx.start_wall);
     o.capped_opt_bytes(
         "RequestId",
         Some(ctx.request_id.as_bytes()),
