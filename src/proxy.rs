@@ -133,6 +133,9 @@ pub struct Finish {
     /// Dropped after the record is written: the request then no longer keeps its connection
     /// busy.
     pub conn: OpenRequest,
+    /// The request head; its headers, method and extensions move into the upstream request.
+    /// Kept in this box rather than in the request's future, which hyper moves whole.
+    pub head: Parts,
 }
 
 impl Drop for Finish {
@@ -144,29 +147,48 @@ impl Drop for Finish {
 }
 
 /// hyper's entry point for every request on the scoring listener.
-pub async fn handle(
+///
+/// A plain function that returns the request's future rather than an `async fn`: an `async
+/// fn` keeps its arguments in the future next to the locals made from them, and the future is
+/// moved into hyper's slot (HTTP/1.1) or task (HTTP/2) on every request. For the same reason
+/// the request head waits in the `Finish` box and the upstream request goes down boxed
+/// (loadtest/RESULTS.md has the sizes).
+pub fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let ctx = RequestCtx::new(&parts, &conn);
-    let waits = waits_for_continue(&parts);
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+    let (head, body) = req.into_parts();
+    let ctx = RequestCtx::new(&head, &conn);
+    let waits = waits_for_continue(&head);
     // Boxed once: the context then moves from the handler into the response body as a pointer,
     // not as ~400 bytes copied at every hand-over (measurable in profiles).
     let mut fin = Box::new(Finish {
         gw,
         ctx,
         conn: OpenRequest::new(conn),
+        head,
     });
     // The body stays here until `upstream_request` takes it, so a refusal can discard it.
     let mut body = Some(body);
-    let outcome = pipeline(&mut fin, parts, &mut body).await;
+    async move {
+        let outcome = pipeline(&mut fin, &mut body).await;
+        Ok(respond(fin, outcome, body, waits))
+    }
+}
+
+/// The response to the client once the pipeline is done: the upstream's, or the error's.
+fn respond(
+    mut fin: Box<Finish>,
+    outcome: Result<(Response<Incoming>, Lease), GatewayError>,
+    body: Option<Incoming>,
+    waits: bool,
+) -> Response<ProxyBody> {
     if let Some(watch) = fin.ctx.watch() {
         // The head is ready: from now on the client has to take the response.
         watch.sending();
     }
-    let response = match outcome {
+    match outcome {
         Ok((resp, lease)) => {
             let (parts, body) = resp.into_parts();
             fin.ctx.responding(parts.status.as_u16());
@@ -199,23 +221,26 @@ pub async fn handle(
             }
             error_response(fin, err)
         }
-    };
-    Ok(response)
+    }
 }
 
 async fn pipeline(
     fin: &mut Finish,
-    req: Parts,
     body: &mut Option<Incoming>,
 ) -> Result<(Response<Incoming>, Lease), GatewayError> {
-    let Finish { gw, ctx, conn } = fin;
+    let Finish {
+        gw,
+        ctx,
+        conn,
+        head: req,
+    } = fin;
     let conn_arc = &conn.0;
     let conn: &ConnInfo = conn_arc;
-    let (service, strip) = select_service(gw, ctx, &req)?;
+    let (service, strip) = select_service(gw, ctx, req)?;
     ctx.routed(&service);
     network_rules(&service, ctx)?;
-    early_reject(&service, &req)?;
-    ctx.authenticated(authenticate(&service, &req).await?);
+    early_reject(&service, req)?;
+    ctx.authenticated(authenticate(&service, req).await?);
     rate_limit(&service, ctx)?;
     let (permit, waited) = service.limit.admit().await.inspect_err(|e| {
         if let GatewayError::QueueTimeout { waited } = e {
@@ -375,11 +400,11 @@ fn upstream_request(
     service: &Service,
     ctx: &mut RequestCtx,
     conn: &ConnInfo,
-    mut parts: Parts,
+    parts: &mut Parts,
     incoming: &mut Option<Incoming>,
     strip: usize,
-) -> Result<Request<RequestBody>, GatewayError> {
-    let waits = waits_for_continue(&parts);
+) -> Result<Box<Request<RequestBody>>, GatewayError> {
+    let waits = waits_for_continue(parts);
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -436,8 +461,7 @@ fn upstream_request(
     parts
         .headers
         .insert(header::HOST, service.host_header.clone());
-    parts.uri = upstream_uri(&service.config.upstream, &parts.uri, strip)?;
-    parts.version = Version::HTTP_11;
+    let uri = upstream_uri(&service.config.upstream, &parts.uri, strip)?;
 
     // Taken last: if anything above refuses the request, the caller still has the body.
     let body = match incoming.take() {
@@ -456,7 +480,14 @@ fn upstream_request(
         }
         _ => RequestBody::Empty,
     };
-    Ok(Request::from_parts(parts, body))
+    // Built in its box, from the head's parts (the head stays with the handler, emptied).
+    let mut req = Box::new(Request::new(body));
+    *req.method_mut() = std::mem::replace(&mut parts.method, http::Method::GET);
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = std::mem::take(&mut parts.headers);
+    *req.extensions_mut() = std::mem::take(&mut parts.extensions);
+    Ok(req)
 }
 
 /// The upstream request target (origin-form: the connection already names the upstream): its
@@ -499,7 +530,7 @@ fn upstream_uri(
 async fn forward(
     service: &Service,
     ctx: &mut RequestCtx,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
 ) -> Result<(Response<Incoming>, Lease), GatewayError> {
     let started = Instant::now();
     let timeout = service.config.scoring_timeout;

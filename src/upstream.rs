@@ -228,25 +228,30 @@ impl UpstreamClient {
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or a new one. A pooled
     /// connection the upstream closed while it sat idle fails before the request is written;
     /// the request then goes out once more on a new connection, as hyper-util's client does.
+    ///
+    /// The request comes boxed: an `async fn` keeps its arguments in its future for its whole
+    /// life, and this future lives inside every request's.
     pub async fn send(
         &self,
-        mut req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        if let Some(mut conn) = poll_fn(|cx| Poll::Ready(self.0.checkout(cx))).await {
-            match conn.sender.try_send_request(req).await {
+        let req = match poll_fn(|cx| Poll::Ready(self.0.checkout(cx))).await {
+            Some(mut conn) => match conn.sender.try_send_request(*req).await {
                 Ok(resp) => return Ok((resp, self.lease(conn))),
+                // Boxed again (rare): unboxed, it would take its size in the future for good.
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
+                    Some(unsent) => Box::new(unsent),
                     None => return Err(UpstreamError::Http(e.into_error())),
                 },
-            }
-        }
+            },
+            None => req,
+        };
         // Boxed: a new connection is rare next to pooled ones, and its future (connect, TLS,
         // handshake) is kilobytes that every request's future would otherwise carry and move.
         let mut conn = Box::pin(self.0.connect()).await?;
         let resp = conn
             .sender
-            .send_request(req)
+            .send_request(*req)
             .await
             .map_err(UpstreamError::Http)?;
         Ok((resp, self.lease(conn)))
@@ -280,7 +285,7 @@ impl UpstreamClient {
             return false;
         };
         let exchange = async {
-            let (resp, lease) = self.send(req).await.ok()?;
+            let (resp, lease) = self.send(Box::new(req)).await.ok()?;
             let healthy = resp.status().is_success();
             let body = http_body_util::Limited::new(resp.into_body(), PROBE_MAX_BODY);
             http_body_util::BodyExt::collect(body).await.ok()?;
