@@ -125,10 +125,13 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 pub fn new_request_id() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    // Shared from the start (one allocation that every clone counts on): the id is cloned into
+    // the upstream request and twice into the response, and a value copied from a slice would
+    // allocate again on its first clone. A hyphenated UUID is always a valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The whole `X-Forwarded-For` chain: several header lines are one comma-separated list
