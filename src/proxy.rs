@@ -126,7 +126,6 @@ impl Drop for OpenRequest {
 }
 
 /// Owns the context of a request; dropping it writes the record (exactly once, by construction).
-#[derive(Debug)]
 pub struct Finish {
     pub gw: Arc<Gateway>,
     pub ctx: RequestCtx,
@@ -136,6 +135,18 @@ pub struct Finish {
     /// The request head; its headers, method and extensions move into the upstream request.
     /// Kept in this box rather than in the request's future, which hyper moves whole.
     pub head: Parts,
+}
+
+/// Without the head's headers: they hold the caller's credential until they move upstream.
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finish")
+            .field("ctx", &self.ctx)
+            .field("conn", &self.conn)
+            .field("method", &self.head.method)
+            .field("uri", &self.head.uri)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Finish {
