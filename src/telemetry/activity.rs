@@ -78,7 +78,10 @@ pub struct ActivityRecord {
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_micros(*t))
+    match super::json_line::rfc3339_micros(*t) {
+        Some(text) => s.collect_str(&text),
+        None => s.serialize_none(),
+    }
 }
 
 impl ActivityRecord {

@@ -266,6 +266,14 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// `t` for humantime's RFC 3339 formatters, or `None` when it cannot show it: before 1970 its
+/// `Display` panics, from the year 10000 on it fails. A clock that far off is not worth a panic.
+pub fn rfc3339_micros(t: SystemTime) -> Option<humantime::Rfc3339Timestamp> {
+    const YEAR_10000: Duration = Duration::from_secs(253_402_300_800);
+    let since = t.duration_since(UNIX_EPOCH).ok()?;
+    (since < YEAR_10000).then(|| humantime::format_rfc3339_micros(t))
+}
+
 /// What a capped string field ends with, followed by its full length and ` bytes]`.
 pub const TRUNCATED: &str = "...[truncated, ";
 
@@ -442,6 +450,7 @@ mod tests {
             let want = format!("{{\"t\":\"{}\"}}", humantime::format_rfc3339_micros(t));
             assert_eq!(String::from_utf8_lossy(&buf), want);
         }
+        assert!(rfc3339_micros(UNIX_EPOCH + Duration::from_secs(253_402_300_799)).is_some());
         // Times humantime cannot show are null, not a panic on the request path.
         for t in [
             UNIX_EPOCH - Duration::from_secs(1),
@@ -452,6 +461,7 @@ mod tests {
             o.timestamp_micros("t", t);
             o.end();
             assert_eq!(buf, b"{\"t\":null}");
+            assert!(rfc3339_micros(t).is_none());
         }
     }
 }

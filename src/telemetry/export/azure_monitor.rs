@@ -209,7 +209,10 @@ struct Rfc3339(std::time::SystemTime);
 
 impl Serialize for Rfc3339 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+        match crate::telemetry::json_line::rfc3339_micros(self.0) {
+            Some(text) => s.collect_str(&text),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -246,7 +249,7 @@ fn request_envelope(r: &SpanRecord, ikey: &str, instance: &str) -> Vec<u8> {
     let mut e = JsonObject::new(&mut buf);
     e.u64("ver", 1);
     e.str("name", "Microsoft.ApplicationInsights.Request");
-    e.display("time", humantime::format_rfc3339_micros(r.start));
+    e.timestamp_micros("time", r.start);
     e.f64("sampleRate", 100.0);
     e.str("iKey", ikey);
     let mut tags = e.object("tags");
