@@ -183,7 +183,7 @@ pub fn handle(
     // The body stays here until `upstream_request` takes it, so a refusal can discard it.
     let mut body = Some(body);
     async move {
-        let outcome = pipeline(&mut fin, &mut body).await;
+        let outcome = pipeline(&mut fin, &mut body, waits).await;
         Ok(respond(fin, outcome, body, waits))
     }
 }
@@ -238,6 +238,7 @@ fn respond(
 async fn pipeline(
     fin: &mut Finish,
     body: &mut Option<Incoming>,
+    waits: bool,
 ) -> Result<(Response<Incoming>, Lease), GatewayError> {
     let Finish {
         gw,
@@ -267,7 +268,7 @@ async fn pipeline(
         .watchdog
         .watch(Arc::clone(conn_arc), service.config.send_timeout, deadline);
     ctx.admitted(permit, waited, watch);
-    let upstream_req = upstream_request(&service, ctx, conn, req, body, strip)?;
+    let upstream_req = upstream_request(&service, ctx, conn, req, body, strip, waits)?;
     let (mut resp, lease) = forward(&service, ctx, upstream_req).await?;
     response_filter(ctx, &mut resp);
     Ok((resp, lease))
@@ -406,7 +407,7 @@ async fn authenticate(service: &Service, req: &Parts) -> Result<Principal, Gatew
 
 /// Builds the request sent upstream: same method, headers minus hop-by-hop (and credentials the
 /// gateway consumed), forwarding headers, the request id, and the URI rewritten to the upstream
-/// with the route prefix removed.
+/// with the route prefix removed. `waits`: the client waits for `100 Continue` (read by `handle`).
 fn upstream_request(
     service: &Service,
     ctx: &mut RequestCtx,
@@ -414,8 +415,8 @@ fn upstream_request(
     parts: &mut Parts,
     incoming: &mut Option<Incoming>,
     strip: usize,
+    waits: bool,
 ) -> Result<Box<Request<RequestBody>>, GatewayError> {
-    let waits = waits_for_continue(parts);
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri

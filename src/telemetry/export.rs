@@ -115,11 +115,16 @@ impl<'a> SpanName<'a> {
             rest,
         }
     }
+
+    /// The name as the pieces it is written from, in order (the record writes them as they are).
+    pub fn parts(&self) -> [&'a str; 3] {
+        [self.method, " ", self.rest]
+    }
 }
 
 impl std::fmt::Display for SpanName<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.method, self.rest)
+        self.parts().iter().try_for_each(|part| f.write_str(part))
     }
 }
 

@@ -158,25 +158,26 @@ impl<'a> JsonObject<'a> {
         thread_local! {
             static SECOND: Cell<Option<(u64, [u8; 19])>> = const { Cell::new(None) };
         }
-        let Ok(since) = value.duration_since(UNIX_EPOCH) else {
+        let (Some(stamp), Ok(since)) = (rfc3339_micros(value), value.duration_since(UNIX_EPOCH))
+        else {
             return self.null(key);
         };
         let secs = since.as_secs();
         let prefix = match SECOND.get() {
-            Some((cached, prefix)) if cached == secs => Some(prefix),
+            Some((cached, prefix)) if cached == secs => prefix,
             _ => {
-                // `YYYY-MM-DDTHH:MM:SSZ` without its `Z`; humantime refuses years past 9999.
-                let mut text = String::with_capacity(20);
-                let prefix = write!(text, "{}", humantime::format_rfc3339_seconds(value))
-                    .ok()
-                    .and_then(|()| text.strip_suffix('Z'))
-                    .and_then(|t| <[u8; 19]>::try_from(t.as_bytes()).ok());
-                SECOND.set(prefix.map(|p| (secs, p)));
+                // `YYYY-MM-DDTHH:MM:SS`, the part before the fraction.
+                let mut text = String::with_capacity(27);
+                let _ = write!(text, "{stamp}");
+                let Some(prefix) = text
+                    .get(..19)
+                    .and_then(|t| <[u8; 19]>::try_from(t.as_bytes()).ok())
+                else {
+                    return self.null(key);
+                };
+                SECOND.set(Some((secs, prefix)));
                 prefix
             }
-        };
-        let Some(prefix) = prefix else {
-            return self.null(key);
         };
         self.key(key);
         self.buf.push(b'"');

@@ -169,7 +169,7 @@ fn record_line(
         ctx.url.as_ref().map_or("/", PathAndQuery::path),
         service.map(ServiceFacts::route_len),
     );
-    o.concat("Name", &[name.method, " ", name.rest]);
+    o.concat("Name", &name.parts());
     o.str(
         "RoleName",
         service
