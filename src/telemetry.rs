@@ -25,6 +25,8 @@ use tracing_subscriber::EnvFilter;
 pub const LOG_ENV: &str = "SCOREGATE_LOG";
 
 pub use crate::config::LogFormat;
+/// RFC 3339 to the second, `None` for a time humantime cannot show (the management API's times).
+pub use json_line::rfc3339_seconds;
 /// The pod's name (Kubernetes downward API), the `RoleInstance` of records when set.
 pub const POD_NAME_ENV: &str = "POD_NAME";
 

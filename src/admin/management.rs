@@ -339,8 +339,8 @@ fn list_keys(service: &Service) -> Result<AdminResponse, ApiError> {
     let body = json!({
         "primaryKey": listing.primary.expose(),
         "secondaryKey": listing.secondary.expose(),
-        "primaryKeyLastUsed": listing.primary_last_used.map(rfc3339),
-        "secondaryKeyLastUsed": listing.secondary_last_used.map(rfc3339),
+        "primaryKeyLastUsed": listing.primary_last_used.and_then(rfc3339),
+        "secondaryKeyLastUsed": listing.secondary_last_used.and_then(rfc3339),
     });
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
@@ -416,8 +416,11 @@ async fn regenerate_keys(
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }
 
-fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+/// A "last used" time for the key listing, or `None` (null) for one that cannot be shown: the
+/// gateway's own clock, but a clock set past the year 9999 is not worth a panic.
+fn rfc3339(unix: u64) -> Option<String> {
+    let t = UNIX_EPOCH.checked_add(Duration::from_secs(unix))?;
+    crate::telemetry::rfc3339_seconds(t).map(|text| text.to_string())
 }
 
 /// `POST /role-assignments` with `{"principal","role","scope"}` → 201 with the assignment.
@@ -521,5 +524,16 @@ mod tests {
         assert!(err(r#"{"keyType":1}"#).contains("keyType must be"));
         assert!(err(r#"{"keyType":"Primary","keyValue":5}"#).contains("keyValue must be"));
         assert!(err(r#"{"keyType":"Primary","extra":1}"#).contains("unknown field \"extra\""));
+    }
+
+    #[test]
+    fn last_used_times_past_humantime_are_null_not_a_panic() {
+        assert_eq!(
+            rfc3339(1_796_389_669).as_deref(),
+            Some("2026-12-04T13:07:49Z")
+        );
+        assert_eq!(rfc3339(253_402_300_800), None);
+        // Past what SystemTime can hold at all: `UNIX_EPOCH + d` would panic.
+        assert_eq!(rfc3339(u64::MAX), None);
     }
 }

@@ -270,9 +270,19 @@ impl<'a> JsonObject<'a> {
 /// `t` for humantime's RFC 3339 formatters, or `None` when it cannot show it: before 1970 its
 /// `Display` panics, from the year 10000 on it fails. A clock that far off is not worth a panic.
 pub fn rfc3339_micros(t: SystemTime) -> Option<humantime::Rfc3339Timestamp> {
+    showable(t).then(|| humantime::format_rfc3339_micros(t))
+}
+
+/// [`rfc3339_micros`] to the second (`2026-12-04T13:07:49Z`), for the management API's times.
+pub fn rfc3339_seconds(t: SystemTime) -> Option<humantime::Rfc3339Timestamp> {
+    showable(t).then(|| humantime::format_rfc3339_seconds(t))
+}
+
+/// Within humantime's range: from 1970 to the end of the year 9999.
+fn showable(t: SystemTime) -> bool {
     const YEAR_10000: Duration = Duration::from_secs(253_402_300_800);
-    let since = t.duration_since(UNIX_EPOCH).ok()?;
-    (since < YEAR_10000).then(|| humantime::format_rfc3339_micros(t))
+    t.duration_since(UNIX_EPOCH)
+        .is_ok_and(|since| since < YEAR_10000)
 }
 
 /// What a capped string field ends with, followed by its full length and ` bytes]`.
@@ -463,6 +473,18 @@ mod tests {
             o.end();
             assert_eq!(buf, b"{\"t\":null}");
             assert!(rfc3339_micros(t).is_none());
+            assert!(rfc3339_seconds(t).is_none());
         }
+        let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        assert_eq!(
+            rfc3339_seconds(last).map(|s| s.to_string()).as_deref(),
+            Some("9999-12-31T23:59:59Z")
+        );
+        assert_eq!(
+            rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(1_796_389_669))
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("2026-12-04T13:07:49Z")
+        );
     }
 }
