@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use super::sink::{ActivitySlot, ActivityStalled, Keep, RecordSink};
 
@@ -47,7 +47,7 @@ pub enum Outcome {
 pub struct ActivityRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "super::json_line::serialize_rfc3339_micros")]
     pub timestamp: SystemTime,
     #[serde(rename = "operationName")]
     pub operation: &'static str,
@@ -75,13 +75,6 @@ pub struct ActivityRecord {
     /// The replica that did it; set by [`ActivityLog::record`].
     #[serde(rename = "RoleInstance")]
     pub role_instance: Option<Arc<str>>,
-}
-
-fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    match super::json_line::rfc3339_micros(*t) {
-        Some(text) => s.collect_str(&text),
-        None => s.serialize_none(),
-    }
 }
 
 impl ActivityRecord {

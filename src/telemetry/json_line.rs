@@ -158,14 +158,17 @@ impl<'a> JsonObject<'a> {
         thread_local! {
             static SECOND: Cell<Option<(u64, [u8; 19])>> = const { Cell::new(None) };
         }
-        let (Some(stamp), Ok(since)) = (rfc3339_micros(value), value.duration_since(UNIX_EPOCH))
-        else {
+        let Ok(since) = value.duration_since(UNIX_EPOCH) else {
             return self.null(key);
         };
         let secs = since.as_secs();
         let prefix = match SECOND.get() {
+            // Only a second humantime could show is ever cached.
             Some((cached, prefix)) if cached == secs => prefix,
             _ => {
+                let Some(stamp) = rfc3339_micros(value) else {
+                    return self.null(key);
+                };
                 // `YYYY-MM-DDTHH:MM:SS`, the part before the fraction.
                 let mut text = String::with_capacity(27);
                 let _ = write!(text, "{stamp}");
@@ -271,6 +274,17 @@ impl<'a> JsonObject<'a> {
 /// `Display` panics, from the year 10000 on it fails. A clock that far off is not worth a panic.
 pub fn rfc3339_micros(t: SystemTime) -> Option<humantime::Rfc3339Timestamp> {
     showable(t).then(|| humantime::format_rfc3339_micros(t))
+}
+
+/// [`rfc3339_micros`] for serde (`serialize_with`): the text, or null.
+pub fn serialize_rfc3339_micros<S: serde::Serializer>(
+    t: &SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match rfc3339_micros(*t) {
+        Some(text) => s.collect_str(&text),
+        None => s.serialize_none(),
+    }
 }
 
 /// [`rfc3339_micros`] to the second (`2026-12-04T13:07:49Z`), for the management API's times.
@@ -485,6 +499,20 @@ mod tests {
                 .map(|s| s.to_string())
                 .as_deref(),
             Some("2026-12-04T13:07:49Z")
+        );
+    }
+
+    /// The activity log's and Azure Monitor's serde path: the text, or null.
+    #[test]
+    fn serde_times_are_text_or_null() {
+        #[derive(serde::Serialize)]
+        struct Entry(#[serde(serialize_with = "serialize_rfc3339_micros")] SystemTime);
+        let json = |t| serde_json::to_string(&Entry(t)).expect("serializes");
+        assert_eq!(json(UNIX_EPOCH), "\"1970-01-01T00:00:00.000000Z\"");
+        assert_eq!(json(UNIX_EPOCH - Duration::from_secs(1)), "null");
+        assert_eq!(
+            json(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            "null"
         );
     }
 }

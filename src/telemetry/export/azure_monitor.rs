@@ -204,18 +204,6 @@ impl std::fmt::Display for TimeSpan {
     }
 }
 
-/// An RFC 3339 time with microseconds.
-struct Rfc3339(std::time::SystemTime);
-
-impl Serialize for Rfc3339 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match crate::telemetry::json_line::rfc3339_micros(self.0) {
-            Some(text) => s.collect_str(&text),
-            None => s.serialize_none(),
-        }
-    }
-}
-
 const SDK_VERSION: &str = concat!("scoregate:", env!("CARGO_PKG_VERSION"));
 
 /// `TelemetryItem`: what every envelope carries.
@@ -223,7 +211,8 @@ const SDK_VERSION: &str = concat!("scoregate:", env!("CARGO_PKG_VERSION"));
 struct Envelope<'a, T, D> {
     ver: u8,
     name: &'static str,
-    time: Rfc3339,
+    #[serde(serialize_with = "crate::telemetry::json_line::serialize_rfc3339_micros")]
+    time: std::time::SystemTime,
     #[serde(rename = "sampleRate")]
     sample_rate: f64,
     #[serde(rename = "iKey")]
@@ -352,7 +341,7 @@ fn event_envelope<'a>(
     Envelope {
         ver: 1,
         name: "Microsoft.ApplicationInsights.Event",
-        time: Rfc3339(e.timestamp),
+        time: e.timestamp,
         sample_rate: 100.0,
         ikey,
         tags: EventTags {
